@@ -1,0 +1,1 @@
+//! Local Hugging Face models on libtorch (placeholder; the torch backend lands here).
