@@ -1,0 +1,128 @@
+//! Stream events: what a worker publishes on a job's reply subject, in order.
+//!
+//! A job's events are `Started`, any number of `Delta`s (or `Embeddings`), then exactly one
+//! `Done` or `Error`. Core NATS has no flow control, so every event carries a sequence number
+//! (0, 1, 2, …): the receiver drops duplicates and turns a gap into an error, never into
+//! silently wrong text.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Versioned;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StreamEvent {
+    pub v: u16,
+    pub job_id: String,
+    pub seq: u64,
+    pub body: EventBody,
+}
+
+impl Versioned for StreamEvent {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A worker took the job. `attempt` is 1 on first delivery.
+    Started { worker_id: String, attempt: u32, prompt_tokens: Option<u32> },
+    /// Generated text, possibly several tokens coalesced.
+    Delta {
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// Embedding vectors for inputs `first_index..first_index + vectors.len()`.
+    Embeddings { first_index: u32, vectors: Vec<Vec<f32>> },
+    /// The job ended normally.
+    Done { finish_reason: FinishReason, usage: Usage },
+    /// The job ended with an error.
+    Error { code: ErrorCode, message: String },
+}
+
+impl EventBody {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, EventBody::Done { .. } | EventBody::Error { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub bytes: Vec<u8>,
+    #[serde(default)]
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub bytes: Vec<u8>,
+}
+
+/// Why a job failed. The api maps each code to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request cannot be served as sent (bad parameter for this model).
+    InvalidRequest,
+    /// Prompt tokens + max_tokens exceed the model's context length.
+    ContextLengthExceeded,
+    /// The job was cancelled before it finished.
+    Cancelled,
+    /// Every delivery attempt failed (worker crashes); the job went to the dead letters.
+    MaxDeliveriesExceeded,
+    /// The job's deadline passed before a worker could run it.
+    DeadlineExceeded,
+    /// Events were lost between worker and api.
+    StreamGap,
+    /// The backend failed.
+    BackendError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::MaxDeliveriesExceeded => "max_deliveries_exceeded",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::StreamGap => "stream_gap",
+            ErrorCode::BackendError => "backend_error",
+        }
+    }
+}

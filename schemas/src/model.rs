@@ -1,0 +1,86 @@
+//! What the registry holds: model cards and the worker records that announce them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Versioned;
+use crate::job::JobKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Chat,
+    Embedding,
+    Tool,
+}
+
+impl ModelKind {
+    /// The job kind (and so the consumer) that serves this model.
+    pub fn job_kind(self) -> JobKind {
+        match self {
+            ModelKind::Chat => JobKind::Chat,
+            ModelKind::Embedding => JobKind::Embedding,
+            ModelKind::Tool => JobKind::Tool,
+        }
+    }
+}
+
+/// Who may use a model, in HepAI's form: `groups: default; users: a, b; owner: c`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Permissions {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelCard {
+    pub v: u16,
+    /// The name clients use in `model`.
+    pub name: String,
+    pub kind: ModelKind,
+    /// Maximum prompt + completion tokens (input tokens for encoders); `None` if unbounded.
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    /// Which backend serves it (`torch`, `echo`, …).
+    pub backend: String,
+    #[serde(default)]
+    pub owned_by: String,
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// Unix seconds when the model was first announced.
+    pub created: u64,
+    /// Unix ms when a live worker last announced it (maintained by the registry).
+    #[serde(default)]
+    pub last_seen_ms: u64,
+}
+
+impl Versioned for ModelCard {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+/// One live worker, refreshed by its heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkerRecord {
+    pub v: u16,
+    pub worker_id: String,
+    pub backend: String,
+    pub host: String,
+    pub pid: u32,
+    pub slots: u32,
+    pub busy: u32,
+    pub models: Vec<ModelCard>,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+}
+
+impl Versioned for WorkerRecord {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
