@@ -1,0 +1,25 @@
+//! Job cancellation: a flag in Redis (so a job still queued is skipped when a worker pulls it)
+//! and an announcement on NATS (so the worker running it stops within one step).
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use switchyard_schemas::{keys, subject};
+
+use crate::BrokerError;
+
+/// How long a cancel flag outlives the job's request; longer than any job waits in the queue.
+const FLAG_TTL_SECS: u64 = 24 * 3600;
+
+/// Marks `job_id` cancelled and tells the workers.
+pub async fn cancel_job(redis: &ConnectionManager, nats: &async_nats::Client, job_id: &str) -> Result<(), BrokerError> {
+    let _: () = redis.clone().set_ex(keys::cancel(job_id), 1u8, FLAG_TTL_SECS).await?;
+    nats.publish(subject::cancel(job_id), Default::default())
+        .await
+        .map_err(|e| BrokerError::JetStream(format!("announcing cancellation: {e}")))?;
+    Ok(())
+}
+
+/// Whether `job_id` was cancelled.
+pub async fn is_cancelled(redis: &ConnectionManager, job_id: &str) -> Result<bool, BrokerError> {
+    Ok(redis.clone().exists(keys::cancel(job_id)).await?)
+}

@@ -1,0 +1,91 @@
+//! JetStream layout for jobs.
+//!
+//! `SY_JOBS` is a work-queue stream over `sy.job.>`: a job stays until one worker acknowledges
+//! it. Each (kind, model) has one durable pull consumer that all its workers share, so JetStream
+//! hands each job to exactly one of them and redelivers it when that worker dies (its ack wait
+//! lapses without an in-progress ack). After `max_deliver` attempts JetStream gives up and
+//! publishes an advisory; the scheduler turns that into an error event and a dead letter.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use switchyard_schemas::{JobKind, subject};
+
+use crate::BrokerError;
+
+/// How jobs are acknowledged and retried. Every worker of a model must agree, so the defaults
+/// are what all parts use unless an operator overrides them everywhere.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuePolicy {
+    /// How long a worker may stay silent about a job before it is redelivered. Workers send
+    /// in-progress acks at a third of this while they run a job.
+    pub ack_wait: Duration,
+    /// Attempts before a job is given up on and dead-lettered.
+    pub max_deliver: i64,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        Self { ack_wait: Duration::from_secs(10), max_deliver: 3 }
+    }
+}
+
+/// Creates or updates both streams. Fails with [`BrokerError::JetStreamOff`] when the server
+/// has JetStream disabled, rather than a cryptic timeout later.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BrokerError> {
+    js.query_account().await.map_err(|e| BrokerError::JetStreamOff(e.to_string()))?;
+    js.create_or_update_stream(stream::Config {
+        name: subject::JOBS_STREAM.into(),
+        subjects: vec![subject::JOBS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        // A job nobody picks up in a day is not wanted any more.
+        max_age: Duration::from_secs(24 * 3600),
+        // The job id is the message id: a publish retried after a lost ack is not run twice.
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::JOBS_STREAM)))?;
+    js.create_or_update_stream(stream::Config {
+        name: subject::DEAD_LETTER_STREAM.into(),
+        subjects: vec![subject::DEAD_LETTER_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::DEAD_LETTER_STREAM)))?;
+    Ok(())
+}
+
+/// Creates or updates the shared durable consumer of (`kind`, `model`).
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    kind: JobKind,
+    model: &str,
+    policy: QueuePolicy,
+) -> Result<consumer::PullConsumer, BrokerError> {
+    let name = subject::job_consumer(kind, model);
+    let stream = js
+        .get_stream(subject::JOBS_STREAM)
+        .await
+        .map_err(|e| BrokerError::JetStream(format!("opening stream {}: {e}", subject::JOBS_STREAM)))?;
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subject::job(kind, model),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: policy.ack_wait,
+            max_deliver: policy.max_deliver,
+            // Pull requests from every worker of a model wait here at once.
+            max_waiting: 4096,
+            max_ack_pending: 100_000,
+            // A consumer whose workers are all gone for a day is cleaned up by the server.
+            inactive_threshold: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| BrokerError::JetStream(format!("creating consumer {name}: {e}")))
+}

@@ -1,0 +1,58 @@
+//! The broker layout every Switchyard part shares, and the client code that creates and reads it.
+//!
+//! * [`jobs`]: the JetStream streams (jobs as a work queue, dead letters) and the durable pull
+//!   consumer per (kind, model), created or updated idempotently at start.
+//! * [`registry`]: worker records and model cards in Redis, with heartbeats and reaping.
+//! * [`cancel`]: job cancellation flags in Redis, announced on NATS.
+//!
+//! The configuration files for the servers themselves (`nats-server.conf`, `redis.conf`) sit
+//! beside this crate. Names of subjects and keys come from `switchyard-schemas`.
+
+pub mod cancel;
+pub mod jobs;
+pub mod registry;
+
+use std::time::Duration;
+
+/// Why the broker could not be used. Messages say what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    NatsConnect { url: String, source: async_nats::ConnectError },
+    #[error(
+        "JetStream is not available on the NATS server ({0}); start nats-server with JetStream on (`nats-server -js`, or broker-config/nats-server.conf)"
+    )]
+    JetStreamOff(String),
+    #[error("JetStream request failed: {0}")]
+    JetStream(String),
+    #[error("cannot connect to Redis at {url}: {source}")]
+    RedisConnect { url: String, source: redis::RedisError },
+    #[error("Redis request failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Codec(#[from] switchyard_schemas::CodecError),
+}
+
+/// Connects to NATS with a client name that shows up in `nats-server` monitoring.
+pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, BrokerError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        // Events are small and frequent; keep the client's outgoing buffer deep.
+        .client_capacity(65_536)
+        .subscription_capacity(65_536)
+        .connect(url)
+        .await
+        .map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
+}
+
+/// Connects to Redis through a connection manager, which reconnects by itself.
+pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, BrokerError> {
+    let fail = |source| BrokerError::RedisConnect { url: url.to_string(), source };
+    let client = redis::Client::open(url).map_err(fail)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1);
+    redis::aio::ConnectionManager::new_with_config(client, config).await.map_err(fail)
+}

@@ -1,0 +1,68 @@
+//! The one trait every backend implements.
+
+use async_trait::async_trait;
+use switchyard_schemas::{ErrorCode, FinishReason, JobEnvelope, ModelCard, ResumeState, Usage};
+use tokio_util::sync::CancellationToken;
+
+use crate::sink::EventSink;
+
+/// A job as a backend sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub envelope: JobEnvelope,
+    /// 1 on first delivery; higher when an earlier worker died or handed the job back.
+    pub attempt: u32,
+    /// On a redelivered job: what the client has already received. The backend continues
+    /// after `resume.text` (it must not emit that text again) and counts
+    /// `resume.completion_tokens` into its usage.
+    pub resume: Option<ResumeState>,
+}
+
+/// How a job ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// A job failure, reported to the client as an error event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Short name shown in the registry and `switchyard worker --list` (`echo`, `torch`, …).
+    fn name(&self) -> &'static str;
+
+    /// The models this backend serves; the runtime registers them and pulls jobs for each.
+    fn models(&self) -> Vec<ModelCard>;
+
+    /// Runs one job to its end, writing text (or vectors) to `sink`.
+    ///
+    /// Contract: return promptly — within one decoding step — once `cancel` fires, with
+    /// `FinishReason::Cancelled`; never emit text the job's `resume` says was already sent;
+    /// report usage as real token counts. The runtime sends the `started`, `done` and `error`
+    /// events itself.
+    async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError>;
+}

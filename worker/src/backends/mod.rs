@@ -1,0 +1,112 @@
+//! Transport-debugging backends. They exercise the whole job path without a model; neither
+//! pretends to be one.
+
+pub mod dummy;
+pub mod echo;
+
+/// Splits text into word-like tokens that keep their leading whitespace, so joining them gives
+/// the text back: `"a  b"` → `["a", "  b"]`.
+pub fn debug_tokens(text: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    let mut in_word = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if in_word {
+                tokens.push(&text[start..i]);
+                start = i;
+                in_word = false;
+            }
+        } else {
+            in_word = true;
+        }
+    }
+    if start < text.len() {
+        tokens.push(&text[start..]);
+    }
+    tokens
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_tokens_rejoin_to_the_text() {
+        for text in ["hello world", "  lead", "trail  ", "a  b\nc", "", "日本 語"] {
+            assert_eq!(super::debug_tokens(text).concat(), text);
+        }
+        assert_eq!(super::debug_tokens("a  b"), vec!["a", "  b"]);
+    }
+}
+
+use std::time::Duration;
+
+use switchyard_schemas::{FinishReason, ModelCard, ModelKind, Permissions, ResumeState, SamplingParams, Usage, WIRE_VERSION, now_ms};
+use tokio_util::sync::CancellationToken;
+
+use crate::{EventSink, Finish};
+
+/// A model card for a debugging backend (no context limit: it has no model).
+pub fn debug_card(name: &str, kind: ModelKind, backend: &str, permissions: &Permissions) -> ModelCard {
+    ModelCard {
+        v: WIRE_VERSION,
+        name: name.into(),
+        kind,
+        context_length: None,
+        backend: backend.into(),
+        owned_by: "switchyard".into(),
+        permissions: permissions.clone(),
+        created: now_ms() / 1000,
+        last_seen_ms: 0,
+    }
+}
+
+/// Streams `text` token by token the way a model would: honouring `max_tokens` and stop
+/// strings (cut where they begin, never sent), resuming after what a previous worker sent,
+/// pausing `delay` between tokens and stopping at once when cancelled.
+pub async fn stream_text(
+    text: &str,
+    params: &SamplingParams,
+    resume: Option<&ResumeState>,
+    prompt_tokens: u32,
+    delay: Duration,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Finish {
+    let (text, mut reason) = match params.stop.iter().filter_map(|stop| text.find(stop.as_str())).min() {
+        Some(cut) => (&text[..cut], FinishReason::Stop),
+        None => (text, FinishReason::Stop),
+    };
+    let tokens = debug_tokens(text);
+    let max_tokens = params.max_tokens.map_or(usize::MAX, |max| max as usize);
+    let (mut sent_tokens, mut skip_bytes) = match resume {
+        Some(state) => (state.completion_tokens as usize, state.text.len()),
+        None => (0, 0),
+    };
+    for token in tokens.iter().skip(sent_tokens) {
+        if sent_tokens >= max_tokens {
+            reason = FinishReason::Length;
+            break;
+        }
+        if cancel.is_cancelled() {
+            reason = FinishReason::Cancelled;
+            break;
+        }
+        if !delay.is_zero() {
+            tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => { reason = FinishReason::Cancelled; break; } }
+        } else {
+            // Let the publisher run between tokens, as a real model's decode step would.
+            tokio::task::yield_now().await;
+        }
+        // A resumed job may have been cut mid-token by the earlier worker's death.
+        let token = if skip_bytes > 0 {
+            let skip = skip_bytes.min(token.len());
+            skip_bytes = 0;
+            &token[skip..]
+        } else {
+            token
+        };
+        sink.delta(token);
+        sent_tokens += 1;
+    }
+    Finish { reason, usage: Usage { prompt_tokens, completion_tokens: sent_tokens as u32 } }
+}

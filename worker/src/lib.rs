@@ -1,0 +1,17 @@
+//! The worker side of Switchyard: the runtime that pulls jobs for a backend's models and
+//! streams their events back, and the transport-debugging backends (`echo`, `dummy`).
+//!
+//! A backend only implements [`Backend`]: say which models it serves and run one job. The
+//! [`runtime`] does everything else — one shared durable consumer per model, pulling only as
+//! many jobs as there are free slots, in-progress acks while a job runs, heartbeats into the
+//! registry, cancellation (Redis flag checked at pull, NATS announcement while running),
+//! resuming redelivered jobs where the dead worker stopped, and a graceful drain on SIGTERM.
+
+pub mod backend;
+pub mod backends;
+pub mod runtime;
+pub mod sink;
+
+pub use backend::{Backend, BackendError, Finish, Job};
+pub use runtime::{RuntimeOptions, run_worker};
+pub use sink::EventSink;

@@ -1,0 +1,387 @@
+//! The worker runtime: everything between JetStream and a [`Backend`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use switchyard_broker::{cancel, jobs, registry::Registry};
+use switchyard_schemas::{
+    ErrorCode, EventBody, JobEnvelope, ResumeState, WIRE_VERSION, WorkerRecord, decode, encode, now_ms,
+    subject,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::backend::{Backend, BackendError, Job};
+use crate::sink::EventSink;
+
+/// Flags every worker shares, whatever its backend.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeOptions {
+    /// NATS server URL.
+    #[arg(long, env = "SWITCHYARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Jobs this worker runs at once; it never pulls more than it has free slots for.
+    #[arg(long, env = "SWITCHYARD_SLOTS")]
+    pub slots: Option<u32>,
+    /// How often the worker refreshes its registry entry; it expires after three missed beats.
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// On SIGTERM: how long to let running jobs finish before handing them back to the queue.
+    #[arg(long, env = "SWITCHYARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long a job may go without an in-progress ack before JetStream redelivers it.
+    /// Must be the same for every worker of a model.
+    #[arg(long, env = "SWITCHYARD_ACK_WAIT", default_value = "10s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// Deliveries before a job is dead-lettered. Must be the same for every worker of a model.
+    #[arg(long, env = "SWITCHYARD_MAX_DELIVER", default_value_t = 3)]
+    pub max_deliver: i64,
+    /// Who may use this worker's models: `groups: default; users: a, b; owner: c`.
+    #[arg(long, env = "SWITCHYARD_PERMISSIONS")]
+    pub permissions: Option<String>,
+}
+
+/// Parses `250ms`, `2s`, `5m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 2s, 5m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit in {text:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Shared state of one running worker.
+struct Worker {
+    id: String,
+    backend: Arc<dyn Backend>,
+    nats: async_nats::Client,
+    redis: redis::aio::ConnectionManager,
+    options: RuntimeOptions,
+    /// Running jobs by id, so a cancel announcement reaches the right one.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    busy: AtomicU32,
+    /// Set when the drain timed out: cancelled jobs go back to the queue instead of ending.
+    handing_back: AtomicBool,
+}
+
+/// Runs `backend` until `shutdown` fires, then drains. Returns when every job has finished
+/// or been handed back, and the worker has left the registry.
+pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let models = backend.models();
+    anyhow::ensure!(!models.is_empty(), "backend {} serves no model", backend.name());
+    let slots = options.slots.unwrap_or(1).max(1);
+    let id = format!("{}-{}-{}", backend.name(), std::process::id(), ulid::Ulid::new().to_string().to_lowercase());
+    let nats = switchyard_broker::connect_nats(&options.nats_url, &id).await?;
+    let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
+    let js = jetstream::new(nats.clone());
+    jobs::ensure_streams(&js).await?;
+    let policy = jobs::QueuePolicy { ack_wait: options.ack_wait, max_deliver: options.max_deliver };
+    let mut consumers = Vec::new();
+    for card in &models {
+        consumers.push(jobs::ensure_consumer(&js, card.kind.job_kind(), &card.name, policy).await?);
+    }
+
+    let worker = Arc::new(Worker {
+        id: id.clone(),
+        backend,
+        nats: nats.clone(),
+        redis: redis.clone(),
+        options: options.clone(),
+        running: Mutex::new(HashMap::new()),
+        busy: AtomicU32::new(0),
+        handing_back: AtomicBool::new(false),
+    });
+    let registry = Registry::new(redis);
+    let record = WorkerRecord {
+        v: WIRE_VERSION,
+        worker_id: id.clone(),
+        backend: worker.backend.name().into(),
+        host: hostname(),
+        pid: std::process::id(),
+        slots,
+        busy: 0,
+        models: models.clone(),
+        started_ms: now_ms(),
+        heartbeat_ms: now_ms(),
+    };
+    registry.heartbeat(&record, options.heartbeat * 3).await?;
+    info!(worker_id = %id, slots, models = ?models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker ready");
+
+    let mut cancels = nats.subscribe(subject::CANCEL_ALL).await?;
+    let watcher = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            while let Some(message) = cancels.next().await {
+                let Some(job_id) = subject::job_id_of(&message.subject) else { continue };
+                if let Some(token) = worker.running.lock().unwrap().get(&job_id) {
+                    info!(job_id, "cancel announced");
+                    token.cancel();
+                }
+            }
+        })
+    };
+
+    let heartbeat = {
+        let worker = worker.clone();
+        let shutdown = shutdown.clone();
+        let interval = options.heartbeat;
+        let record = record.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            while !shutdown.is_cancelled() {
+                tokio::select! { _ = ticker.tick() => {}, _ = shutdown.cancelled() => break }
+                let record = WorkerRecord { busy: worker.busy.load(Ordering::Relaxed), heartbeat_ms: now_ms(), ..record.clone() };
+                if let Err(e) = registry.heartbeat(&record, interval * 3).await {
+                    warn!(error = %e, "heartbeat failed");
+                }
+            }
+        })
+    };
+
+    let slots_free = Arc::new(Semaphore::new(slots as usize));
+    let jobs = TaskTracker::new();
+    let share = (slots as usize / consumers.len()).max(1);
+    let pullers: Vec<_> = consumers
+        .into_iter()
+        .map(|consumer| {
+            tokio::spawn(pull_jobs(worker.clone(), consumer, slots_free.clone(), share, jobs.clone(), shutdown.clone()))
+        })
+        .collect();
+
+    shutdown.cancelled().await;
+    info!("draining: no new jobs; waiting up to {:?} for {} running", options.drain_timeout, worker.busy.load(Ordering::Relaxed));
+    for puller in pullers {
+        let _ = puller.await;
+    }
+    jobs.close();
+    if tokio::time::timeout(options.drain_timeout, jobs.wait()).await.is_err() {
+        warn!("drain timed out: handing running jobs back to the queue");
+        worker.handing_back.store(true, Ordering::SeqCst);
+        for token in worker.running.lock().unwrap().values() {
+            token.cancel();
+        }
+        jobs.wait().await;
+    }
+    heartbeat.abort();
+    watcher.abort();
+    registry.deregister(&id).await?;
+    nats.flush().await?;
+    info!("worker stopped");
+    Ok(())
+}
+
+/// Pulls jobs for one consumer, never more than there are free slots for.
+async fn pull_jobs(
+    worker: Arc<Worker>,
+    consumer: PullConsumer,
+    slots_free: Arc<Semaphore>,
+    share: usize,
+    jobs: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        // Wait for one free slot, then take whatever else is free up to this consumer's share,
+        // so a worker serving several models leaves room for the others.
+        let mut permits = tokio::select! {
+            permit = slots_free.clone().acquire_many_owned(1) => vec![permit.expect("semaphore never closes")],
+            _ = shutdown.cancelled() => return,
+        };
+        while permits.len() < share {
+            match slots_free.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let batch = consumer.batch().max_messages(permits.len()).expires(Duration::from_secs(2)).messages().await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                warn!(error = %e, "pull request failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! { next = batch.next() => next, _ = shutdown.cancelled() => None };
+            match next {
+                Some(Ok(message)) => {
+                    let permit = permits.pop().expect("a batch never exceeds its permits");
+                    jobs.spawn(handle_job(worker.clone(), message, permit));
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "pull failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Runs one delivered job from decode to ack.
+async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: OwnedSemaphorePermit) {
+    let envelope: JobEnvelope = match decode(&message.payload) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            // Without an envelope there is no reply subject to report to; never retry it.
+            warn!(subject = %message.subject, error = %e, "malformed job dropped");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let attempt = message.info().map(|info| info.delivered as u32).unwrap_or(1);
+    let span = info_span!("job", job_id = %envelope.id, model = %envelope.model, attempt);
+    worker.busy.fetch_add(1, Ordering::Relaxed);
+    let outcome = run_job(&worker, envelope.clone(), attempt, &message).instrument(span).await;
+    worker.busy.fetch_sub(1, Ordering::Relaxed);
+    let ack = match outcome {
+        Outcome::Finished => AckKind::Ack,
+        Outcome::HandedBack => AckKind::Nak(None),
+    };
+    if let Err(e) = message.ack_with(ack).await {
+        warn!(job_id = %envelope.id, error = %e, "acknowledging job failed");
+    }
+}
+
+enum Outcome {
+    /// Done, failed or skipped: never deliver it again.
+    Finished,
+    /// Interrupted by a drain: let another worker continue it.
+    HandedBack,
+}
+
+async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, message: &jetstream::Message) -> Outcome {
+    let job_id = envelope.id.clone();
+    let cancel = CancellationToken::new();
+    // Register before checking the flag: a cancel announced in between still lands.
+    worker.running.lock().unwrap().insert(job_id.clone(), cancel.clone());
+    let _unregister = Unregister { worker, job_id: &job_id };
+
+    if envelope.deadline_ms.is_some_and(|deadline| deadline < now_ms()) {
+        info!("deadline passed before the job started; skipped");
+        publish_alone(worker, &envelope, 0, EventBody::Error { code: ErrorCode::DeadlineExceeded, message: "the job's deadline passed before a worker could start it".into() }).await;
+        return Outcome::Finished;
+    }
+    match cancel::is_cancelled(&worker.redis, &job_id).await {
+        Ok(true) => {
+            info!("cancelled while queued; skipped");
+            return Outcome::Finished;
+        }
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "cannot read the cancel flag; running the job"),
+    }
+    let resume = if attempt > 1 {
+        match ask_resume(worker, &envelope).await {
+            Some(state) if state.wanted => Some(state),
+            _ => {
+                info!("redelivered job nobody waits for any more; skipped");
+                return Outcome::Finished;
+            }
+        }
+    } else {
+        None
+    };
+
+    let first_seq = resume.as_ref().map_or(0, |state| state.next_seq);
+    let (sink, publisher) = EventSink::start(worker.nats.clone(), job_id.clone(), envelope.reply_to.clone(), first_seq);
+    sink.send(EventBody::Started { worker_id: worker.id.clone(), attempt, prompt_tokens: None });
+
+    // Tell JetStream the job is alive well before its ack wait runs out.
+    let keepalive = {
+        let every = worker.options.ack_wait / 3;
+        let ack_subject = message.reply.clone();
+        let nats = worker.nats.clone();
+        tokio::spawn(async move {
+            let Some(ack_subject) = ack_subject else { return };
+            let mut ticker = tokio::time::interval(every);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let _ = nats.publish(ack_subject.clone(), AckKind::Progress.into()).await;
+            }
+        })
+    };
+
+    let job = Job { envelope, attempt, resume };
+    let backend = worker.backend.clone();
+    // A panicking backend must still produce an error event and free its slot.
+    let result = {
+        let sink = &sink;
+        let cancel = cancel.clone();
+        match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(backend.run(job, sink, cancel))).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::new(ErrorCode::BackendError, "the backend panicked while running this job")),
+        }
+    };
+    keepalive.abort();
+
+    let handed_back = worker.handing_back.load(Ordering::SeqCst) && cancel.is_cancelled();
+    if !handed_back {
+        match result {
+            Ok(ref finish) => sink.send(EventBody::Done { finish_reason: finish.reason, usage: finish.usage }),
+            Err(ref error) => {
+                warn!(code = error.code.as_str(), message = %error.message, "job failed");
+                sink.send(EventBody::Error { code: error.code, message: error.message.clone() });
+            }
+        }
+    }
+    publisher.finish(sink).await;
+    if handed_back {
+        info!("handed back to the queue");
+        Outcome::HandedBack
+    } else {
+        if cancel.is_cancelled() {
+            info!("cancelled while running");
+        }
+        Outcome::Finished
+    }
+}
+
+/// Asks the api that owns a redelivered job what its client already has.
+async fn ask_resume(worker: &Worker, envelope: &JobEnvelope) -> Option<ResumeState> {
+    let request = worker.nats.request(envelope.resume_to.clone(), Default::default());
+    match tokio::time::timeout(Duration::from_secs(2), request).await {
+        Ok(Ok(reply)) => decode(&reply.payload).ok(),
+        _ => None,
+    }
+}
+
+/// Publishes a single event for a job that never reached a backend.
+async fn publish_alone(worker: &Worker, envelope: &JobEnvelope, seq: u64, body: EventBody) {
+    let event = switchyard_schemas::StreamEvent { v: WIRE_VERSION, job_id: envelope.id.clone(), seq, body };
+    if let Ok(bytes) = encode(&event) {
+        let _ = worker.nats.publish(envelope.reply_to.clone(), bytes.into()).await;
+    }
+}
+
+struct Unregister<'a> {
+    worker: &'a Worker,
+    job_id: &'a str,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.worker.running.lock().unwrap().remove(self.job_id);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
