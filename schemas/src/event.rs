@@ -32,6 +32,8 @@ pub enum EventBody {
     /// Generated text, possibly several tokens coalesced.
     Delta {
         text: String,
+        /// How many tokens `text` holds (so a receiver knows how far a stream got).
+        tokens: u32,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<TokenLogprob>,
     },

@@ -26,14 +26,15 @@ impl EventSink {
         (EventSink { tx }, Publisher { task })
     }
 
-    /// Streams generated text.
-    pub fn delta(&self, text: impl Into<String>) {
-        self.send(EventBody::Delta { text: text.into(), logprobs: Vec::new() });
+    /// Streams generated text that holds `tokens` tokens (0 for text held back earlier by
+    /// stop-string or UTF-8 handling and released now).
+    pub fn delta(&self, text: impl Into<String>, tokens: u32) {
+        self.send(EventBody::Delta { text: text.into(), tokens, logprobs: Vec::new() });
     }
 
-    /// Streams generated text with the log-probabilities of its tokens.
+    /// Streams generated text with the log-probabilities of its tokens (one entry per token).
     pub fn delta_with_logprobs(&self, text: impl Into<String>, logprobs: Vec<TokenLogprob>) {
-        self.send(EventBody::Delta { text: text.into(), logprobs });
+        self.send(EventBody::Delta { text: text.into(), tokens: logprobs.len() as u32, logprobs });
     }
 
     /// Sends embedding vectors for inputs starting at `first_index`.
@@ -77,12 +78,13 @@ async fn publish_events(
             },
         };
         let body = match body {
-            EventBody::Delta { mut text, mut logprobs } => {
+            EventBody::Delta { mut text, mut tokens, mut logprobs } => {
                 // Merge the deltas already waiting; stop at the first event of another kind.
                 while let Ok(next) = rx.try_recv() {
                     match next {
-                        EventBody::Delta { text: more, logprobs: more_logprobs } => {
+                        EventBody::Delta { text: more, tokens: more_tokens, logprobs: more_logprobs } => {
                             text.push_str(&more);
+                            tokens += more_tokens;
                             logprobs.extend(more_logprobs);
                         }
                         other => {
@@ -91,7 +93,7 @@ async fn publish_events(
                         }
                     }
                 }
-                EventBody::Delta { text, logprobs }
+                EventBody::Delta { text, tokens, logprobs }
             }
             other => other,
         };

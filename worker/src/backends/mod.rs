@@ -76,14 +76,16 @@ pub async fn stream_text(
         Some(cut) => (&text[..cut], FinishReason::Stop),
         None => (text, FinishReason::Stop),
     };
-    let tokens = debug_tokens(text);
     let max_tokens = params.max_tokens.map_or(usize::MAX, |max| max as usize);
-    let (mut sent_tokens, mut skip_bytes) = match resume {
-        Some(state) => (state.completion_tokens as usize, state.text.len()),
-        None => (0, 0),
-    };
-    for token in tokens.iter().skip(sent_tokens) {
-        if sent_tokens >= max_tokens {
+    // Text a previous worker already delivered is skipped, even if it ended mid-token.
+    let already_sent = resume.map_or(0, |state| state.text.len());
+    let mut offset = 0;
+    let mut produced = 0;
+    for token in debug_tokens(text) {
+        let end = offset + token.len();
+        let unsent = &token[already_sent.clamp(offset, end) - offset..];
+        offset = end;
+        if produced >= max_tokens {
             reason = FinishReason::Length;
             break;
         }
@@ -91,22 +93,18 @@ pub async fn stream_text(
             reason = FinishReason::Cancelled;
             break;
         }
+        produced += 1;
+        if unsent.is_empty() {
+            continue;
+        }
         if !delay.is_zero() {
             tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => { reason = FinishReason::Cancelled; break; } }
         } else {
             // Let the publisher run between tokens, as a real model's decode step would.
             tokio::task::yield_now().await;
         }
-        // A resumed job may have been cut mid-token by the earlier worker's death.
-        let token = if skip_bytes > 0 {
-            let skip = skip_bytes.min(token.len());
-            skip_bytes = 0;
-            &token[skip..]
-        } else {
-            token
-        };
-        sink.delta(token);
-        sent_tokens += 1;
+        sink.delta(unsent, 1);
     }
+    let sent_tokens = produced;
     Finish { reason, usage: Usage { prompt_tokens, completion_tokens: sent_tokens as u32 } }
 }
