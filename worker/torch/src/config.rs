@@ -57,8 +57,6 @@ pub(crate) struct ConfigHeader {
     pub dtype: Option<String>,
     #[serde(default)]
     pub eos_token_id: Option<TokenIds>,
-    #[serde(default)]
-    pub bos_token_id: Option<TokenIds>,
 }
 
 /// `eos_token_id` may be one id, a list or null.

@@ -1,1 +1,98 @@
-//! Local Hugging Face models on libtorch (placeholder; the torch backend lands here).
+//! Local Hugging Face models on libtorch (through `tch`): decoder LLMs for text generation
+//! and sentence encoders for embeddings — the `torch` worker backend of Switchyard.
+//!
+//! This crate owns everything between a model folder and a stream of text: reading
+//! `config.json`, the safetensors weights (one file or shards; f32, bf16 or f16), the
+//! tokenizer, chat template and generation defaults; the forward passes (one file per
+//! architecture in [`models`]: Llama/Mistral, Qwen2, BERT); decoding (greedy and seeded
+//! sampling, penalties, stop strings and ids, logprobs, incremental UTF-8-safe text); and an
+//! engine thread that owns the model. It does not speak NATS: the worker runtime adapts
+//! [`Engine`] to its backend trait.
+//!
+//! # Using it
+//!
+//! ```no_run
+//! use switchyard_torch::*;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), TorchError> {
+//! // Blocking: loads the weights and starts the model thread.
+//! let engine = Engine::load(EngineOptions {
+//!     model_path: "models/tiny-llama".into(),
+//!     device: "cpu".into(),      // or "cuda", "cuda:1"
+//!     dtype: None,               // or Some("bf16".into())
+//! })?;
+//! assert_eq!(engine.info().kind, ModelKind::Decoder);
+//!
+//! let req = GenerateRequest::new(
+//!     Prompt::Chat(vec![ChatMessage::new("user", "Hello!")]),
+//!     SamplingParams { max_tokens: Some(32), temperature: Some(0.0), ..Default::default() },
+//! );
+//! let cancel = CancellationToken::new(); // cancel() stops decoding before the next step
+//! let mut events = engine.generate(req, cancel.clone());
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         GenerateEvent::Started { prompt_tokens } => {}
+//!         GenerateEvent::Delta { text, logprobs } => print!("{text}"),
+//!         GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => break,
+//!         GenerateEvent::Error(e) => eprintln!("{} ({})", e.message, e.code),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! An encoder folder (sentence-transformers layout) loads the same way and answers
+//! [`Engine::embed`]: `engine.embed(vec!["a sentence".into()]).await?` gives one vector per
+//! text (L2-normalised when the model's `modules.json` says so) and the prompt token count.
+//!
+//! # Threads and devices
+//!
+//! One `std::thread` per [`Engine`] owns the model and its key/value caches and serves one
+//! request at a time from a queue; `generate` and `embed` never block the async runtime
+//! (except `Engine::load`, which should run in `spawn_blocking`). CUDA needs no special
+//! linking: `libtorch_cuda.so` is loaded at run time when a CUDA device is asked for. Binaries
+//! find libtorch through an rpath that `build.rs` adds for this crate's own tests; a binary
+//! crate depending on this one adds the same from `DEP_SWITCHYARD_TORCH_LIBTORCH_LIB` (see
+//! `build.rs`).
+
+mod chat;
+mod cli;
+mod config;
+mod engine;
+mod error;
+pub mod models;
+mod sampling;
+mod tokenizer;
+mod weights;
+
+pub use chat::ChatMessage;
+pub use cli::{GenerateArgs, TorchWorkerArgs, run_generate};
+pub use config::{DType, parse_device};
+pub use engine::{
+    EMBED_BATCH, Embeddings, Engine, EngineOptions, FinishReason, GenerateError, GenerateEvent,
+    GenerateRequest, ModelInfo, ModelKind, Prompt,
+};
+pub use error::TorchError;
+pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
+
+/// Test-only access to the forward pass (first-step logits) without going through sampling.
+#[doc(hidden)]
+pub mod testing {
+    use std::path::Path;
+
+    use crate::config::DType;
+    use crate::error::{Result, TorchError};
+    use crate::models::{self, Model};
+
+    /// The f32 logits at the last position of `ids`, from a fresh cache.
+    pub fn last_logits(dir: &Path, dtype: DType, ids: &[u32]) -> Result<Vec<f32>> {
+        let _no_grad = tch::no_grad_guard();
+        let loaded = models::load(dir, tch::Device::Cpu, Some(dtype))?;
+        let Model::Decoder(d) = loaded.model else {
+            return Err(TorchError::WrongModelKind("generate text: it is a sentence encoder"));
+        };
+        let mut cache = d.new_cache();
+        let logits = d.forward(ids, &mut cache, tch::Device::Cpu);
+        Ok(Vec::<f32>::try_from(&logits)?)
+    }
+}

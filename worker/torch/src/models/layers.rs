@@ -88,7 +88,7 @@ impl Rope {
                 let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / factor));
                 let smooth = (wavelen.reciprocal() * old_len - low_freq_factor)
                     / (high_freq_factor - low_freq_factor);
-                let smoothed = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
+                let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
                 let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
                 smoothed.where_self(&medium, &scaled)
             }

@@ -60,6 +60,13 @@ fn default_hidden_act() -> String {
 
 impl LlamaConfig {
     pub fn spec(&self) -> Result<DecoderSpec> {
+        if let Some(window) = self.sliding_window.filter(|&w| w < self.max_position_embeddings) {
+            tracing::warn!(
+                window,
+                "sliding-window attention is not implemented: contexts longer than the window \
+                 attend to all positions, unlike the reference"
+            );
+        }
         let spec = DecoderSpec {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,

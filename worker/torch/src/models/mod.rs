@@ -59,7 +59,6 @@ fn unsupported(name: &str) -> TorchError {
 pub(crate) struct Decoder {
     net: llama::Llama,
     pub context_length: usize,
-    pub vocab_size: i64,
 }
 
 impl Decoder {
@@ -128,19 +127,10 @@ pub(crate) fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<L
 
     let model = match parsed {
         Parsed::Decoder(spec) => {
-            if let Arch::Llama = arch {
-                if architecture == "MistralForCausalLM" {
-                    tracing::info!(
-                        "Mistral sliding-window attention is not implemented; full attention is \
-                         exact up to the sliding window"
-                    );
-                }
-            }
             let net = llama::Llama::load(&spec, &weights, device)?;
             Model::Decoder(Decoder {
                 net,
                 context_length: spec.max_position_embeddings as usize,
-                vocab_size: spec.vocab_size,
             })
         }
         Parsed::Bert(cfg) => {
