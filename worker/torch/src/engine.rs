@@ -25,7 +25,7 @@ pub const EMBED_BATCH: usize = 32;
 
 /// Capacity of a request's event channel: generation pauses when the receiver falls this far
 /// behind.
-const EVENT_BUFFER: usize = 64;
+pub const EVENT_BUFFER: usize = 64;
 
 /// What to load and where to run it.
 #[derive(Debug, Clone)]

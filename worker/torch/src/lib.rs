@@ -69,7 +69,7 @@ pub use chat::ChatMessage;
 pub use cli::{GenerateArgs, TorchWorkerArgs, run_generate};
 pub use config::{DType, parse_device};
 pub use engine::{
-    EMBED_BATCH, Embeddings, Engine, EngineOptions, FinishReason, GenerateError, GenerateEvent,
+    EMBED_BATCH, EVENT_BUFFER, Embeddings, Engine, EngineOptions, FinishReason, GenerateError, GenerateEvent,
     GenerateRequest, ModelInfo, ModelKind, Prompt,
 };
 pub use error::TorchError;

@@ -252,7 +252,7 @@ mod tests {
     fn stop_across_pieces_is_held_then_cut() {
         let (out, stopped) = run(&["###"], &["a #", "#", "# tail"]);
         assert!(stopped);
-        assert_eq!(out, vec!["a ", "", "", ""].into_iter().map(String::from).collect::<Vec<_>>());
+        assert_eq!(out, ["a ", "", ""]);
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! Shared helpers of the integration tests: fixture paths and running a generation to its end.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use switchyard_torch::*;
+use tokio_util::sync::CancellationToken;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The committed tiny Llama fixture (a copy of shared/fixtures/tiny-llama).
+pub fn tiny_llama() -> PathBuf {
+    repo_root().join("models/tiny-llama")
+}
+
+/// all-MiniLM-L6-v2 as scripts/setup.sh installs it.
+pub fn minilm() -> PathBuf {
+    let dir = repo_root().join(".switchyard/models/all-minilm-l6-v2");
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} is missing: run scripts/setup.sh",
+        dir.display()
+    );
+    dir
+}
+
+pub fn expected() -> serde_json::Value {
+    let text = std::fs::read_to_string(tiny_llama().join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn load(dir: PathBuf, dtype: Option<&str>) -> Engine {
+    Engine::load(EngineOptions { model_path: dir, device: "cpu".into(), dtype: dtype.map(Into::into) })
+        .expect("model loads")
+}
+
+/// Everything one generation sent, gathered.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub started: Option<u32>,
+    pub text: String,
+    pub deltas: Vec<String>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: Option<(FinishReason, u32, u32)>,
+    pub error: Option<GenerateError>,
+}
+
+impl Outcome {
+    pub fn ids(&self) -> Vec<u32> {
+        self.logprobs.iter().map(|l| l.token_id).collect()
+    }
+
+    pub fn reason(&self) -> FinishReason {
+        self.finish.expect("finished").0
+    }
+}
+
+pub fn collect(mut rx: tokio::sync::mpsc::Receiver<GenerateEvent>) -> Outcome {
+    let mut out = Outcome::default();
+    while let Some(event) = rx.blocking_recv() {
+        assert!(out.finish.is_none() && out.error.is_none(), "event after the end: {event:?}");
+        match event {
+            GenerateEvent::Started { prompt_tokens } => {
+                assert!(out.started.is_none(), "two Started events");
+                out.started = Some(prompt_tokens);
+            }
+            GenerateEvent::Delta { text, logprobs } => {
+                assert!(out.started.is_some(), "Delta before Started");
+                out.text.push_str(&text);
+                out.deltas.push(text);
+                out.logprobs.extend(logprobs);
+            }
+            GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => {
+                assert_eq!(Some(prompt_tokens), out.started, "prompt_tokens changed");
+                out.finish = Some((reason, prompt_tokens, completion_tokens));
+            }
+            GenerateEvent::Error(e) => out.error = Some(e),
+        }
+    }
+    assert!(out.finish.is_some() || out.error.is_some(), "stream ended without Finished or Error");
+    out
+}
+
+pub fn run(engine: &Engine, req: GenerateRequest) -> Outcome {
+    collect(engine.generate(req, CancellationToken::new()))
+}
+
+pub fn greedy(max_tokens: u32) -> SamplingParams {
+    SamplingParams { max_tokens: Some(max_tokens), temperature: Some(0.0), logprobs: true, ..Default::default() }
+}
+
+pub fn text_prompt(text: &str, params: SamplingParams) -> GenerateRequest {
+    GenerateRequest::new(Prompt::Text(text.into()), params)
+}
