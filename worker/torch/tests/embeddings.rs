@@ -1,0 +1,89 @@
+//! all-MiniLM-L6-v2 against sentence-transformers (tests/data/minilm_reference.json, made by
+//! tests/data/make_minilm_reference.py).
+
+mod common;
+
+use common::*;
+use switchyard_torch::*;
+
+struct Reference {
+    max_seq_length: u32,
+    sentences: Vec<String>,
+    token_counts: Vec<u32>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn reference() -> Reference {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm_reference.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    fn get<T: serde::de::DeserializeOwned>(v: &serde_json::Value, k: &str) -> T {
+        serde_json::from_value(v[k].clone()).unwrap()
+    }
+    Reference {
+        max_seq_length: v["max_seq_length"].as_u64().unwrap() as u32,
+        sentences: get(&v, "sentences"),
+        token_counts: get(&v, "token_counts"),
+        embeddings: get(&v, "embeddings"),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn embed(engine: &Engine, texts: Vec<String>) -> Embeddings {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(engine.embed(texts)).unwrap()
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let r = reference();
+    assert!(r.sentences.len() >= 5);
+    let engine = load(minilm(), None);
+    let info = engine.info();
+    assert_eq!(info.kind, ModelKind::Encoder);
+    assert_eq!(info.architecture, "BertModel");
+    assert_eq!(info.context_length, r.max_seq_length, "context length is sentence_bert max_seq_length");
+    assert_eq!(info.embedding_dim, Some(384));
+
+    let out = embed(&engine, r.sentences.clone());
+    assert_eq!(out.vectors.len(), r.sentences.len());
+    assert_eq!(out.prompt_tokens, r.token_counts.iter().sum::<u32>(), "token counts after truncation");
+    for ((got, want), text) in out.vectors.iter().zip(&r.embeddings).zip(&r.sentences) {
+        assert_eq!(got.len(), want.len());
+        let c = cosine(got, want);
+        assert!(c >= 0.9999, "cosine {c} for {:?}", &text[..text.len().min(40)]);
+        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "Normalize module: |v| = {norm}");
+    }
+    // The long sentence really was truncated (else it would count far more tokens).
+    assert!(r.token_counts.contains(&r.max_seq_length));
+}
+
+#[test]
+fn batching_and_padding_do_not_change_vectors() {
+    let r = reference();
+    let engine = load(minilm(), None);
+    let alone: Vec<Vec<f32>> =
+        r.sentences.iter().map(|s| embed(&engine, vec![s.clone()]).vectors.remove(0)).collect();
+    // More inputs than one batch, mixed lengths, in an order that differs from length order.
+    let texts: Vec<String> = (0..EMBED_BATCH + 7).map(|i| r.sentences[(i * 5) % r.sentences.len()].clone()).collect();
+    let out = embed(&engine, texts.clone());
+    assert_eq!(out.vectors.len(), texts.len());
+    for (i, v) in out.vectors.iter().enumerate() {
+        let want = &alone[(i * 5) % r.sentences.len()];
+        assert!(cosine(v, want) > 0.99999, "input {i} changed when batched");
+    }
+    assert!(embed(&engine, Vec::new()).vectors.is_empty());
+}
+
+#[test]
+fn generation_is_refused_on_an_encoder() {
+    let engine = load(minilm(), None);
+    let out = run(&engine, text_prompt("hello", greedy(4)));
+    assert_eq!(out.error.unwrap().code, "unsupported");
+}
