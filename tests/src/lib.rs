@@ -1,0 +1,907 @@
+//! The harness for Switchyard's cross-part integration tests (the tests live in `tests/`).
+//!
+//! It owns everything a test needs to run the real system on one machine, and nothing else:
+//!
+//! * [`Stack`]: a real `nats-server` (JetStream on) and `redis-server` on free ports with their
+//!   own temporary data directories, plus `switchyard api` and `switchyard scheduler` pointed at
+//!   them. [`Stack::worker`] starts `switchyard worker …` processes against the same servers.
+//!   Nothing is mocked: tests speak HTTP to the api, and may watch NATS and Redis directly.
+//! * [`Proc`]: one child process in its own process group, its stdout and stderr captured in a
+//!   log file. Dropping it kills the whole group, so nothing outlives a test, even one that
+//!   panics; children also get `PR_SET_PDEATHSIG`, so they die with a test binary that is
+//!   itself killed. When a test panics, the [`Stack`] prints the tail of every log it started
+//!   and keeps the directory that holds them.
+//! * Locating binaries: `nats-server` from `PATH` or `<repo>/.switchyard/bin` (where
+//!   `scripts/setup.sh` puts it), `redis-server` from `PATH`, and `switchyard` from
+//!   `$SWITCHYARD_BIN` or else built once per test binary with `cargo build -p switchyard` into
+//!   the target directory the tests themselves were built in (see [`switchyard_bin`]).
+//! * Small helpers for what the tests check: SSE framing ([`sse`]), the stream events a
+//!   worker publishes on reply subjects ([`ReplyTap`]), the registry ([`Stack::worker_id`]),
+//!   and polling with a deadline ([`eventually`]).
+//!
+//! Every [`Stack`] has its own ports and directories, so tests run in parallel.
+
+pub mod sse;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::AsyncCommands;
+use switchyard_schemas::{StreamEvent, WorkerRecord, decode, keys};
+
+pub use reqwest;
+pub use serde_json::{Value, json};
+
+/// The repository root (the Cargo workspace).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+/// `nats-server` from `PATH`, else `<repo>/.switchyard/bin/nats-server`.
+pub fn nats_server_bin() -> PathBuf {
+    on_path("nats-server")
+        .or_else(|| Some(workspace_root().join(".switchyard/bin/nats-server")).filter(|p| p.is_file()))
+        .expect("nats-server is neither on PATH nor in .switchyard/bin: run scripts/setup.sh")
+}
+
+/// `redis-server` from `PATH`.
+pub fn redis_server_bin() -> PathBuf {
+    on_path("redis-server").expect("redis-server is not on PATH: run scripts/setup.sh")
+}
+
+/// The `switchyard` binary the tests drive.
+///
+/// `$SWITCHYARD_BIN` if set. Otherwise `<target dir>/<profile>/switchyard`, the target
+/// directory being the one this test binary lives in (`target/debug/deps/x` →
+/// `target/debug/switchyard`); `cargo build -p switchyard` runs once per test binary first
+/// (a no-op when it is up to date), so the tests never drive a stale build of the api or
+/// worker. A failed build fails the tests with cargo's output.
+pub fn switchyard_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SWITCHYARD_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "SWITCHYARD_BIN={} does not exist", bin.display());
+            return bin;
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut profile_dir = exe.parent().expect("test binary has a directory").to_path_buf();
+        if profile_dir.file_name().is_some_and(|name| name == "deps") {
+            profile_dir.pop();
+        }
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+        let target_dir = profile_dir.parent().expect("profile dir has a parent").to_path_buf();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.current_dir(workspace_root()).args(["build", "-p", "switchyard", "--bin", "switchyard"]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        build.env("CARGO_TARGET_DIR", &target_dir);
+        let started = Instant::now();
+        let output = build.output().expect("running cargo build -p switchyard");
+        assert!(
+            output.status.success(),
+            "`cargo build -p switchyard` failed (set SWITCHYARD_BIN to use a prebuilt binary):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let bin = profile_dir.join("switchyard");
+        assert!(bin.is_file(), "cargo built switchyard but {} does not exist", bin.display());
+        if started.elapsed() > Duration::from_secs(5) {
+            eprintln!("[harness] built {} in {:.1?}", bin.display(), started.elapsed());
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A port nobody listens on right now. Servers started on it can still lose a race for it, so
+/// [`Stack`] retries a server that exits at start.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`; panics with
+/// `what` when it never does.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs of every process a [`Stack`] started, by name, for the report on failure.
+type LogList = Arc<Mutex<Vec<(String, PathBuf)>>>;
+
+/// One child process in its own process group, its output captured in a log file.
+/// Dropping it kills the group (SIGKILL) and reaps the child.
+pub struct Proc {
+    name: String,
+    pid: u32,
+    child: Mutex<Child>,
+    status: Mutex<Option<ExitStatus>>,
+    log: PathBuf,
+    /// Keeps the directory holding the log alive while the process may still write to it.
+    _dir: Arc<Dir>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut command: Command, dir: &Arc<Dir>, logs: &LogList) -> Proc {
+        let log = dir.path().join(format!("{name}.log"));
+        let file = File::options().create(true).append(true).open(&log).expect("creating log file");
+        let _ = writeln!(&file, "[harness] {:?}", command);
+        command.stdin(Stdio::null()).stdout(file.try_clone().expect("dup log")).stderr(file);
+        command.process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died between fork and prctl: don't outlive it.
+                if libc::getppid() == 1 {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("spawning {name} ({:?}): {e}", command.get_program()));
+        logs.lock().unwrap().push((name.to_string(), log.clone()));
+        Proc { name: name.to_string(), pid: child.id(), child: Mutex::new(child), status: Mutex::new(None), log, _dir: dir.clone() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if self.try_status().is_some() {
+            return;
+        }
+        // SAFETY: plain kill(2) on the group we created; a group that is gone yields ESRCH.
+        unsafe {
+            libc::kill(-(self.pid as libc::pid_t), signal);
+        }
+    }
+
+    /// SIGKILL to the process group, and reap it.
+    pub fn sigkill(&self) {
+        self.signal(libc::SIGKILL);
+        let mut child = self.child.lock().unwrap();
+        if let Ok(status) = child.wait() {
+            self.status.lock().unwrap().get_or_insert(status);
+        }
+    }
+
+    /// SIGTERM to the process group; see [`Proc::wait_exit`].
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        let mut status = self.status.lock().unwrap();
+        if status.is_none() {
+            if let Ok(Some(exited)) = self.child.lock().unwrap().try_wait() {
+                *status = Some(exited);
+            }
+        }
+        *status
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Describes how the process ended, for assertion messages.
+    pub fn describe_exit(status: ExitStatus) -> String {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            _ => format!("{status:?}"),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Proc({} pid {})", self.name, self.pid)
+    }
+}
+
+/// A temporary directory that stays on disk when a test fails (or `SWITCHYARD_KEEP_LOGS` is
+/// set), so its logs can be read afterwards.
+struct Dir {
+    dir: Mutex<Option<tempfile::TempDir>>,
+    path: PathBuf,
+}
+
+impl Dir {
+    fn new() -> Arc<Dir> {
+        let dir = tempfile::Builder::new().prefix("switchyard-test-").tempdir().expect("creating temp dir");
+        let path = dir.path().to_path_buf();
+        Arc::new(Dir { dir: Mutex::new(Some(dir)), path })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn keep(&self) {
+        if let Some(dir) = self.dir.lock().unwrap().take() {
+            let _ = dir.keep();
+        }
+    }
+}
+
+/// Options for [`Stack::start_with`]; [`Stack::builder`] sets them.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// `--queue-timeout` of the api: how long a job waits for a worker before a 503.
+    pub queue_timeout: Duration,
+    /// `--body-limit` of the api, in bytes; the api's default when `None`.
+    pub body_limit: Option<u64>,
+    /// Whether to run `switchyard scheduler` (registry reaping, dead letters).
+    pub scheduler: bool,
+    /// `--reap-interval` of the scheduler.
+    pub reap_interval: Duration,
+    /// Extra arguments for `switchyard api`.
+    pub api_args: Vec<String>,
+    /// Extra arguments for `switchyard scheduler`.
+    pub scheduler_args: Vec<String>,
+    /// Extra environment for every Switchyard process (api, scheduler, workers).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            queue_timeout: Duration::from_secs(30),
+            body_limit: None,
+            scheduler: true,
+            reap_interval: Duration::from_secs(1),
+            api_args: Vec::new(),
+            scheduler_args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Builder for a [`Stack`] with non-default options.
+#[derive(Debug, Clone, Default)]
+pub struct StackBuilder {
+    options: StackOptions,
+}
+
+impl StackBuilder {
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.options.queue_timeout = timeout;
+        self
+    }
+
+    pub fn body_limit(mut self, bytes: u64) -> Self {
+        self.options.body_limit = Some(bytes);
+        self
+    }
+
+    pub fn without_scheduler(mut self) -> Self {
+        self.options.scheduler = false;
+        self
+    }
+
+    pub fn reap_interval(mut self, interval: Duration) -> Self {
+        self.options.reap_interval = interval;
+        self
+    }
+
+    pub fn api_arg(mut self, arg: impl Into<String>) -> Self {
+        self.options.api_args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        Stack::start_with(self.options).await
+    }
+}
+
+/// `250ms`-style duration for command lines.
+pub fn duration_arg(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+/// A real nats-server (JetStream on) and redis-server on free ports, with temporary data
+/// directories; both killed on drop. When dropped during a panic it prints the tail of every
+/// log in its directory (its own, and those of the Switchyard processes of a [`Stack`]) and
+/// keeps the directory.
+pub struct Servers {
+    nats: Proc,
+    redis: Proc,
+    nats_port: u16,
+    redis_port: u16,
+    logs: LogList,
+    dir: Arc<Dir>,
+}
+
+impl Servers {
+    pub async fn start() -> Servers {
+        let dir = Dir::new();
+        let logs: LogList = Arc::default();
+        // From here on a panic must still show the logs gathered so far.
+        let guard = StartGuard { dir: dir.clone(), logs: logs.clone(), done: false };
+        let (nats, nats_port) = start_nats(&dir, &logs).await;
+        let (redis, redis_port) = start_redis(&dir, &logs).await;
+        let mut guard = guard;
+        guard.done = true;
+        Servers { nats, redis, nats_port, redis_port, logs, dir }
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    pub fn nats(&self) -> &Proc {
+        &self.nats
+    }
+
+    pub fn redis(&self) -> &Proc {
+        &self.redis
+    }
+
+    /// Where the logs (and the servers' data) are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts any command as a [`Proc`] logging into this directory.
+    pub fn spawn(&self, name: &str, command: Command) -> Proc {
+        Proc::spawn(name, command, &self.dir, &self.logs)
+    }
+
+    /// Prints the last `lines` lines of every log started here.
+    pub fn print_logs(&self, lines: usize) {
+        print_logs(&self.logs, lines);
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("SWITCHYARD_KEEP_LOGS").is_some() {
+            self.print_logs(60);
+            self.dir.keep();
+            eprintln!("[harness] logs kept in {}", self.dir.path().display());
+        }
+    }
+}
+
+/// [`Servers`] + `switchyard api` (+ `switchyard scheduler`), torn down on drop.
+pub struct Stack {
+    // Fields drop in order: Switchyard processes before the servers they use.
+    api: Proc,
+    scheduler: Option<Proc>,
+    servers: Servers,
+    api_port: u16,
+    scheduler_port: Option<u16>,
+    options: StackOptions,
+    http: reqwest::Client,
+    worker_count: Mutex<u32>,
+}
+
+/// How many times a server whose port was taken in between is restarted on a new one.
+const PORT_ATTEMPTS: usize = 5;
+
+impl Stack {
+    /// Everything with default options.
+    pub async fn start() -> Stack {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    pub async fn start_with(options: StackOptions) -> Stack {
+        let servers = Servers::start().await;
+        let (dir, logs) = (servers.dir.clone(), servers.logs.clone());
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("reqwest client");
+        let (nats_url, redis_url) = (servers.nats_url(), servers.redis_url());
+        let bin = switchyard_bin();
+
+        let (scheduler, scheduler_port) = if options.scheduler {
+            let (proc, port) = start_http_process(&dir, &logs, &http, "scheduler", "/health", |port| {
+                let mut command = switchyard_command(&bin, &nats_url, &redis_url, &options.env);
+                command.args(["scheduler", "--nats-url", &nats_url, "--redis-url", &redis_url]);
+                command.args(["--listen", &format!("127.0.0.1:{port}")]);
+                command.args(["--reap-interval", &duration_arg(options.reap_interval)]);
+                command.args(&options.scheduler_args);
+                command
+            })
+            .await;
+            (Some(proc), Some(port))
+        } else {
+            (None, None)
+        };
+
+        let (api, api_port) = start_http_process(&dir, &logs, &http, "api", "/ready", |port| {
+            let mut command = switchyard_command(&bin, &nats_url, &redis_url, &options.env);
+            command.args(["api", "--listen", &format!("127.0.0.1:{port}")]);
+            command.args(["--nats-url", &nats_url, "--redis-url", &redis_url]);
+            command.args(["--queue-timeout", &duration_arg(options.queue_timeout)]);
+            if let Some(limit) = options.body_limit {
+                command.args(["--body-limit", &limit.to_string()]);
+            }
+            command.args(&options.api_args);
+            command
+        })
+        .await;
+
+        Stack { api, scheduler, servers, api_port, scheduler_port, options, http, worker_count: Mutex::new(0) }
+    }
+
+    pub fn options(&self) -> &StackOptions {
+        &self.options
+    }
+
+    /// `http://127.0.0.1:<api port><path>`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// `http://127.0.0.1:<scheduler port><path>`; panics without a scheduler.
+    pub fn scheduler_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.scheduler_port.expect("this stack runs no scheduler"))
+    }
+
+    pub fn nats_url(&self) -> String {
+        self.servers.nats_url()
+    }
+
+    pub fn redis_url(&self) -> String {
+        self.servers.redis_url()
+    }
+
+    pub fn servers(&self) -> &Servers {
+        &self.servers
+    }
+
+    /// The HTTP client the harness uses (no proxy, 120 s total timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn api(&self) -> &Proc {
+        &self.api
+    }
+
+    pub fn scheduler(&self) -> Option<&Proc> {
+        self.scheduler.as_ref()
+    }
+
+    pub fn nats(&self) -> &Proc {
+        self.servers.nats()
+    }
+
+    pub fn redis(&self) -> &Proc {
+        self.servers.redis()
+    }
+
+    /// Starts `switchyard worker <args…>` against this stack's servers (the URLs go in
+    /// through `SWITCHYARD_NATS_URL` / `SWITCHYARD_REDIS_URL`). It returns at once; see
+    /// [`Stack::worker_id`] and [`Stack::wait_for_model`] to wait until it serves.
+    pub fn worker(&self, args: &[&str]) -> Proc {
+        let n = {
+            let mut count = self.worker_count.lock().unwrap();
+            *count += 1;
+            *count
+        };
+        let name = format!("worker-{n}-{}", args.first().copied().unwrap_or("none"));
+        let mut command = switchyard_command(&switchyard_bin(), &self.nats_url(), &self.redis_url(), &self.options.env);
+        command.arg("worker").args(args);
+        self.servers.spawn(&name, command)
+    }
+
+    /// A new NATS client connected to this stack's server.
+    pub async fn nats_client(&self) -> async_nats::Client {
+        async_nats::connect(self.nats_url()).await.expect("connecting to nats-server")
+    }
+
+    /// A new Redis connection to this stack's server.
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to redis-server")
+    }
+
+    /// Subscribes to every reply subject (`sy.reply.>`) and decodes the stream events.
+    pub async fn tap_replies(&self) -> ReplyTap {
+        ReplyTap::new(self.nats_client().await).await
+    }
+
+    /// Worker ids in the `sy:workers` sorted set, live or not.
+    pub async fn registered_worker_ids(&self) -> Vec<String> {
+        let mut redis = self.redis_conn().await;
+        redis.zrange(keys::WORKERS, 0, -1).await.expect("ZRANGE sy:workers")
+    }
+
+    /// The registry record of `worker` (matched by pid), if it has one.
+    pub async fn worker_record(&self, worker: &Proc) -> Option<WorkerRecord> {
+        let mut redis = self.redis_conn().await;
+        for id in self.registered_worker_ids().await {
+            let blob: Option<Vec<u8>> = redis.get(keys::worker(&id)).await.ok()?;
+            if let Some(record) = blob.and_then(|blob| decode::<WorkerRecord>(&blob).ok()) {
+                if record.pid == worker.pid() {
+                    return Some(record);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits (up to 60 s) until `worker` is in the registry, and returns its worker id.
+    pub async fn worker_id(&self, worker: &Proc) -> String {
+        eventually(Duration::from_secs(60), &format!("{} to register", worker.name()), || async {
+            if let Some(status) = worker.try_status() {
+                panic!("{} exited ({}) before registering:\n{}", worker.name(), Proc::describe_exit(status), tail(&worker.log(), 40));
+            }
+            self.worker_record(worker).await.map(|record| record.worker_id)
+        })
+        .await
+    }
+
+    /// Model ids in `GET /v1/models`.
+    pub async fn models(&self) -> Vec<String> {
+        let response = self.http.get(self.api_url("/v1/models")).send().await.expect("GET /v1/models");
+        let status = response.status();
+        let body: Value = response.json().await.expect("GET /v1/models returns JSON");
+        assert_eq!(status, 200, "GET /v1/models: {body}");
+        body["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("GET /v1/models has no data array: {body}"))
+            .iter()
+            .map(|model| model["id"].as_str().unwrap_or_else(|| panic!("model without id: {model}")).to_string())
+            .collect()
+    }
+
+    /// Waits (up to 60 s) until `model` is listed in `GET /v1/models`.
+    pub async fn wait_for_model(&self, model: &str) {
+        eventually(Duration::from_secs(60), &format!("model {model} in /v1/models"), || async {
+            self.models().await.iter().any(|m| m == model).then_some(())
+        })
+        .await
+    }
+
+    /// Starts a worker and waits until it is registered and `model` is listed.
+    pub async fn ready_worker(&self, args: &[&str], model: &str) -> (Proc, String) {
+        let worker = self.worker(args);
+        let id = self.worker_id(&worker).await;
+        self.wait_for_model(model).await;
+        (worker, id)
+    }
+
+    /// `POST <path>` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.api_url(path)).json(body).send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    /// `POST <path>` and the response's status and JSON body (panics if the body is not JSON).
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self.post(path, body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("reading response body");
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path} → {status}: body is not JSON ({e}): {text:?}"));
+        (status, value)
+    }
+
+    /// Where this stack's logs are.
+    pub fn log_dir(&self) -> &Path {
+        self.servers.dir()
+    }
+
+    /// Prints the last lines of every log this stack started.
+    pub fn print_logs(&self, lines: usize) {
+        self.servers.print_logs(lines);
+    }
+}
+
+/// Prints logs when [`Servers::start`] panics half-way.
+struct StartGuard {
+    dir: Arc<Dir>,
+    logs: LogList,
+    done: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            print_logs(&self.logs, 60);
+            self.dir.keep();
+            eprintln!("[harness] stack failed to start; logs kept in {}", self.dir.path().display());
+        }
+    }
+}
+
+fn print_logs(logs: &LogList, lines: usize) {
+    for (name, path) in logs.lock().unwrap().iter() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        eprintln!("===== {name} ({}) — last {lines} lines =====\n{}", path.display(), tail(&text, lines));
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn switchyard_command(bin: &Path, nats_url: &str, redis_url: &str, env: &[(String, String)]) -> Command {
+    let mut command = Command::new(bin);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SWITCHYARD_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("SWITCHYARD_NATS_URL", nats_url).env("SWITCHYARD_REDIS_URL", redis_url);
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "info");
+    }
+    command.env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+async fn start_nats(dir: &Arc<Dir>, logs: &LogList) -> (Proc, u16) {
+    let bin = nats_server_bin();
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = free_port();
+        let store = dir.path().join(format!("nats-{attempt}"));
+        let mut command = Command::new(&bin);
+        command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(&store);
+        let proc = Proc::spawn(&format!("nats-server-{attempt}"), command, dir, logs);
+        if wait_for_port(&proc, port, |stream| {
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
+        })
+        .await
+        {
+            return (proc, port);
+        }
+    }
+    panic!("nats-server did not start after {PORT_ATTEMPTS} attempts");
+}
+
+async fn start_redis(dir: &Arc<Dir>, logs: &LogList) -> (Proc, u16) {
+    let bin = redis_server_bin();
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = free_port();
+        let data = dir.path().join(format!("redis-{attempt}"));
+        std::fs::create_dir_all(&data).expect("redis data dir");
+        let mut command = Command::new(&bin);
+        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        command.arg("--dir").arg(&data);
+        let proc = Proc::spawn(&format!("redis-server-{attempt}"), command, dir, logs);
+        if wait_for_port(&proc, port, |mut stream| {
+            let mut reply = [0u8; 7];
+            stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+        })
+        .await
+        {
+            return (proc, port);
+        }
+    }
+    panic!("redis-server did not start after {PORT_ATTEMPTS} attempts");
+}
+
+/// Waits until `proc` answers on `port` as `answers` expects; false if it exited first
+/// (typically: the port was taken), panics if it never answers.
+async fn wait_for_port(proc: &Proc, port: u16, answers: impl Fn(TcpStream) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if proc.try_status().is_some() {
+            eprintln!("[harness] {} exited at start; retrying on another port:\n{}", proc.name(), tail(&proc.log(), 10));
+            return false;
+        }
+        if let Ok(stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            if answers(stream) {
+                return true;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} does not answer on port {port}:\n{}", proc.name(), tail(&proc.log(), 40));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a Switchyard process that serves HTTP, retrying on another port if it exits at
+/// start, and waits (up to 60 s) until `ready_path` answers 200.
+async fn start_http_process(
+    dir: &Arc<Dir>,
+    logs: &LogList,
+    http: &reqwest::Client,
+    name: &str,
+    ready_path: &str,
+    command: impl Fn(u16) -> Command,
+) -> (Proc, u16) {
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = free_port();
+        let proc = Proc::spawn(&format!("{name}-{attempt}"), command(port), dir, logs);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = proc.try_status() {
+                let log = proc.log();
+                let port_taken = log.contains("in use") || log.contains("AddrInUse");
+                if port_taken && attempt < PORT_ATTEMPTS {
+                    break;
+                }
+                panic!("switchyard {name} exited at start ({}):\n{}", Proc::describe_exit(status), tail(&log, 40));
+            }
+            let last = match http.get(format!("http://127.0.0.1:{port}{ready_path}")).timeout(Duration::from_secs(2)).send().await {
+                Ok(response) if response.status() == 200 => return (proc, port),
+                Ok(response) => format!("{} {}", response.status(), response.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "switchyard {name}: GET {ready_path} never answered 200 (last: {last}):\n{}",
+                tail(&proc.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    unreachable!()
+}
+
+/// Every [`StreamEvent`] published on `sy.reply.>` since the tap was created.
+pub struct ReplyTap {
+    subscriber: async_nats::Subscriber,
+    seen: Vec<(String, StreamEvent)>,
+    _client: async_nats::Client,
+}
+
+impl ReplyTap {
+    async fn new(client: async_nats::Client) -> ReplyTap {
+        let subscriber = client.subscribe("sy.reply.>").await.expect("subscribing to sy.reply.>");
+        // The subscription must be in place on the server before the test publishes anything.
+        client.flush().await.expect("flushing the subscription");
+        ReplyTap { subscriber, seen: Vec::new(), _client: client }
+    }
+
+    /// The next event, waiting at most `timeout`; panics on a message that does not decode.
+    pub async fn next(&mut self, timeout: Duration) -> Option<StreamEvent> {
+        let message = tokio::time::timeout(timeout, self.subscriber.next()).await.ok()??;
+        let event: StreamEvent = decode(&message.payload)
+            .unwrap_or_else(|e| panic!("undecodable event on {}: {e}", message.subject));
+        self.seen.push((message.subject.to_string(), event.clone()));
+        Some(event)
+    }
+
+    /// Waits up to `timeout` for an event matching `pred`, keeping all others in [`ReplyTap::seen`].
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&StreamEvent) -> bool) -> Option<StreamEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.next(left).await?;
+            if pred(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Reads whatever arrives within `quiet` of the previous event.
+    pub async fn drain(&mut self, quiet: Duration) {
+        while self.next(quiet).await.is_some() {}
+    }
+
+    /// Every event received so far, with its subject.
+    pub fn seen(&self) -> &[(String, StreamEvent)] {
+        &self.seen
+    }
+
+    /// Job ids with a `Started` event from each worker id.
+    pub fn started_by(&self) -> Vec<(String, String, u32)> {
+        self.seen
+            .iter()
+            .filter_map(|(_, event)| match &event.body {
+                switchyard_schemas::EventBody::Started { worker_id, attempt, .. } => {
+                    Some((event.job_id.clone(), worker_id.clone(), *attempt))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The distinct worker ids that started a job.
+    pub fn workers_seen(&self) -> HashSet<String> {
+        self.started_by().into_iter().map(|(_, worker, _)| worker).collect()
+    }
+}
+
+/// Asserts the OpenAI error body: `{"error": {"message": str, "type": str, "param": str|null,
+/// "code": str|null}}`, and returns the inner object.
+pub fn assert_openai_error(body: &Value) -> &serde_json::Map<String, Value> {
+    let error = body.get("error").and_then(Value::as_object).unwrap_or_else(|| panic!("not an OpenAI error body: {body}"));
+    let message = error.get("message").and_then(Value::as_str).unwrap_or_else(|| panic!("error.message missing: {body}"));
+    assert!(!message.trim().is_empty(), "error.message is empty: {body}");
+    assert!(error.get("type").is_some_and(Value::is_string), "error.type must be a string: {body}");
+    assert!(error.get("param").is_some_and(|p| p.is_null() || p.is_string()), "error.param must be present (string or null): {body}");
+    assert!(error.get("code").is_some_and(|c| c.is_null() || c.is_string()), "error.code must be present (string or null): {body}");
+    error
+}
