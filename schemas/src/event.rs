@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::Versioned;
 
+/// Sequence number of an event sent by someone other than the job's worker (the scheduler's
+/// dead-letter error): receivers accept it whatever sequence they expect next.
+pub const OUT_OF_BAND_SEQ: u64 = u64::MAX;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StreamEvent {
     pub v: u16,

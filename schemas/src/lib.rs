@@ -19,7 +19,7 @@ pub mod model;
 pub mod subject;
 
 pub use codec::{CodecError, decode, encode};
-pub use event::{ErrorCode, EventBody, FinishReason, StreamEvent, TokenLogprob, TopLogprob, Usage};
+pub use event::{OUT_OF_BAND_SEQ, ErrorCode, EventBody, FinishReason, StreamEvent, TokenLogprob, TopLogprob, Usage};
 pub use job::{ChatMessage, JobEnvelope, JobKind, JobRequest, ResumeState, SamplingParams};
 pub use model::{ModelCard, ModelKind, Permissions, WorkerRecord};
 

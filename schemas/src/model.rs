@@ -36,6 +36,29 @@ pub struct Permissions {
     pub owner: Option<String>,
 }
 
+impl std::str::FromStr for Permissions {
+    type Err = String;
+
+    /// Parses `groups: default; users: a, b; owner: c` (any part may be left out).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut permissions = Permissions::default();
+        for clause in text.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            let (key, values) = clause.split_once(':').ok_or_else(|| format!("expected `key: values` in {clause:?}"))?;
+            let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+            match key.trim() {
+                "groups" | "group" => permissions.groups.extend(values),
+                "users" | "user" => permissions.users.extend(values),
+                "owner" => match values.as_slice() {
+                    [owner] => permissions.owner = Some(owner.clone()),
+                    _ => return Err(format!("`owner` takes exactly one name, got {values:?}")),
+                },
+                other => return Err(format!("unknown permission key {other:?} (use groups, users, owner)")),
+            }
+        }
+        Ok(permissions)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ModelCard {
     pub v: u16,
@@ -82,5 +105,22 @@ pub struct WorkerRecord {
 impl Versioned for WorkerRecord {
     fn version(&self) -> u16 {
         self.v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Permissions;
+
+    #[test]
+    fn permissions_parse_in_hepai_form() {
+        let p: Permissions = "groups: default; users: a, b; owner: c".parse().unwrap();
+        assert_eq!(p.groups, vec!["default"]);
+        assert_eq!(p.users, vec!["a", "b"]);
+        assert_eq!(p.owner.as_deref(), Some("c"));
+        assert_eq!("".parse::<Permissions>().unwrap(), Permissions::default());
+        assert!("owner: a, b".parse::<Permissions>().is_err());
+        assert!("colour: blue".parse::<Permissions>().is_err());
+        assert!("groups default".parse::<Permissions>().is_err());
     }
 }

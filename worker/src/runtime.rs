@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
+pub use switchyard_broker::parse_duration;
 use switchyard_broker::{cancel, jobs, registry::Registry};
 use switchyard_schemas::{
     ErrorCode, EventBody, JobEnvelope, ResumeState, WIRE_VERSION, WorkerRecord, decode, encode, now_ms,
@@ -48,21 +49,6 @@ pub struct RuntimeOptions {
     /// Who may use this worker's models: `groups: default; users: a, b; owner: c`.
     #[arg(long, env = "SWITCHYARD_PERMISSIONS")]
     pub permissions: Option<String>,
-}
-
-/// Parses `250ms`, `2s`, `5m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
-    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 2s, 5m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit in {text:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Shared state of one running worker.

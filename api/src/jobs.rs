@@ -1,0 +1,241 @@
+//! Submitting jobs and receiving their events.
+//!
+//! Each api instance subscribes once to `sy.reply.<instance>.*` and routes events to the
+//! request waiting for them, checking sequence numbers on the way: a duplicate is dropped, a
+//! gap ends the job with a `stream_gap` error. It also remembers what each job has delivered,
+//! so when a worker dies and JetStream hands the job to another, that worker can ask (on
+//! `sy.resume.<instance>.<job>`) where to continue — the client never sees text twice.
+//!
+//! A [`JobHandle`] dropped before its job finished (the client went away) cancels the job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use switchyard_schemas::{
+    ErrorCode, EventBody, JobEnvelope, JobRequest, OUT_OF_BAND_SEQ, ResumeState, StreamEvent, WIRE_VERSION, decode, encode,
+    now_ms, subject,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::error::ApiError;
+
+pub struct Jobs {
+    instance: String,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    redis: redis::aio::ConnectionManager,
+    inflight: Mutex<HashMap<String, Inflight>>,
+    queue_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+struct Inflight {
+    tx: mpsc::UnboundedSender<EventBody>,
+    next_seq: u64,
+    /// Text delivered so far and the tokens it holds: what a resuming worker continues after.
+    text: String,
+    tokens: u32,
+}
+
+impl Jobs {
+    pub async fn start(
+        instance: String,
+        nats: async_nats::Client,
+        redis: redis::aio::ConnectionManager,
+        queue_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Arc<Jobs>, ApiError> {
+        let js = jetstream::new(nats.clone());
+        switchyard_broker::jobs::ensure_streams(&js).await?;
+        let jobs = Arc::new(Jobs {
+            instance,
+            nats: nats.clone(),
+            js,
+            redis,
+            inflight: Mutex::new(HashMap::new()),
+            queue_timeout,
+            idle_timeout,
+        });
+        let subscribe_err = |e: async_nats::SubscribeError| ApiError::Unavailable(format!("cannot subscribe on NATS: {e}"));
+        let replies = nats.subscribe(subject::replies_of(&jobs.instance)).await.map_err(subscribe_err)?;
+        let resumes = nats.subscribe(subject::resumes_of(&jobs.instance)).await.map_err(subscribe_err)?;
+        tokio::spawn(route_events(Arc::downgrade(&jobs), replies));
+        tokio::spawn(answer_resumes(Arc::downgrade(&jobs), resumes));
+        Ok(jobs)
+    }
+
+    /// Publishes a job and returns the handle its events arrive on. The job is in JetStream
+    /// (acknowledged) when this returns.
+    pub async fn submit(self: &Arc<Self>, model: &str, request: JobRequest) -> Result<JobHandle, ApiError> {
+        let id = ulid::Ulid::new().to_string();
+        let kind = request.kind();
+        let envelope = JobEnvelope {
+            v: WIRE_VERSION,
+            id: id.clone(),
+            kind,
+            model: model.to_string(),
+            request,
+            priority: 0,
+            deadline_ms: Some(now_ms() + self.idle_timeout.as_millis() as u64 + self.queue_timeout.as_millis() as u64),
+            reply_to: subject::reply(&self.instance, &id),
+            resume_to: subject::resume(&self.instance, &id),
+            traceparent: None,
+            created_ms: now_ms(),
+        };
+        let payload = encode(&envelope).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Listen before publishing: a fast worker may answer before the publish ack arrives.
+        self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, next_seq: 0, text: String::new(), tokens: 0 });
+        let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let published = async {
+            self.js.publish_with_headers(subject::job(kind, model), headers, payload.into()).await?.await?;
+            Ok::<_, async_nats::jetstream::context::PublishError>(())
+        };
+        if let Err(e) = published.await {
+            handle.finished = true;
+            return Err(ApiError::Unavailable(format!("The job queue did not accept the job: {e}")));
+        }
+        debug!(job_id = %id, model, "job queued");
+        Ok(handle)
+    }
+
+    fn cancel_in_background(self: &Arc<Self>, job_id: String) {
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = switchyard_broker::cancel::cancel_job(&jobs.redis, &jobs.nats, &job_id).await {
+                warn!(job_id, error = %e, "cancelling job failed");
+            }
+        });
+    }
+}
+
+/// One job's events, in order, ending with `Done` or `Error`.
+pub struct JobHandle {
+    id: String,
+    rx: mpsc::UnboundedReceiver<EventBody>,
+    jobs: Arc<Jobs>,
+    started: bool,
+    finished: bool,
+}
+
+impl JobHandle {
+    /// The next event. Fails with 503 if no worker starts the job within the queue timeout,
+    /// and with an error if a started job goes silent for longer than the idle timeout.
+    pub async fn next(&mut self) -> Result<EventBody, ApiError> {
+        if self.finished {
+            return Err(ApiError::Internal("read past the end of a job".into()));
+        }
+        let wait = if self.started { self.jobs.idle_timeout } else { self.jobs.queue_timeout };
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Ok(Some(event)) => {
+                if matches!(event, EventBody::Started { .. }) {
+                    self.started = true;
+                }
+                self.finished = event.is_terminal();
+                Ok(event)
+            }
+            Ok(None) => Err(ApiError::Internal("the job's event route closed".into())),
+            Err(_) if !self.started => Err(ApiError::NoCapacity(format!(
+                "No worker took the job within {:.1}s: the model has no live worker, or all of its workers are busy. Try again later.",
+                wait.as_secs_f64()
+            ))),
+            Err(_) => Err(ApiError::Internal(format!("The worker running this job went silent for {:.0}s.", wait.as_secs_f64()))),
+        }
+    }
+
+    /// Like [`Self::next`], but skips `Started`.
+    pub async fn next_output(&mut self) -> Result<EventBody, ApiError> {
+        loop {
+            match self.next().await? {
+                EventBody::Started { .. } => continue,
+                event => return Ok(event),
+            }
+        }
+    }
+
+    /// Turns the handle into a stream of output events that ends after the terminal one (an
+    /// `Err` is terminal too).
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<EventBody, ApiError>> + Send {
+        futures::stream::unfold(Some(self), |handle| async move {
+            let mut handle = handle?;
+            let event = handle.next_output().await;
+            let done = event.as_ref().map_or(true, EventBody::is_terminal);
+            Some((event, if done { None } else { Some(handle) }))
+        })
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        self.jobs.inflight.lock().unwrap().remove(&self.id);
+        if !self.finished {
+            debug!(job_id = %self.id, "request ended before its job: cancelling");
+            self.jobs.cancel_in_background(self.id.clone());
+        }
+    }
+}
+
+async fn route_events(jobs: std::sync::Weak<Jobs>, mut replies: async_nats::Subscriber) {
+    while let Some(message) = replies.next().await {
+        let Some(jobs) = jobs.upgrade() else { return };
+        let event: StreamEvent = match decode(&message.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(subject = %message.subject, error = %e, "undecodable event dropped");
+                continue;
+            }
+        };
+        let mut inflight = jobs.inflight.lock().unwrap();
+        let Some(job) = inflight.get_mut(&event.job_id) else { continue };
+        if event.seq == OUT_OF_BAND_SEQ {
+            let _ = job.tx.send(event.body);
+            continue;
+        }
+        if event.seq < job.next_seq {
+            debug!(job_id = %event.job_id, seq = event.seq, "duplicate event dropped");
+            continue;
+        }
+        if event.seq > job.next_seq {
+            let message = format!(
+                "Lost events {}..{} of this job between worker and api; the output would be incomplete.",
+                job.next_seq, event.seq
+            );
+            let _ = job.tx.send(EventBody::Error { code: ErrorCode::StreamGap, message });
+            job.next_seq = u64::MAX - 1;
+            continue;
+        }
+        job.next_seq += 1;
+        if let EventBody::Delta { text, tokens, .. } = &event.body {
+            job.text.push_str(text);
+            job.tokens += tokens;
+        }
+        let _ = job.tx.send(event.body);
+    }
+}
+
+async fn answer_resumes(jobs: std::sync::Weak<Jobs>, mut requests: async_nats::Subscriber) {
+    while let Some(request) = requests.next().await {
+        let Some(jobs) = jobs.upgrade() else { return };
+        let Some(reply) = request.reply else { continue };
+        let state = subject::job_id_of(&request.subject)
+            .and_then(|id| {
+                jobs.inflight.lock().unwrap().get(&id).map(|job| ResumeState {
+                    v: WIRE_VERSION,
+                    wanted: true,
+                    text: job.text.clone(),
+                    completion_tokens: job.tokens,
+                    next_seq: job.next_seq,
+                })
+            })
+            .unwrap_or(ResumeState { v: WIRE_VERSION, ..Default::default() });
+        if let Ok(bytes) = encode(&state) {
+            let _ = jobs.nats.publish(reply, bytes.into()).await;
+        }
+    }
+}

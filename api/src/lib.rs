@@ -1,0 +1,93 @@
+//! Switchyard's HTTP surface: the OpenAI-compatible routes, SSE, validation, and the
+//! submission of jobs to NATS. It never runs a model.
+//!
+//! * [`routes`]: the router and handlers.
+//! * [`validate`]: request checks before anything is queued.
+//! * [`jobs`]: publishing jobs and routing their events back, with resume and cancellation.
+//! * [`directory`]: the api's copy of the model registry.
+//! * [`error`]: the one error type, mapped to HTTP status and OpenAI's error body in one place.
+
+pub mod directory;
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod openai;
+pub mod routes;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use switchyard_broker::parse_duration;
+use switchyard_broker::registry::Registry;
+use switchyard_schemas::subject;
+use tokio_util::sync::CancellationToken;
+
+use crate::directory::Directory;
+use crate::jobs::Jobs;
+use crate::routes::AppState;
+use crate::validate::Limits;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiOptions {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// NATS server URL.
+    #[arg(long, env = "SWITCHYARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// How long a job waits for a worker to start it before the request fails with 503.
+    #[arg(long, env = "SWITCHYARD_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
+    /// How long a started job may go without an event before the request fails.
+    #[arg(long, env = "SWITCHYARD_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "SWITCHYARD_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Largest `n` a request may ask for.
+    #[arg(long, env = "SWITCHYARD_MAX_N", default_value_t = 16)]
+    pub max_n: u32,
+    /// Largest number of inputs in one embeddings request.
+    #[arg(long, env = "SWITCHYARD_MAX_EMBEDDING_INPUTS", default_value_t = 2048)]
+    pub max_embedding_inputs: usize,
+    /// How often the api refreshes its copy of the model registry.
+    #[arg(long, env = "SWITCHYARD_REGISTRY_REFRESH", default_value = "1s", value_parser = parse_duration)]
+    pub registry_refresh: Duration,
+}
+
+/// Serves the api until `shutdown` fires.
+pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let instance = format!("api-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let nats = switchyard_broker::connect_nats(&options.nats_url, &instance).await?;
+    let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
+    let jobs = Jobs::start(instance.clone(), nats.clone(), redis.clone(), options.queue_timeout, options.idle_timeout).await?;
+    let directory = Directory::new(Registry::new(redis.clone()));
+    if let Err(e) = directory.refresh().await {
+        tracing::warn!(error = %e, "initial registry read failed");
+    }
+    directory.spawn_refresher(options.registry_refresh);
+    let state = AppState {
+        jobs,
+        directory,
+        limits: Limits { max_n: options.max_n, max_embedding_inputs: options.max_embedding_inputs },
+        nats,
+        redis,
+    };
+    let app = routes::router(state, options.body_limit).layer(tower_http::trace::TraceLayer::new_for_http());
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?
+        // Short SSE events would otherwise wait ~40 ms each for Nagle's algorithm.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+    tracing::info!(listen = %options.listen, instance, replies = %subject::replies_of(&instance), "api ready");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}

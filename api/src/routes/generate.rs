@@ -1,0 +1,392 @@
+//! `/v1/chat/completions` and `/v1/completions`: validate, fan `n` choices (and several
+//! prompts) out into one job each, then answer with one JSON body or with SSE chunks exactly
+//! as OpenAI frames them, ending in `data: [DONE]`.
+
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{BoxStream, SelectAll};
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+use switchyard_schemas::{EventBody, FinishReason, JobRequest, TokenLogprob, Usage};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::extract::OpenAiJson;
+use crate::jobs::JobHandle;
+use crate::openai::{ChatCompletionRequest, CompletionRequest, UsageOut};
+use crate::validate;
+
+/// What differs between the two endpoints once the jobs are running.
+#[derive(Clone)]
+enum Flavor {
+    Chat,
+    /// Legacy completions; `echo` holds each prompt when the client asked for it back.
+    Completion { echo: Option<Vec<String>> },
+}
+
+impl Flavor {
+    fn prompt_param(&self) -> &'static str {
+        match self {
+            Flavor::Chat => "messages",
+            Flavor::Completion { .. } => "prompt",
+        }
+    }
+}
+
+/// The response being built, shared by both shapes of answer.
+struct Reply {
+    id: String,
+    model: String,
+    created: u64,
+    flavor: Flavor,
+    /// Choices per prompt.
+    n: usize,
+    logprobs: bool,
+}
+
+pub async fn chat_completions(State(state): State<AppState>, OpenAiJson(request): OpenAiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
+    let model = state.directory.lookup(&request.model).await?;
+    let stream = request.stream.unwrap_or(false);
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let model_name = request.model.clone();
+    let (messages, params, n) = validate::chat(request, &state.limits, &model)?;
+    let reply = Reply { id: format!("chatcmpl-{}", ulid::Ulid::new()), model: model_name, created: now_secs(), flavor: Flavor::Chat, n: n as usize, logprobs: params.logprobs };
+    let jobs = (0..n).map(|i| JobRequest::Chat { messages: messages.clone(), params: choice_params(&params, i) }).collect();
+    run(state, reply, jobs, stream, include_usage).await
+}
+
+pub async fn completions(State(state): State<AppState>, OpenAiJson(request): OpenAiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    let model = state.directory.lookup(&request.model).await?;
+    let stream = request.stream.unwrap_or(false);
+    let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let echo = request.echo.unwrap_or(false);
+    let model_name = request.model.clone();
+    let (prompts, params, n) = validate::completion(request, &state.limits, &model)?;
+    let jobs = prompts
+        .iter()
+        .flat_map(|prompt| (0..n).map(|i| JobRequest::Completion { prompt: prompt.clone(), params: choice_params(&params, i) }))
+        .collect();
+    let flavor = Flavor::Completion { echo: echo.then_some(prompts) };
+    let reply = Reply { id: format!("cmpl-{}", ulid::Ulid::new()), model: model_name, created: now_secs(), flavor, n: n as usize, logprobs: params.logprobs };
+    run(state, reply, jobs, stream, include_usage).await
+}
+
+/// Choice `i` of `n` gets its own seed, so `n` seeded choices differ from each other but are
+/// reproducible.
+fn choice_params(params: &switchyard_schemas::SamplingParams, i: u32) -> switchyard_schemas::SamplingParams {
+    let mut params = params.clone();
+    params.seed = params.seed.map(|seed| seed.wrapping_add(i as u64));
+    params
+}
+
+async fn run(state: AppState, reply: Reply, jobs: Vec<JobRequest>, stream: bool, include_usage: bool) -> Result<Response, ApiError> {
+    let handles = futures::future::try_join_all(jobs.into_iter().map(|job| state.jobs.submit(&reply.model, job))).await?;
+    if stream { respond_stream(reply, handles, include_usage).await } else { respond_whole(reply, handles).await }
+}
+
+/// One choice's output, gathered.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish_reason: Option<FinishReason>,
+    usage: Usage,
+}
+
+async fn collect(mut handle: JobHandle, prompt_param: &str) -> Result<Choice, ApiError> {
+    let mut choice = Choice::default();
+    loop {
+        match handle.next_output().await? {
+            EventBody::Delta { text, logprobs, .. } => {
+                choice.text.push_str(&text);
+                choice.logprobs.extend(logprobs);
+            }
+            EventBody::Done { finish_reason, usage } => {
+                choice.finish_reason = Some(finish_reason);
+                choice.usage = usage;
+                return Ok(choice);
+            }
+            EventBody::Error { code, message } => return Err(ApiError::from_job(code, message, prompt_param)),
+            EventBody::Started { .. } | EventBody::Embeddings { .. } => {}
+        }
+    }
+}
+
+async fn respond_whole(reply: Reply, handles: Vec<JobHandle>) -> Result<Response, ApiError> {
+    let prompt_param = reply.flavor.prompt_param();
+    let choices = futures::future::try_join_all(handles.into_iter().map(|handle| collect(handle, prompt_param))).await?;
+    let usage = total_usage(&reply, choices.iter().map(|c| c.usage));
+    let body_choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, choice)| {
+            let finish_reason = choice.finish_reason.map(FinishReason::as_str);
+            match &reply.flavor {
+                Flavor::Chat => json!({
+                    "index": index,
+                    "message": { "role": "assistant", "content": choice.text, "refusal": null },
+                    "logprobs": reply.logprobs.then(|| chat_logprobs(&choice.logprobs)),
+                    "finish_reason": finish_reason,
+                }),
+                Flavor::Completion { echo } => {
+                    let prefix = echo.as_ref().map_or("", |prompts| prompts[index / reply.n].as_str());
+                    json!({
+                        "text": format!("{prefix}{}", choice.text),
+                        "index": index,
+                        "logprobs": reply.logprobs.then(|| completion_logprobs(&choice.logprobs, prefix.len())),
+                        "finish_reason": finish_reason,
+                    })
+                }
+            }
+        })
+        .collect();
+    let object = match reply.flavor {
+        Flavor::Chat => "chat.completion",
+        Flavor::Completion { .. } => "text_completion",
+    };
+    Ok(Json(json!({
+        "id": reply.id,
+        "object": object,
+        "created": reply.created,
+        "model": reply.model,
+        "system_fingerprint": null,
+        "choices": body_choices,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+/// Prompt tokens once per prompt (not once per choice), completion tokens of every choice.
+fn total_usage(reply: &Reply, usages: impl Iterator<Item = Usage>) -> UsageOut {
+    let (mut prompt, mut completion) = (0, 0);
+    for (i, usage) in usages.enumerate() {
+        if i % reply.n == 0 {
+            prompt += usage.prompt_tokens;
+        }
+        completion += usage.completion_tokens;
+    }
+    UsageOut::new(prompt, completion)
+}
+
+fn chat_logprobs(logprobs: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = logprobs
+        .iter()
+        .map(|lp| {
+            json!({
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": lp.bytes,
+                "top_logprobs": lp.top.iter().map(|t| json!({ "token": t.token, "logprob": t.logprob, "bytes": t.bytes })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
+}
+
+fn completion_logprobs(logprobs: &[TokenLogprob], first_offset: usize) -> Value {
+    let mut offset = first_offset;
+    let mut text_offset = Vec::with_capacity(logprobs.len());
+    for lp in logprobs {
+        text_offset.push(offset);
+        offset += lp.token.len();
+    }
+    json!({
+        "tokens": logprobs.iter().map(|lp| &lp.token).collect::<Vec<_>>(),
+        "token_logprobs": logprobs.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
+        "top_logprobs": logprobs.iter().map(|lp| lp.top.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
+type Events = SelectAll<BoxStream<'static, (usize, Result<EventBody, ApiError>)>>;
+
+async fn respond_stream(reply: Reply, handles: Vec<JobHandle>, include_usage: bool) -> Result<Response, ApiError> {
+    let choices = handles.len();
+    let mut events: Events = futures::stream::select_all(
+        handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event)).boxed()),
+    );
+    // Hold the status line until the first output: an error before any text (queue timeout,
+    // context too long) is still an ordinary HTTP error, not a broken stream.
+    let first = match events.next().await {
+        Some((_, Err(error))) => return Err(error),
+        Some((_, Ok(EventBody::Error { code, message }))) => return Err(ApiError::from_job(code, message, reply.flavor.prompt_param())),
+        Some(first) => first,
+        None => return Err(ApiError::Internal("the job ended without output".into())),
+    };
+    let state = SseState { reply, include_usage, role_sent: vec![false; choices], usages: vec![Usage::default(); choices], open: choices, done: false };
+    let pending = futures::stream::iter(std::iter::once(first)).chain(events);
+    let body = sse_body(state, pending.ready_chunks(256));
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(body)).into_response())
+}
+
+struct SseState {
+    reply: Reply,
+    include_usage: bool,
+    role_sent: Vec<bool>,
+    usages: Vec<Usage>,
+    /// Choices still generating.
+    open: usize,
+    done: bool,
+}
+
+/// Frames events as SSE. Events that are already waiting are written together, and adjacent
+/// deltas of one choice become one chunk, so a slow client costs fewer, larger writes.
+fn sse_body(
+    state: SseState,
+    batches: impl Stream<Item = Vec<(usize, Result<EventBody, ApiError>)>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let batches: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(batches);
+    futures::stream::unfold((state, batches), |(mut state, mut batches)| async move {
+        if state.done {
+            return None;
+        }
+        let mut out = String::new();
+        match batches.next().await {
+            Some(batch) => state.frame_batch(batch, &mut out),
+            None => state.finish(&mut out),
+        }
+        Some((Ok(Bytes::from(out)), (state, batches)))
+    })
+}
+
+impl SseState {
+    fn frame_batch(&mut self, batch: Vec<(usize, Result<EventBody, ApiError>)>, out: &mut String) {
+        let mut pending: Option<(usize, String, Vec<TokenLogprob>)> = None;
+        for (index, event) in batch {
+            if let Some((open_index, text, logprobs)) = &mut pending {
+                match &event {
+                    Ok(EventBody::Delta { text: more, logprobs: more_logprobs, .. }) if *open_index == index => {
+                        text.push_str(more);
+                        logprobs.extend(more_logprobs.iter().cloned());
+                        continue;
+                    }
+                    _ => {
+                        let (i, text, logprobs) = pending.take().unwrap();
+                        self.frame_delta(i, &text, &logprobs, out);
+                    }
+                }
+            }
+            match event {
+                Ok(EventBody::Delta { text, logprobs, .. }) => pending = Some((index, text, logprobs)),
+                Ok(EventBody::Done { finish_reason, usage }) => {
+                    self.usages[index] = usage;
+                    self.frame_finish(index, finish_reason, out);
+                    self.open -= 1;
+                    if self.open == 0 {
+                        self.finish(out);
+                        return;
+                    }
+                }
+                Ok(EventBody::Error { code, message }) => {
+                    self.fail(ApiError::from_job(code, message, self.reply.flavor.prompt_param()), out);
+                    return;
+                }
+                Err(error) => {
+                    self.fail(error, out);
+                    return;
+                }
+                Ok(EventBody::Started { .. } | EventBody::Embeddings { .. }) => {}
+            }
+        }
+        if let Some((i, text, logprobs)) = pending {
+            self.frame_delta(i, &text, &logprobs, out);
+        }
+    }
+
+    fn chunk(&self, choice: Value) -> Value {
+        let object = match self.reply.flavor {
+            Flavor::Chat => "chat.completion.chunk",
+            Flavor::Completion { .. } => "text_completion",
+        };
+        let mut chunk = json!({
+            "id": self.reply.id,
+            "object": object,
+            "created": self.reply.created,
+            "model": self.reply.model,
+            "system_fingerprint": null,
+            "choices": [choice],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+
+    fn frame_delta(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob], out: &mut String) {
+        let logprobs_out = |chat: bool| -> Value {
+            if !self.reply.logprobs {
+                Value::Null
+            } else if chat {
+                chat_logprobs(logprobs)
+            } else {
+                completion_logprobs(logprobs, 0)
+            }
+        };
+        let choice = match &self.reply.flavor {
+            Flavor::Chat => {
+                if !self.role_sent[index] {
+                    self.role_sent[index] = true;
+                    let role = json!({ "index": index, "delta": { "role": "assistant", "content": "", "refusal": null }, "logprobs": null, "finish_reason": null });
+                    write_event(out, &self.chunk(role));
+                }
+                json!({ "index": index, "delta": { "content": text }, "logprobs": logprobs_out(true), "finish_reason": null })
+            }
+            Flavor::Completion { echo } => {
+                let mut text = text.to_string();
+                if !self.role_sent[index] {
+                    self.role_sent[index] = true;
+                    if let Some(prompts) = echo {
+                        text.insert_str(0, &prompts[index / self.reply.n]);
+                    }
+                }
+                json!({ "text": text, "index": index, "logprobs": logprobs_out(false), "finish_reason": null })
+            }
+        };
+        write_event(out, &self.chunk(choice));
+    }
+
+    fn frame_finish(&mut self, index: usize, reason: FinishReason, out: &mut String) {
+        if !self.role_sent[index] {
+            // A choice that produced no text still opens with its role (or echoed prompt).
+            self.frame_delta(index, "", &[], out);
+        }
+        let choice = match self.reply.flavor {
+            Flavor::Chat => json!({ "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str() }),
+            Flavor::Completion { .. } => json!({ "text": "", "index": index, "logprobs": null, "finish_reason": reason.as_str() }),
+        };
+        write_event(out, &self.chunk(choice));
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        if self.include_usage {
+            let mut chunk = self.chunk(Value::Null);
+            chunk["choices"] = json!([]);
+            chunk["usage"] = json!(total_usage(&self.reply, self.usages.iter().copied()));
+            write_event(out, &chunk);
+        }
+        out.push_str("data: [DONE]\n\n");
+        self.done = true;
+    }
+
+    fn fail(&mut self, error: ApiError, out: &mut String) {
+        tracing::warn!(error = %error, "stream ended with an error");
+        write_event(out, &error.body());
+        out.push_str("data: [DONE]\n\n");
+        self.done = true;
+    }
+}
+
+fn write_event(out: &mut String, value: &Value) {
+    out.push_str("data: ");
+    out.push_str(&value.to_string());
+    out.push_str("\n\n");
+}
+
+fn now_secs() -> u64 {
+    switchyard_schemas::now_ms() / 1000
+}

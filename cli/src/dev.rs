@@ -1,0 +1,231 @@
+//! `switchyard dev`: the whole stack on this machine, with working defaults.
+//!
+//! Starts nats-server (JetStream, data under `.switchyard/nats`) and redis-server, then the
+//! api, the scheduler and the default workers as child processes of this binary (the same
+//! commands an operator would run by hand), prints what is where, and on Ctrl-C stops them in
+//! order: workers drain first, the broker goes last. Each child logs to `.switchyard/logs/`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub struct DevOptions {
+    /// Folder for data, logs and tools installed by scripts/setup.sh.
+    #[arg(long, env = "SWITCHYARD_HOME", default_value = ".switchyard")]
+    home: PathBuf,
+    /// Interface every part listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    api_port: u16,
+    #[arg(long, default_value_t = 4222)]
+    nats_port: u16,
+    #[arg(long, default_value_t = 6379)]
+    redis_port: u16,
+    #[arg(long, default_value_t = 8081)]
+    scheduler_port: u16,
+    /// Start no workers (add your own with `switchyard worker …`).
+    #[arg(long)]
+    no_workers: bool,
+    /// The chat model folder the torch worker serves by default.
+    #[arg(long, default_value = "models/tiny-llama")]
+    chat_model: PathBuf,
+    /// The embedding model folder the torch worker serves by default (installed by setup).
+    #[arg(long, default_value = ".switchyard/models/all-minilm-l6-v2")]
+    embedding_model: PathBuf,
+}
+
+struct Part {
+    name: String,
+    child: Child,
+}
+
+pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let home = std::path::absolute(&options.home)?;
+    let logs = home.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    for port in [options.api_port, options.nats_port, options.redis_port, options.scheduler_port] {
+        if TcpStream::connect((options.host.as_str(), port)).is_ok() {
+            bail!("port {port} on {} is already in use — is another stack running? Pick other ports with --api-port/--nats-port/--redis-port/--scheduler-port", options.host);
+        }
+    }
+    let nats_url = format!("nats://{}:{}", options.host, options.nats_port);
+    let redis_url = format!("redis://{}:{}", options.host, options.redis_port);
+    let mut broker = Vec::new();
+    let mut parts = Vec::new();
+    let result = async {
+        let nats_data = home.join("nats");
+        std::fs::create_dir_all(&nats_data)?;
+        let mut nats = Command::new(find_tool("nats-server", &home)?);
+        nats.args(["-js", "-a", &options.host, "-p", &options.nats_port.to_string(), "-sd"])
+            .arg(&nats_data)
+            .args(["-n", "switchyard-dev"]);
+        broker.push(spawn("nats-server", &mut nats, &logs)?);
+        let redis_data = home.join("redis");
+        std::fs::create_dir_all(&redis_data)?;
+        let mut redis = Command::new(find_tool("redis-server", &home)?);
+        redis
+            .arg(repo_file("broker-config/redis.conf"))
+            .args(["--bind", &options.host, "--port", &options.redis_port.to_string(), "--dir"])
+            .arg(&redis_data);
+        broker.push(spawn("redis-server", &mut redis, &logs)?);
+        wait_for_port(&options.host, options.nats_port, "nats-server").await?;
+        wait_for_port(&options.host, options.redis_port, "redis-server").await?;
+
+        let me = std::env::current_exe()?;
+        let urls = ["--nats-url", &nats_url, "--redis-url", &redis_url];
+        let api_listen = format!("{}:{}", options.host, options.api_port);
+        let scheduler_listen = format!("{}:{}", options.host, options.scheduler_port);
+        parts.push(spawn("api", Command::new(&me).arg("api").args(urls).args(["--listen", &api_listen]), &logs)?);
+        parts.push(spawn("scheduler", Command::new(&me).arg("scheduler").args(urls).args(["--listen", &scheduler_listen]), &logs)?);
+        let mut models = Vec::new();
+        if !options.no_workers {
+            parts.push(spawn("worker-echo", Command::new(&me).args(["worker", "echo"]).args(urls), &logs)?);
+            models.push("echo (chat, debug)".to_string());
+            models.push("echo-embedding (embeddings, debug)".to_string());
+            parts.push(spawn("worker-dummy", Command::new(&me).args(["worker", "dummy"]).args(urls), &logs)?);
+            models.push("dummy (chat, debug)".to_string());
+            if cfg!(feature = "torch") {
+                for (folder, kind) in [(&options.chat_model, "chat"), (&options.embedding_model, "embeddings")] {
+                    let name = folder.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                    if !folder.join("config.json").exists() {
+                        tracing::warn!("{} not found: run scripts/setup.sh to install it; not serving {name}", folder.display());
+                        continue;
+                    }
+                    let mut worker = Command::new(&me);
+                    worker.args(["worker", "torch", "--model-path"]).arg(folder).args(urls);
+                    parts.push(spawn(&format!("worker-{name}"), &mut worker, &logs)?);
+                    models.push(format!("{name} ({kind}, torch)"));
+                }
+            }
+        }
+        wait_for_ready(&format!("http://{api_listen}/ready")).await?;
+        println!();
+        println!("  Switchyard dev stack is up");
+        println!("  api         http://{api_listen}/v1   (OpenAI-compatible)");
+        println!("  nats        {nats_url}   (JetStream data in {})", nats_data.display());
+        println!("  redis       {redis_url}");
+        println!("  scheduler   http://{scheduler_listen}/health");
+        for model in &models {
+            println!("  model       {model}");
+        }
+        println!("  logs        {}/", logs.display());
+        println!();
+        println!("  Add a worker from another terminal:  switchyard worker echo --nats-url {nats_url} --redis-url {redis_url}");
+        println!("  Ctrl-C stops everything.");
+        println!();
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            exited = first_exit(&mut parts) => Err(anyhow::anyhow!("{exited} exited; see {}", logs.display())),
+        }
+    }
+    .await;
+    println!("stopping…");
+    // Workers drain while NATS and Redis are still there; the broker stops last.
+    stop_all(&mut parts).await;
+    stop_all(&mut broker).await;
+    result
+}
+
+fn spawn(name: &str, command: &mut Command, logs: &Path) -> anyhow::Result<Part> {
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: Ctrl-C reaches only `dev`, which then stops the parts in order.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Part { name: name.to_string(), child })
+}
+
+async fn first_exit(parts: &mut [Part]) -> String {
+    loop {
+        for part in parts.iter_mut() {
+            if let Ok(Some(status)) = part.child.try_wait() {
+                return format!("{} ({status})", part.name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn stop_all(parts: &mut Vec<Part>) {
+    for part in parts.iter() {
+        if let Some(pid) = part.child.id() {
+            // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for part in parts.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(40), part.child.wait()).await.is_err() {
+            let _ = part.child.kill().await;
+        }
+    }
+    parts.clear();
+}
+
+/// `nats-server` / `redis-server` from PATH, or from `.switchyard/bin` where setup puts them.
+fn find_tool(name: &str, home: &Path) -> anyhow::Result<PathBuf> {
+    let local = home.join("bin").join(name);
+    if local.exists() {
+        return Ok(local);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|path| path.exists())
+        .with_context(|| format!("{name} not found on PATH or in {}: run scripts/setup.sh", home.join("bin").display()))
+}
+
+/// A file of the repository, for a binary run from the repository root or its target folder.
+fn repo_file(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+async fn wait_for_port(host: &str, port: u16, what: &str) -> anyhow::Result<()> {
+    let address: SocketAddr = format!("{host}:{port}").parse()?;
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("{what} did not open port {port} within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Polls the api's `/ready` with a bare HTTP/1.0 request (no client library needed for one GET).
+async fn wait_for_ready(url: &str) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("http://").context("http URL")?;
+    let (address, path) = rest.split_once('/').context("URL with a path")?;
+    let start = Instant::now();
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await;
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response).await;
+            if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the api did not become ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

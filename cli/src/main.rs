@@ -1,0 +1,76 @@
+//! `switchyard`: the one operator binary. Each subcommand runs one part (`api`, `worker`,
+//! `scheduler`), or the whole stack on this machine (`dev`).
+
+mod dev;
+mod worker;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Serve models to many clients through a message queue.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start everything on this machine: nats-server, redis-server, api, scheduler, default workers.
+    Dev(dev::DevOptions),
+    /// Serve the OpenAI-compatible HTTP API.
+    Api(switchyard_api::ApiOptions),
+    /// Run a worker with one backend (`switchyard worker --list` shows them).
+    Worker(worker::WorkerCommand),
+    /// Run the scheduler (dead letters, registry reaping).
+    Scheduler(switchyard_scheduler::SchedulerOptions),
+    /// Load a local model folder and print the completion of one prompt (no NATS or Redis).
+    #[cfg(feature = "torch")]
+    Generate(switchyard_torch::GenerateArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    #[cfg(feature = "torch")]
+    if let Command::Generate(args) = cli.command {
+        return switchyard_torch::run_generate(args);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_on_signal();
+        match cli.command {
+            Command::Dev(options) => dev::run(options, shutdown).await,
+            Command::Api(options) => switchyard_api::serve(options, shutdown).await,
+            Command::Worker(command) => worker::run(command, shutdown).await,
+            Command::Scheduler(options) => switchyard_scheduler::run_scheduler(options, shutdown).await,
+            #[cfg(feature = "torch")]
+            Command::Generate(_) => unreachable!("handled before the runtime starts"),
+        }
+    })
+}
+
+/// A token cancelled by the first SIGINT or SIGTERM; a second one exits at once.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+        for round in 0.. {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            if round > 0 {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            cancel.cancel();
+        }
+    });
+    token
+}

@@ -1,0 +1,90 @@
+//! `switchyard worker <backend>`: the runtime from `switchyard-worker` around one backend.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use switchyard_schemas::Permissions;
+use switchyard_worker::backends::{dummy, echo};
+use switchyard_worker::{Backend, RuntimeOptions, run_worker};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerCommand {
+    /// List the backends, one line each.
+    #[arg(long)]
+    list: bool,
+    #[command(subcommand)]
+    backend: Option<BackendCommand>,
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Transport debugging: reflects the last user message (or prompt) token by token; debug vectors for embeddings.
+    Echo {
+        #[command(flatten)]
+        runtime: RuntimeOptions,
+        #[command(flatten)]
+        echo: echo::EchoArgs,
+    },
+    /// Transport debugging: answers every request with the same fixed reply.
+    Dummy {
+        #[command(flatten)]
+        runtime: RuntimeOptions,
+        #[command(flatten)]
+        dummy: dummy::DummyArgs,
+    },
+    /// Local Hugging Face model folders on libtorch: Llama/Qwen2/Mistral decoders, BERT sentence encoders.
+    #[cfg(feature = "torch")]
+    Torch {
+        #[command(flatten)]
+        runtime: RuntimeOptions,
+        #[command(flatten)]
+        torch: switchyard_torch::TorchWorkerArgs,
+    },
+}
+
+const BACKENDS: &[(&str, &str)] = &[
+    ("echo", "transport debugging: reflects the last user message or prompt token by token; debug embedding vectors"),
+    ("dummy", "transport debugging: a fixed reply to every request"),
+    #[cfg(feature = "torch")]
+    ("torch", "local Hugging Face models on libtorch (CPU/CUDA): Llama, Qwen2, Mistral chat; BERT sentence embeddings"),
+];
+
+pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Some(backend) = command.backend else {
+        if command.list {
+            for (name, about) in BACKENDS {
+                println!("{name:<8} {about}");
+            }
+            return Ok(());
+        }
+        anyhow::bail!("name a backend: switchyard worker <BACKEND> (see `switchyard worker --list`)");
+    };
+    let (runtime, backend, default_slots): (RuntimeOptions, Arc<dyn Backend>, u32) = match backend {
+        BackendCommand::Echo { runtime, echo } => {
+            let permissions = permissions(&runtime)?;
+            (runtime, Arc::new(echo::Echo::new(echo, permissions)), 256)
+        }
+        BackendCommand::Dummy { runtime, dummy } => {
+            let permissions = permissions(&runtime)?;
+            (runtime, Arc::new(dummy::Dummy::new(dummy, permissions)), 256)
+        }
+        #[cfg(feature = "torch")]
+        BackendCommand::Torch { runtime, torch } => {
+            let permissions = permissions(&runtime)?;
+            let backend = switchyard_torch::TorchBackend::load(torch, permissions)?;
+            (runtime, Arc::new(backend), 1)
+        }
+    };
+    let runtime = RuntimeOptions { slots: Some(runtime.slots.unwrap_or(default_slots)), ..runtime };
+    run_worker(backend, runtime, shutdown).await
+}
+
+fn permissions(runtime: &RuntimeOptions) -> anyhow::Result<Permissions> {
+    match &runtime.permissions {
+        Some(text) => text.parse::<Permissions>().map_err(anyhow::Error::msg).context("invalid --permissions"),
+        None => Ok(Permissions::default()),
+    }
+}

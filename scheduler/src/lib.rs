@@ -1,0 +1,149 @@
+//! Switchyard's scheduler: the work that outlives any one request and never sits on the
+//! interactive path.
+//!
+//! * Dead letters: when JetStream gives up on a job after MaxDeliver attempts it publishes an
+//!   advisory; the scheduler tells the waiting client (an error event on the job's reply
+//!   subject), keeps the job in the `SY_DEAD` stream for inspection, and removes it from the
+//!   work queue. No job ends silently.
+//! * Registry reaping: expired worker entries, and model cards no worker has announced for the
+//!   retention period.
+//! * Health on HTTP (`GET /health`).
+//!
+//! Every task here is idempotent, so several schedulers can run side by side. Batch jobs will
+//! join this crate as one more task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use axum::Json;
+use axum::extract::State;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use switchyard_broker::parse_duration;
+use switchyard_broker::registry::Registry;
+use switchyard_schemas::{ErrorCode, EventBody, JobEnvelope, OUT_OF_BAND_SEQ, StreamEvent, WIRE_VERSION, decode, encode, subject};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchedulerOptions {
+    /// NATS server URL.
+    #[arg(long, env = "SWITCHYARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Address of the health endpoint.
+    #[arg(long, env = "SWITCHYARD_SCHEDULER_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// How often dead workers' registry entries are reaped.
+    #[arg(long, env = "SWITCHYARD_REAP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reap_interval: Duration,
+    /// How long a model without any live worker stays known (its requests queue, then 503)
+    /// before it is forgotten (its requests get 404).
+    #[arg(long, env = "SWITCHYARD_MODEL_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub model_retention: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    dead_letters: AtomicU64,
+    reaped_workers: AtomicU64,
+    reaped_models: AtomicU64,
+}
+
+/// Runs the scheduler until `shutdown` fires.
+pub async fn run_scheduler(options: SchedulerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let nats = switchyard_broker::connect_nats(&options.nats_url, "switchyard-scheduler").await?;
+    let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
+    let js = jetstream::new(nats.clone());
+    switchyard_broker::jobs::ensure_streams(&js).await?;
+    let counters = Arc::new(Counters::default());
+
+    let advisories = nats.subscribe(subject::MAX_DELIVERIES_ADVISORY).await?;
+    let dead_letters = tokio::spawn(dead_letter_loop(js.clone(), nats.clone(), advisories, counters.clone()));
+    let reaper = tokio::spawn(reap_loop(Registry::new(redis), options.reap_interval, options.model_retention, counters.clone()));
+
+    let app = axum::Router::new().route("/health", axum::routing::get(health)).with_state(counters);
+    let listener = tokio::net::TcpListener::bind(options.listen).await.with_context(|| format!("cannot listen on {}", options.listen))?;
+    info!(listen = %options.listen, "scheduler ready");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    dead_letters.abort();
+    reaper.abort();
+    Ok(())
+}
+
+async fn health(State(counters): State<Arc<Counters>>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "dead_letters": counters.dead_letters.load(Ordering::Relaxed),
+        "reaped_workers": counters.reaped_workers.load(Ordering::Relaxed),
+        "reaped_models": counters.reaped_models.load(Ordering::Relaxed),
+    }))
+}
+
+async fn reap_loop(registry: Registry, every: Duration, retention: Duration, counters: Arc<Counters>) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        match registry.reap(retention).await {
+            Ok(reaped) => {
+                if reaped.workers + reaped.models > 0 {
+                    info!(workers = reaped.workers, models = reaped.models, "reaped registry entries");
+                }
+                counters.reaped_workers.fetch_add(reaped.workers as u64, Ordering::Relaxed);
+                counters.reaped_models.fetch_add(reaped.models as u64, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "reaping the registry failed"),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MaxDeliveriesAdvisory {
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+async fn dead_letter_loop(js: jetstream::Context, nats: async_nats::Client, mut advisories: async_nats::Subscriber, counters: Arc<Counters>) {
+    while let Some(message) = advisories.next().await {
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) else {
+            warn!("unreadable max-deliveries advisory");
+            continue;
+        };
+        match dead_letter(&js, &nats, &advisory).await {
+            Ok(job_id) => {
+                counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+                warn!(job_id, deliveries = advisory.deliveries, "job failed every delivery; dead-lettered");
+            }
+            Err(e) => warn!(stream_seq = advisory.stream_seq, error = %e, "dead-lettering failed"),
+        }
+    }
+}
+
+/// Tells the client, keeps the job in `SY_DEAD`, removes it from the work queue.
+async fn dead_letter(js: &jetstream::Context, nats: &async_nats::Client, advisory: &MaxDeliveriesAdvisory) -> anyhow::Result<String> {
+    let stream = js.get_stream(subject::JOBS_STREAM).await?;
+    let message = stream.get_raw_message(advisory.stream_seq).await?;
+    let envelope: JobEnvelope = decode(&message.payload)?;
+    let error = StreamEvent {
+        v: WIRE_VERSION,
+        job_id: envelope.id.clone(),
+        seq: OUT_OF_BAND_SEQ,
+        body: EventBody::Error {
+            code: ErrorCode::MaxDeliveriesExceeded,
+            message: format!(
+                "The job failed on {} workers in a row (each stopped without finishing it); it was moved to the dead letters.",
+                advisory.deliveries
+            ),
+        },
+    };
+    nats.publish(envelope.reply_to.clone(), encode(&error)?.into()).await?;
+    js.publish(subject::dead_letter(envelope.kind, &envelope.model), message.payload.clone()).await?.await?;
+    stream.delete_message(advisory.stream_seq).await?;
+    Ok(envelope.id)
+}
