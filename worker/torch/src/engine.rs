@@ -133,12 +133,17 @@ impl From<TorchError> for GenerateError {
 /// `Finished` — or `Error` at any point, after which nothing follows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenerateEvent {
-    /// The prompt is tokenized and accepted; decoding begins.
-    Started { prompt_tokens: u32 },
+    /// The prompt is tokenized and accepted; decoding begins. `resumed_tokens`: how many
+    /// tokens `resume_text` became (0 without one); they are part of `completion_tokens`.
+    Started { prompt_tokens: u32, resumed_tokens: u32 },
     /// New completion text (never part of a stop string, never a broken UTF-8 character,
-    /// never a special token) and the log-probabilities of the tokens generated since the
-    /// previous delta, when requested. `text` may be empty when only logprobs are new.
-    Delta { text: String, logprobs: Vec<TokenLogprob> },
+    /// never a special token), the number of tokens generated since the previous delta, and
+    /// their log-probabilities when requested (one per token). Text held back for a while
+    /// (a possible stop string, an unfinished character) comes out with the delta that
+    /// releases it. `text` may be empty in the last delta, when only held tokens remain.
+    Delta { text: String, tokens: u32, logprobs: Vec<TokenLogprob> },
+    /// `completion_tokens` counts every generated token, the one that stopped generation
+    /// included, plus `resumed_tokens`.
     Finished { reason: FinishReason, prompt_tokens: u32, completion_tokens: u32 },
     Error(GenerateError),
 }
@@ -418,7 +423,7 @@ impl Worker {
         };
 
         let send = |event: GenerateEvent| tx.blocking_send(event).is_ok();
-        if !send(GenerateEvent::Started { prompt_tokens }) {
+        if !send(GenerateEvent::Started { prompt_tokens, resumed_tokens: resume_ids.len() as u32 }) {
             return Ok(());
         }
 
@@ -436,6 +441,8 @@ impl Worker {
         let mut detok = Detokenizer::new(&context_ids);
         let mut gate = StopGate::new(&params.stop);
         let mut logprobs: Vec<TokenLogprob> = Vec::new();
+        // Tokens generated since the last delta (whose text may still be held).
+        let mut unsent_tokens = 0u32;
         let want_logprobs = params.logprobs || params.top_logprobs > 0;
 
         let finish = |reason, completion_tokens| {
@@ -461,6 +468,7 @@ impl Worker {
             if stop_ids.contains(&choice.id) {
                 break FinishReason::Stop;
             }
+            unsent_tokens += 1;
             if want_logprobs {
                 logprobs.push(self.token_logprob(choice.id, choice.logprob.unwrap_or(f32::NAN), &choice.top));
             }
@@ -469,14 +477,18 @@ impl Worker {
                 Gate::Pass(text) => {
                     // Logprobs of tokens whose text is held back wait for that text.
                     if !text.is_empty()
-                        && !send(GenerateEvent::Delta { text, logprobs: std::mem::take(&mut logprobs) })
+                        && !send(GenerateEvent::Delta {
+                            text,
+                            tokens: std::mem::take(&mut unsent_tokens),
+                            logprobs: std::mem::take(&mut logprobs),
+                        })
                     {
                         break FinishReason::Cancelled;
                     }
                 }
                 Gate::Stop(text) => {
-                    if !text.is_empty() || !logprobs.is_empty() {
-                        send(GenerateEvent::Delta { text, logprobs: std::mem::take(&mut logprobs) });
+                    if !text.is_empty() || unsent_tokens > 0 {
+                        send(GenerateEvent::Delta { text, tokens: unsent_tokens, logprobs });
                     }
                     return finish(FinishReason::Stop, completion_tokens);
                 }
@@ -493,16 +505,16 @@ impl Worker {
             match gate.push(&detok.finish(codec)?) {
                 Gate::Pass(text) => tail.push_str(&text),
                 Gate::Stop(text) => {
-                    if !text.is_empty() || !logprobs.is_empty() {
-                        send(GenerateEvent::Delta { text, logprobs: std::mem::take(&mut logprobs) });
+                    if !text.is_empty() || unsent_tokens > 0 {
+                        send(GenerateEvent::Delta { text, tokens: unsent_tokens, logprobs });
                     }
                     return finish(FinishReason::Stop, completion_tokens);
                 }
             }
         }
         tail.push_str(&gate.flush());
-        if !tail.is_empty() || !logprobs.is_empty() {
-            send(GenerateEvent::Delta { text: tail, logprobs });
+        if !tail.is_empty() || unsent_tokens > 0 {
+            send(GenerateEvent::Delta { text: tail, tokens: unsent_tokens, logprobs });
         }
         finish(reason, completion_tokens)
     }

@@ -6,8 +6,8 @@
 //! tokenizer, chat template and generation defaults; the forward passes (one file per
 //! architecture in [`models`]: Llama/Mistral, Qwen2, BERT); decoding (greedy and seeded
 //! sampling, penalties, stop strings and ids, logprobs, incremental UTF-8-safe text); and an
-//! engine thread that owns the model. It does not speak NATS: the worker runtime adapts
-//! [`Engine`] to its backend trait.
+//! engine thread that owns the model. It does not speak NATS: [`TorchBackend`] adapts the
+//! [`Engine`] to the worker runtime's `Backend` trait.
 //!
 //! # Using it
 //!
@@ -32,8 +32,8 @@
 //! let mut events = engine.generate(req, cancel.clone());
 //! while let Some(event) = events.recv().await {
 //!     match event {
-//!         GenerateEvent::Started { prompt_tokens } => {}
-//!         GenerateEvent::Delta { text, logprobs } => print!("{text}"),
+//!         GenerateEvent::Started { prompt_tokens, .. } => {}
+//!         GenerateEvent::Delta { text, .. } => print!("{text}"),
 //!         GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => break,
 //!         GenerateEvent::Error(e) => eprintln!("{} ({})", e.message, e.code),
 //!     }
@@ -55,6 +55,7 @@
 //! crate depending on this one adds the same from `DEP_SWITCHYARD_TORCH_LIBTORCH_LIB` (see
 //! `build.rs`).
 
+mod backend;
 mod chat;
 mod cli;
 mod config;
@@ -65,6 +66,7 @@ mod sampling;
 mod tokenizer;
 mod weights;
 
+pub use backend::TorchBackend;
 pub use chat::ChatMessage;
 pub use cli::{GenerateArgs, TorchWorkerArgs, run_generate};
 pub use config::{DType, parse_device};

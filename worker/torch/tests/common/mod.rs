@@ -44,6 +44,9 @@ pub struct Outcome {
     pub text: String,
     pub deltas: Vec<String>,
     pub logprobs: Vec<TokenLogprob>,
+    /// Sum of the deltas' token counts.
+    pub tokens: u32,
+    pub resumed_tokens: u32,
     pub finish: Option<(FinishReason, u32, u32)>,
     pub error: Option<GenerateError>,
 }
@@ -63,18 +66,27 @@ pub fn collect(mut rx: tokio::sync::mpsc::Receiver<GenerateEvent>) -> Outcome {
     while let Some(event) = rx.blocking_recv() {
         assert!(out.finish.is_none() && out.error.is_none(), "event after the end: {event:?}");
         match event {
-            GenerateEvent::Started { prompt_tokens } => {
+            GenerateEvent::Started { prompt_tokens, resumed_tokens } => {
                 assert!(out.started.is_none(), "two Started events");
                 out.started = Some(prompt_tokens);
+                out.resumed_tokens = resumed_tokens;
             }
-            GenerateEvent::Delta { text, logprobs } => {
+            GenerateEvent::Delta { text, tokens, logprobs } => {
                 assert!(out.started.is_some(), "Delta before Started");
+                assert!(logprobs.is_empty() || logprobs.len() as u32 == tokens, "one logprob per token");
+                out.tokens += tokens;
                 out.text.push_str(&text);
                 out.deltas.push(text);
                 out.logprobs.extend(logprobs);
             }
             GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => {
                 assert_eq!(Some(prompt_tokens), out.started, "prompt_tokens changed");
+                // Every generated token is in a delta, except one that stopped generation.
+                let in_deltas = out.tokens + out.resumed_tokens;
+                assert!(
+                    completion_tokens == in_deltas || (reason == FinishReason::Stop && completion_tokens == in_deltas + 1),
+                    "deltas hold {in_deltas} tokens, Finished says {completion_tokens} ({reason:?})"
+                );
                 out.finish = Some((reason, prompt_tokens, completion_tokens));
             }
             GenerateEvent::Error(e) => out.error = Some(e),
