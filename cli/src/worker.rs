@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
-use switchyard_schemas::Permissions;
 use switchyard_worker::backends::{dummy, echo};
 use switchyard_worker::{Backend, RuntimeOptions, run_worker};
 use tokio_util::sync::CancellationToken;
@@ -64,27 +62,17 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
     };
     let (runtime, backend, default_slots): (RuntimeOptions, Arc<dyn Backend>, u32) = match backend {
         BackendCommand::Echo { runtime, echo } => {
-            let permissions = permissions(&runtime)?;
-            (runtime, Arc::new(echo::Echo::new(echo, permissions)), 256)
+            (runtime, Arc::new(echo::Echo::new(echo)), 256)
         }
         BackendCommand::Dummy { runtime, dummy } => {
-            let permissions = permissions(&runtime)?;
-            (runtime, Arc::new(dummy::Dummy::new(dummy, permissions)), 256)
+            (runtime, Arc::new(dummy::Dummy::new(dummy)), 256)
         }
         #[cfg(feature = "torch")]
         BackendCommand::Torch { runtime, torch } => {
-            let permissions = permissions(&runtime)?;
-            let backend = switchyard_torch::TorchBackend::load(torch, permissions)?;
+            let backend = switchyard_torch::TorchBackend::load(&torch, runtime.permissions.clone())?;
             (runtime, Arc::new(backend), 1)
         }
     };
     let runtime = RuntimeOptions { slots: Some(runtime.slots.unwrap_or(default_slots)), ..runtime };
     run_worker(backend, runtime, shutdown).await
-}
-
-fn permissions(runtime: &RuntimeOptions) -> anyhow::Result<Permissions> {
-    match &runtime.permissions {
-        Some(text) => text.parse::<Permissions>().map_err(anyhow::Error::msg).context("invalid --permissions"),
-        None => Ok(Permissions::default()),
-    }
 }

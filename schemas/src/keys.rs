@@ -15,3 +15,22 @@ pub fn worker(worker_id: &str) -> String {
 pub fn cancel(job_id: &str) -> String {
     format!("sy:cancel:{job_id}")
 }
+
+/// Set of every API key id.
+pub const API_KEYS: &str = "sy:apikeys";
+
+/// An API key's [`crate::ApiKeyRecord`], under the hex SHA-256 of its secret.
+pub fn api_key(secret_sha256: &str) -> String {
+    format!("sy:apikey:{secret_sha256}")
+}
+
+/// Maps a key id to the hash its record is stored under.
+pub fn api_key_id(id: &str) -> String {
+    format!("sy:apikey-id:{id}")
+}
+
+/// Rate-limit state of one key (and model, for per-model limits): `what` is `req`, `tok` or
+/// `conc`; `scope` is the key id, or the key id and model name.
+pub fn rate_limit(what: &str, scope: &str) -> String {
+    format!("sy:rl:{what}:{scope}")
+}

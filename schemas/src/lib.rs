@@ -21,7 +21,7 @@ pub mod subject;
 pub use codec::{CodecError, decode, encode};
 pub use event::{OUT_OF_BAND_SEQ, ErrorCode, EventBody, FinishReason, StreamEvent, TokenLogprob, TopLogprob, Usage};
 pub use job::{ChatMessage, JobEnvelope, JobKind, JobRequest, ResumeState, SamplingParams};
-pub use model::{ModelCard, ModelKind, Permissions, WorkerRecord};
+pub use model::{ApiKeyRecord, ModelCard, ModelKind, Permissions, RateLimits, WorkerRecord};
 
 /// Version of the wire format. Bump on any change a previous reader would misread.
 pub const WIRE_VERSION: u16 = 1;

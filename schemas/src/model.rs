@@ -36,6 +36,17 @@ pub struct Permissions {
     pub owner: Option<String>,
 }
 
+impl Permissions {
+    /// Whether a caller may use a model with these permissions: its owner, a listed user, or a
+    /// member of a listed group. Empty permissions mean the model is open to every caller.
+    pub fn allows(&self, user: &str, groups: &[String]) -> bool {
+        let open = self.groups.is_empty() && self.users.is_empty() && self.owner.is_none();
+        open || self.owner.as_deref() == Some(user)
+            || self.users.iter().any(|u| u == user)
+            || self.groups.iter().any(|g| groups.contains(g))
+    }
+}
+
 impl std::str::FromStr for Permissions {
     type Err = String;
 
@@ -74,6 +85,9 @@ pub struct ModelCard {
     pub owned_by: String,
     #[serde(default)]
     pub permissions: Permissions,
+    /// Per-key limits for this model, on top of each key's own.
+    #[serde(default)]
+    pub limits: RateLimits,
     /// Unix seconds when the model was first announced.
     pub created: u64,
     /// Unix ms when a live worker last announced it (maintained by the registry).
@@ -82,6 +96,45 @@ pub struct ModelCard {
 }
 
 impl Versioned for ModelCard {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+
+/// Request and token rates; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RateLimits {
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(default)]
+    pub tpm: Option<u32>,
+}
+
+/// An API key as stored (under the SHA-256 of the secret; the secret itself is never kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyRecord {
+    pub v: u16,
+    /// Public identifier (`key_…`), safe to log and to name in `keys revoke`.
+    pub id: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub limits: RateLimits,
+    /// Most requests this key may have running at once.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+    #[serde(default)]
+    pub revoked: bool,
+    /// First characters of the secret, to help people tell their keys apart.
+    pub hint: String,
+}
+
+impl Versioned for ApiKeyRecord {
     fn version(&self) -> u16 {
         self.v
     }
@@ -122,5 +175,16 @@ mod tests {
         assert!("owner: a, b".parse::<Permissions>().is_err());
         assert!("colour: blue".parse::<Permissions>().is_err());
         assert!("groups default".parse::<Permissions>().is_err());
+    }
+
+    #[test]
+    fn permission_matrix() {
+        let p: Permissions = "groups: research; users: bob; owner: carol".parse().unwrap();
+        let none: Vec<String> = vec![];
+        assert!(p.allows("carol", &none), "owner");
+        assert!(p.allows("bob", &none), "listed user");
+        assert!(p.allows("dave", &["research".to_string()]), "group member");
+        assert!(!p.allows("eve", &["default".to_string()]), "stranger");
+        assert!(Permissions::default().allows("anyone", &none), "open model");
     }
 }

@@ -15,6 +15,8 @@ pub const JOBS_SUBJECTS: &str = "sy.job.>";
 pub const DEAD_LETTER_STREAM: &str = "SY_DEAD";
 /// Subjects the dead-letter stream captures.
 pub const DEAD_LETTER_SUBJECTS: &str = "sy.dead.>";
+/// Announced when an API key is revoked, so every api replica drops it from its cache.
+pub const API_KEY_REVOKED: &str = "sy.apikey.revoked";
 /// Cancellation announcements, one subject per job.
 pub const CANCEL_ALL: &str = "sy.cancel.*";
 

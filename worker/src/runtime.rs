@@ -10,7 +10,7 @@ use futures::StreamExt;
 pub use switchyard_broker::parse_duration;
 use switchyard_broker::{cancel, jobs, registry::Registry};
 use switchyard_schemas::{
-    ErrorCode, EventBody, JobEnvelope, ResumeState, WIRE_VERSION, WorkerRecord, decode, encode, now_ms,
+    ErrorCode, EventBody, JobEnvelope, ModelCard, Permissions, RateLimits, ResumeState, WIRE_VERSION, WorkerRecord, decode, encode, now_ms,
     subject,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,9 +46,20 @@ pub struct RuntimeOptions {
     /// Deliveries before a job is dead-lettered. Must be the same for every worker of a model.
     #[arg(long, env = "SWITCHYARD_MAX_DELIVER", default_value_t = 3)]
     pub max_deliver: i64,
-    /// Who may use this worker's models: `groups: default; users: a, b; owner: c`.
-    #[arg(long, env = "SWITCHYARD_PERMISSIONS")]
-    pub permissions: Option<String>,
+    /// Who may use this worker's models, in HepAI's form: `groups: default; users: a, b; owner: c`.
+    /// Keys created without `--group` are in group `default`, so the default lets every key in.
+    #[arg(long, env = "SWITCHYARD_PERMISSIONS", default_value = "groups: default", value_parser = parse_permissions)]
+    pub permissions: Permissions,
+    /// Requests per minute each API key may send to this worker's models (on top of the key's own limit).
+    #[arg(long, env = "SWITCHYARD_MODEL_RPM")]
+    pub model_rpm: Option<u32>,
+    /// Tokens per minute each API key may use on this worker's models (on top of the key's own limit).
+    #[arg(long, env = "SWITCHYARD_MODEL_TPM")]
+    pub model_tpm: Option<u32>,
+}
+
+fn parse_permissions(text: &str) -> Result<Permissions, String> {
+    text.parse()
 }
 
 /// Shared state of one running worker.
@@ -68,7 +79,16 @@ struct Worker {
 /// Runs `backend` until `shutdown` fires, then drains. Returns when every job has finished
 /// or been handed back, and the worker has left the registry.
 pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let models = backend.models();
+    // Who may use the models and how fast is the operator's call, made here for every backend.
+    let models: Vec<ModelCard> = backend
+        .models()
+        .into_iter()
+        .map(|card| ModelCard {
+            permissions: options.permissions.clone(),
+            limits: RateLimits { rpm: options.model_rpm, tpm: options.model_tpm },
+            ..card
+        })
+        .collect();
     anyhow::ensure!(!models.is_empty(), "backend {} serves no model", backend.name());
     let slots = options.slots.unwrap_or(1).max(1);
     let id = format!("{}-{}-{}", backend.name(), std::process::id(), ulid::Ulid::new().to_string().to_lowercase());

@@ -1,7 +1,7 @@
 //! `dummy`: answers every chat or completion with the same fixed reply. For testing transport.
 
 use async_trait::async_trait;
-use switchyard_schemas::{JobRequest, ModelCard, ModelKind, Permissions};
+use switchyard_schemas::{JobRequest, ModelCard, ModelKind};
 use tokio_util::sync::CancellationToken;
 
 use super::{debug_card, debug_tokens, stream_text};
@@ -19,12 +19,11 @@ pub struct DummyArgs {
 
 pub struct Dummy {
     args: DummyArgs,
-    permissions: Permissions,
 }
 
 impl Dummy {
-    pub fn new(args: DummyArgs, permissions: Permissions) -> Self {
-        Self { args, permissions }
+    pub fn new(args: DummyArgs) -> Self {
+        Self { args }
     }
 }
 
@@ -35,7 +34,7 @@ impl Backend for Dummy {
     }
 
     fn models(&self) -> Vec<ModelCard> {
-        vec![debug_card(&self.args.name, ModelKind::Chat, "dummy", &self.permissions)]
+        vec![debug_card(&self.args.name, ModelKind::Chat, "dummy")]
     }
 
     async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchyard_schemas::{JobRequest, ModelCard, ModelKind, Permissions};
+use switchyard_schemas::{JobRequest, ModelCard, ModelKind};
 use tokio_util::sync::CancellationToken;
 
 use super::{debug_card, debug_tokens, stream_text};
@@ -29,12 +29,11 @@ pub struct EchoArgs {
 
 pub struct Echo {
     args: EchoArgs,
-    permissions: Permissions,
 }
 
 impl Echo {
-    pub fn new(args: EchoArgs, permissions: Permissions) -> Self {
-        Self { args, permissions }
+    pub fn new(args: EchoArgs) -> Self {
+        Self { args }
     }
 }
 
@@ -46,8 +45,8 @@ impl Backend for Echo {
 
     fn models(&self) -> Vec<ModelCard> {
         vec![
-            debug_card(&self.args.name, ModelKind::Chat, "echo", &self.permissions),
-            debug_card(&self.args.embedding_name, ModelKind::Embedding, "echo", &self.permissions),
+            debug_card(&self.args.name, ModelKind::Chat, "echo"),
+            debug_card(&self.args.embedding_name, ModelKind::Embedding, "echo"),
         ]
     }
 

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{EventSink, Finish};
 
 /// A model card for a debugging backend (no context limit: it has no model).
-pub fn debug_card(name: &str, kind: ModelKind, backend: &str, permissions: &Permissions) -> ModelCard {
+pub fn debug_card(name: &str, kind: ModelKind, backend: &str) -> ModelCard {
     ModelCard {
         v: WIRE_VERSION,
         name: name.into(),
@@ -54,7 +54,8 @@ pub fn debug_card(name: &str, kind: ModelKind, backend: &str, permissions: &Perm
         context_length: None,
         backend: backend.into(),
         owned_by: "switchyard".into(),
-        permissions: permissions.clone(),
+        permissions: Permissions::default(),
+        limits: Default::default(),
         created: now_ms() / 1000,
         last_seen_ms: 0,
     }

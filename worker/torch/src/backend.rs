@@ -52,6 +52,7 @@ impl TorchBackend {
             backend: "torch".into(),
             owned_by: "switchyard".into(),
             permissions: self.permissions.clone(),
+            limits: Default::default(),
             created: wire::now_ms() / 1000,
             last_seen_ms: 0,
         }
