@@ -4,12 +4,16 @@
 //!   consumer per (kind, model), created or updated idempotently at start.
 //! * [`registry`]: worker records and model cards in Redis, with heartbeats and reaping.
 //! * [`cancel`]: job cancellation flags in Redis, announced on NATS.
+//! * [`apikeys`]: API keys (stored as hashes) and their revocation.
+//! * [`ratelimit`]: requests/tokens per minute and concurrency, shared by every api replica.
 //!
 //! The configuration files for the servers themselves (`nats-server.conf`, `redis.conf`) sit
 //! beside this crate. Names of subjects and keys come from `switchyard-schemas`.
 
+pub mod apikeys;
 pub mod cancel;
 pub mod jobs;
+pub mod ratelimit;
 pub mod registry;
 
 use std::time::Duration;

@@ -1,0 +1,117 @@
+//! The rate-limit script and API keys against a real redis-server on a free port.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use switchyard_broker::apikeys::{ApiKeys, KeySpec, hash_secret};
+use switchyard_broker::ratelimit::{Limit, LimitKind, RateLimiter};
+
+struct Redis(Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+async fn redis() -> (Redis, redis::aio::ConnectionManager) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (scripts/setup.sh installs it)");
+    let server = Redis(child, port);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let manager = switchyard_broker::connect_redis(&format!("redis://127.0.0.1:{}", server.1)).await.unwrap();
+    (server, manager)
+}
+
+fn limit(kind: LimitKind, key: &str, limit: u32, cost: u32) -> Limit {
+    Limit { kind, key: key.into(), limit, cost }
+}
+
+#[tokio::test]
+async fn requests_per_minute_let_exactly_the_limit_through() {
+    let (_server, redis) = redis().await;
+    let limiter = RateLimiter::new(redis);
+    let limits = [limit(LimitKind::RequestsPerMinute, "rl:req", 5, 1)];
+    let mut allowed = 0;
+    for i in 0..12 {
+        let decision = limiter.admit(&limits, &format!("r{i}"), 60_000).await.unwrap();
+        if decision.refused.is_none() {
+            allowed += 1;
+            assert_eq!(decision.states[0].remaining, 5 - allowed);
+        } else {
+            let retry = decision.retry_after_ms.unwrap();
+            assert!(retry > 50_000 && retry <= 60_000, "retry {retry}");
+        }
+    }
+    assert_eq!(allowed, 5);
+}
+
+#[tokio::test]
+async fn a_refused_limit_charges_nothing_else() {
+    let (_server, redis) = redis().await;
+    let limiter = RateLimiter::new(redis);
+    let tokens = limit(LimitKind::TokensPerMinute, "rl:tok", 100, 80);
+    let requests = limit(LimitKind::RequestsPerMinute, "rl:req", 10, 1);
+    let first = limiter.admit(&[requests.clone(), tokens.clone()], "a", 60_000).await.unwrap();
+    assert_eq!(first.refused, None);
+    assert_eq!(first.states[1].remaining, 20);
+    let second = limiter.admit(&[requests.clone(), tokens.clone()], "b", 60_000).await.unwrap();
+    assert_eq!(second.refused, Some(1), "the token bucket refuses");
+    // The refused request did not use up a request slot.
+    let probe = limiter.admit(&[requests.clone()], "c", 60_000).await.unwrap();
+    assert_eq!(probe.states[0].remaining, 8);
+    // 20 tokens left: a 60-token request is refused until the first request is corrected to
+    // its real usage (30 instead of 80), which refunds 50.
+    let bigger = limit(LimitKind::TokensPerMinute, "rl:tok", 100, 60);
+    assert_eq!(limiter.admit(&[bigger.clone()], "d", 60_000).await.unwrap().refused, Some(0));
+    limiter.settle(&[tokens.clone()], "a", 30 - 80).await.unwrap();
+    let third = limiter.admit(&[bigger], "d", 60_000).await.unwrap();
+    assert_eq!(third.refused, None, "{third:?}");
+    assert!((10..=12).contains(&third.states[0].remaining), "{third:?}");
+    // A cost above the whole limit can never pass.
+    let huge = limiter.admit(&[limit(LimitKind::TokensPerMinute, "rl:tok2", 100, 101)], "e", 60_000).await.unwrap();
+    assert_eq!((huge.refused, huge.retry_after_ms), (Some(0), None));
+}
+
+#[tokio::test]
+async fn concurrency_slots_are_freed_by_settle() {
+    let (_server, redis) = redis().await;
+    let limiter = RateLimiter::new(redis);
+    let conc = [limit(LimitKind::Concurrent, "rl:conc", 2, 1)];
+    assert_eq!(limiter.admit(&conc, "a", 60_000).await.unwrap().refused, None);
+    assert_eq!(limiter.admit(&conc, "b", 60_000).await.unwrap().refused, None);
+    assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, Some(0));
+    limiter.settle(&conc, "a", 0).await.unwrap();
+    assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, None);
+}
+
+#[tokio::test]
+async fn keys_are_stored_hashed_and_can_be_revoked() {
+    let (_server, redis) = redis().await;
+    let keys = ApiKeys::new(redis.clone());
+    let (secret, record) = keys.create(KeySpec { user: "alice".into(), ..Default::default() }).await.unwrap();
+    assert!(secret.starts_with("sy-"));
+    assert_eq!(record.groups, vec!["default"]);
+    let found = keys.lookup(&hash_secret(&secret)).await.unwrap().unwrap();
+    assert_eq!(found.user, "alice");
+    // Nothing in Redis holds the secret itself.
+    let mut conn = redis.clone();
+    let all: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    for key in all {
+        let value: redis::Value = redis::cmd("DUMP").arg(&key).query_async(&mut conn).await.unwrap();
+        assert!(!format!("{key}{value:?}").contains(&secret[3..]), "secret stored under {key}");
+    }
+    assert!(keys.revoke(&record.id, None).await.unwrap());
+    assert!(keys.lookup(&hash_secret(&secret)).await.unwrap().unwrap().revoked);
+    assert!(!keys.revoke("key_nope", None).await.unwrap());
+    assert_eq!(keys.list().await.unwrap().len(), 1);
+}
