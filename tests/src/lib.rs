@@ -21,6 +21,7 @@
 //!
 //! Every [`Stack`] has its own ports and directories, so tests run in parallel.
 
+pub mod openai;
 pub mod sse;
 
 use std::collections::HashSet;
@@ -669,6 +670,31 @@ impl Stack {
         (status, value)
     }
 
+    /// `POST <path>` expecting a 200 `text/event-stream` response, read as it arrives.
+    pub async fn post_stream(&self, path: &str, body: &Value) -> sse::SseReader {
+        let response = self.post(path, body).await;
+        let status = response.status();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if status != 200 {
+            let text = response.text().await.unwrap_or_default();
+            panic!("POST {path} (stream) → {status}: {text}");
+        }
+        assert!(content_type.starts_with("text/event-stream"), "POST {path} (stream): content-type {content_type:?}");
+        sse::SseReader::new(response)
+    }
+
+    /// `POST <path>` expecting a 200 `text/event-stream` response; reads it to the end, checks
+    /// its framing ([`sse::parse_body`]) and returns the JSON events before `[DONE]`.
+    pub async fn post_stream_all(&self, path: &str, body: &Value) -> Vec<Value> {
+        let response = self.post(path, body).await;
+        let status = response.status();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let text = response.text().await.expect("reading the stream");
+        assert_eq!(status, 200, "POST {path} (stream): {text}");
+        assert!(content_type.starts_with("text/event-stream"), "POST {path} (stream): content-type {content_type:?}");
+        sse::parse_body(&text)
+    }
+
     /// Where this stack's logs are.
     pub fn log_dir(&self) -> &Path {
         self.servers.dir()
@@ -713,14 +739,12 @@ pub fn tail(text: &str, lines: usize) -> String {
 fn switchyard_command(bin: &Path, nats_url: &str, redis_url: &str, env: &[(String, String)]) -> Command {
     let mut command = Command::new(bin);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SWITCHYARD_") {
+        // The test's own SWITCHYARD_* settings must not leak into the stack (the log filter may).
+        if key.to_string_lossy().starts_with("SWITCHYARD_") && key != "SWITCHYARD_LOG" {
             command.env_remove(key);
         }
     }
     command.env("SWITCHYARD_NATS_URL", nats_url).env("SWITCHYARD_REDIS_URL", redis_url);
-    if std::env::var_os("RUST_LOG").is_none() {
-        command.env("RUST_LOG", "info");
-    }
     command.env("RUST_BACKTRACE", "1").env("NO_COLOR", "1");
     for (key, value) in env {
         command.env(key, value);

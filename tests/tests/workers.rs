@@ -1,0 +1,172 @@
+//! The job path under worker churn: sharing jobs between workers, a worker killed mid-job, a
+//! client that goes away, and a worker that drains on SIGTERM. The worker side is watched on
+//! NATS (`sy.reply.>`), where every event says which worker ran which job.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard_schemas::{EventBody, FinishReason};
+use switchyard_tests::openai::{Endpoint, assert_usage, chat_request, check_completion, check_stream, words};
+use switchyard_tests::sse::SseReader;
+use switchyard_tests::{Proc, Stack};
+
+const CHAT: &str = "/v1/chat/completions";
+
+/// Reads chunks until at least `tokens` pieces of text arrived; returns the text so far.
+async fn read_text_chunks(reader: &mut SseReader, chunks: &mut Vec<serde_json::Value>, pieces: usize) -> String {
+    let mut text = String::new();
+    let mut seen = 0;
+    while seen < pieces {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), reader.next_json())
+            .await
+            .expect("a chunk within 30 s")
+            .unwrap_or_else(|| panic!("stream ended early: {:?}", reader.raw));
+        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str() {
+            if !content.is_empty() {
+                seen += 1;
+                text.push_str(content);
+            }
+        }
+        chunks.push(chunk);
+    }
+    text
+}
+
+#[tokio::test]
+async fn two_workers_of_one_model_both_get_jobs() {
+    let stack = Stack::start().await;
+    let args = ["echo", "--slots", "1", "--delay", "20ms"];
+    let a = stack.worker(&args);
+    let b = stack.worker(&args);
+    let (id_a, id_b) = (stack.worker_id(&a).await, stack.worker_id(&b).await);
+    stack.wait_for_model("echo").await;
+    let mut tap = stack.tap_replies().await;
+
+    // Some one at a time, then a concurrent burst.
+    let mut expected = Vec::new();
+    for i in 0..6 {
+        let prompt = format!("sequential request number {i}");
+        let (status, body) = stack.post_json(CHAT, &chat_request("echo", &prompt)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(check_completion(Endpoint::Chat, &body, "echo").0, [prompt.clone()]);
+        expected.push(prompt);
+    }
+    let burst = (0..14).map(|i| {
+        let stack = &stack;
+        async move {
+            let prompt = format!("concurrent request number {i} with a few words");
+            let (status, body) = stack.post_json(CHAT, &chat_request("echo", &prompt)).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(check_completion(Endpoint::Chat, &body, "echo").0, [prompt]);
+        }
+    });
+    futures::future::join_all(burst).await;
+
+    tap.drain(Duration::from_millis(500)).await;
+    let started = tap.started_by();
+    let jobs: HashSet<&String> = started.iter().map(|(job, _, _)| job).collect();
+    assert_eq!(jobs.len(), 20, "one job per request: {started:?}");
+    assert_eq!(started.len(), 20, "no job started twice: {started:?}");
+    let mut per_worker: HashMap<&str, usize> = HashMap::new();
+    for (_, worker, _) in &started {
+        *per_worker.entry(worker.as_str()).or_default() += 1;
+    }
+    assert!(per_worker.keys().all(|w| *w == id_a || *w == id_b), "jobs ran on unknown workers: {per_worker:?}");
+    assert!(per_worker.get(id_a.as_str()).copied().unwrap_or(0) > 0, "worker A got no job: {per_worker:?}");
+    assert!(per_worker.get(id_b.as_str()).copied().unwrap_or(0) > 0, "worker B got no job: {per_worker:?}");
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn job_of_a_killed_worker_completes_on_another_without_loss_or_duplication() {
+    let stack = Stack::start().await;
+    let args = ["echo", "--delay", "100ms", "--ack-wait", "1s"];
+    let a = stack.worker(&args);
+    let id_a = stack.worker_id(&a).await;
+    stack.wait_for_model("echo").await;
+    let mut tap = stack.tap_replies().await;
+
+    let prompt = words("resume", 30);
+    let request = json!({
+        "model": "echo",
+        "messages": [{ "role": "user", "content": prompt }],
+        "stream": true,
+        "stream_options": { "include_usage": true },
+    });
+    let mut reader = stack.post_stream(CHAT, &request).await;
+    let mut chunks = Vec::new();
+    let before = read_text_chunks(&mut reader, &mut chunks, 3).await;
+    assert!(prompt.starts_with(&before), "text so far {before:?} is not a prefix of the prompt");
+
+    let b = stack.worker(&args);
+    let id_b = stack.worker_id(&b).await;
+    a.sigkill();
+
+    let rest = tokio::time::timeout(Duration::from_secs(60), reader.rest()).await.expect("the stream finishes within 60 s");
+    chunks.extend(rest);
+    let summary = check_stream(Endpoint::Chat, &chunks, "echo", true);
+    assert_eq!(summary.text(), prompt, "the client's text must be the prompt exactly: nothing lost, nothing repeated");
+    assert_eq!(summary.finish(), "stop");
+    assert_usage(summary.usage.as_ref().unwrap(), 30, 30);
+
+    tap.drain(Duration::from_millis(300)).await;
+    let started = tap.started_by();
+    assert!(started.iter().any(|(_, w, attempt)| *w == id_a && *attempt == 1), "A started the job: {started:?}");
+    assert!(started.iter().any(|(_, w, attempt)| *w == id_b && *attempt >= 2), "B continued it as a redelivery: {started:?}");
+    assert_eq!(started.iter().map(|(job, _, _)| job).collect::<HashSet<_>>().len(), 1, "one job: {started:?}");
+    drop(b);
+}
+
+#[tokio::test]
+async fn client_disconnect_stops_generation_on_the_worker() {
+    let stack = Stack::start().await;
+    let (_worker, _) = stack.ready_worker(&["echo", "--delay", "50ms"], "echo").await;
+    let mut tap = stack.tap_replies().await;
+
+    let prompt = words("cancel", 60); // 3 s of tokens if nobody stops it
+    let mut reader = stack.post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": prompt }], "stream": true })).await;
+    let mut chunks = Vec::new();
+    read_text_chunks(&mut reader, &mut chunks, 2).await;
+    let job_id = match tap.wait_for(Duration::from_secs(5), |e| matches!(e.body, EventBody::Started { .. })).await {
+        Some(event) => event.job_id,
+        None => panic!("no started event seen: {:?}", tap.seen()),
+    };
+    drop(reader);
+
+    let done = tap
+        .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
+        .await
+        .unwrap_or_else(|| panic!("the worker never ended the job: {:?}", tap.seen()));
+    match done.body {
+        EventBody::Done { finish_reason, usage } => {
+            assert_eq!(finish_reason, FinishReason::Cancelled, "the job must end as cancelled");
+            assert!(usage.completion_tokens < 40, "generation went on after the client left: {usage:?} of 60 tokens");
+        }
+        other => panic!("expected Done {{ Cancelled }}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_running_stream_and_exits_zero() {
+    let stack = Stack::start().await;
+    let (worker, worker_id) = stack.ready_worker(&["echo", "--delay", "50ms"], "echo").await;
+
+    let prompt = words("drain", 30);
+    let request = json!({ "model": "echo", "messages": [{ "role": "user", "content": prompt }], "stream": true });
+    let mut reader = stack.post_stream(CHAT, &request).await;
+    let mut chunks = Vec::new();
+    read_text_chunks(&mut reader, &mut chunks, 3).await;
+    worker.sigterm();
+
+    let rest = tokio::time::timeout(Duration::from_secs(60), reader.rest()).await.expect("the stream finishes within 60 s");
+    chunks.extend(rest);
+    let summary = check_stream(Endpoint::Chat, &chunks, "echo", false);
+    assert_eq!(summary.text(), prompt, "the in-flight stream completes in full");
+    assert_eq!(summary.finish(), "stop");
+
+    let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap_or_else(|| panic!("the worker did not exit after SIGTERM"));
+    assert!(status.success(), "the drained worker exits 0, got {}", Proc::describe_exit(status));
+    // A drained worker leaves the registry itself.
+    assert!(!stack.registered_worker_ids().await.contains(&worker_id), "the worker is still in sy:workers");
+}
