@@ -78,11 +78,7 @@ pub fn switchyard_bin() -> PathBuf {
             assert!(bin.is_file(), "SWITCHYARD_BIN={} does not exist", bin.display());
             return bin;
         }
-        let exe = std::env::current_exe().expect("current_exe");
-        let mut profile_dir = exe.parent().expect("test binary has a directory").to_path_buf();
-        if profile_dir.file_name().is_some_and(|name| name == "deps") {
-            profile_dir.pop();
-        }
+        let profile_dir = profile_dir();
         let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
         let target_dir = profile_dir.parent().expect("profile dir has a parent").to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -113,6 +109,50 @@ pub fn switchyard_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// `<target dir>/<profile>` of this test binary (`target/debug/deps/x` → `target/debug`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("test binary has a directory").to_path_buf();
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A Python interpreter that can `import openai`: `$SWITCHYARD_TEST_PYTHON` if set, else a
+/// virtual environment made once under `<target dir>/switchyard-tests-venv` with
+/// `python3 -m venv` and `pip install openai` (kept for later runs).
+pub fn python_with_openai() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Some(python) = std::env::var_os("SWITCHYARD_TEST_PYTHON") {
+                return PathBuf::from(python);
+            }
+            let target_dir = profile_dir().parent().expect("profile dir has a parent").to_path_buf();
+            let venv = target_dir.join("switchyard-tests-venv");
+            let python = venv.join("bin/python");
+            if venv.join(".complete").is_file() {
+                return python;
+            }
+            let _ = std::fs::remove_dir_all(&venv);
+            let run = |command: &mut Command| {
+                let output = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+                assert!(
+                    output.status.success(),
+                    "{command:?} failed (set SWITCHYARD_TEST_PYTHON to a python that has `openai`):\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            };
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+            run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "openai"]));
+            File::create(venv.join(".complete")).expect("marking the venv complete");
+            python
+        })
+        .clone()
 }
 
 /// A port nobody listens on right now. Servers started on it can still lose a race for it, so
@@ -308,6 +348,9 @@ pub struct StackOptions {
     pub scheduler: bool,
     /// `--reap-interval` of the scheduler.
     pub reap_interval: Duration,
+    /// Run the api with `--no-auth` (no API key needed). On by default: most tests are about
+    /// something else; the auth tests turn it off and create keys.
+    pub no_auth: bool,
     /// Extra arguments for `switchyard api`.
     pub api_args: Vec<String>,
     /// Extra arguments for `switchyard scheduler`.
@@ -323,6 +366,7 @@ impl Default for StackOptions {
             body_limit: None,
             scheduler: true,
             reap_interval: Duration::from_secs(1),
+            no_auth: true,
             api_args: Vec::new(),
             scheduler_args: Vec::new(),
             env: Vec::new(),
@@ -349,6 +393,12 @@ impl StackBuilder {
 
     pub fn without_scheduler(mut self) -> Self {
         self.options.scheduler = false;
+        self
+    }
+
+    /// Require API keys (drop `--no-auth`).
+    pub fn with_auth(mut self) -> Self {
+        self.options.no_auth = false;
         self
     }
 
@@ -505,6 +555,9 @@ impl Stack {
             command.args(["--queue-timeout", &duration_arg(options.queue_timeout)]);
             if let Some(limit) = options.body_limit {
                 command.args(["--body-limit", &limit.to_string()]);
+            }
+            if options.no_auth {
+                command.arg("--no-auth");
             }
             command.args(&options.api_args);
             command
