@@ -12,6 +12,12 @@ pub enum ApiError {
     /// The request is malformed or a parameter is out of range.
     #[error("{message}")]
     InvalidRequest { message: String, param: Option<String>, code: Option<&'static str> },
+    /// Missing, unknown, revoked or expired API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A rate limit refused the request; `headers` carry `retry-after` and `x-ratelimit-*`.
+    #[error("{message}")]
+    RateLimited { message: String, kind: &'static str, headers: axum::http::HeaderMap },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("Unknown request URL: {method} {path}. Please check the URL for typos.")]
@@ -54,6 +60,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +80,8 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         let (kind, param, code): (&str, Option<&str>, Option<&str>) = match self {
             ApiError::InvalidRequest { param, code, .. } => ("invalid_request_error", param.as_deref(), *code),
+            ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::RateLimited { kind, .. } => (kind, None, Some("rate_limit_exceeded")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("unknown_url")),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", None, Some("method_not_allowed")),
@@ -95,7 +105,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
-        (status, Json(self.body())).into_response()
+        let body = Json(self.body());
+        match self {
+            ApiError::RateLimited { headers, .. } => (status, headers, body).into_response(),
+            _ => (status, body).into_response(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! * [`routes`]: the router and handlers.
 //! * [`validate`]: request checks before anything is queued.
+//! * [`policy`]: API keys, per-model permissions, distributed rate limits.
 //! * [`jobs`]: publishing jobs and routing their events back, with resume and cancellation.
 //! * [`directory`]: the api's copy of the model registry.
 //! * [`error`]: the one error type, mapped to HTTP status and OpenAI's error body in one place.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod openai;
+pub mod policy;
 pub mod routes;
 pub mod validate;
 
@@ -27,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::directory::Directory;
 use crate::jobs::Jobs;
+use crate::policy::Gate;
 use crate::routes::AppState;
 use crate::validate::Limits;
 
@@ -56,6 +59,9 @@ pub struct ApiOptions {
     /// Largest number of inputs in one embeddings request.
     #[arg(long, env = "SWITCHYARD_MAX_EMBEDDING_INPUTS", default_value_t = 2048)]
     pub max_embedding_inputs: usize,
+    /// Serve without API keys, permissions or rate limits: for local experiments only.
+    #[arg(long, env = "SWITCHYARD_NO_AUTH")]
+    pub no_auth: bool,
     /// How often the api refreshes its copy of the model registry.
     #[arg(long, env = "SWITCHYARD_REGISTRY_REFRESH", default_value = "1s", value_parser = parse_duration)]
     pub registry_refresh: Duration,
@@ -72,9 +78,15 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         tracing::warn!(error = %e, "initial registry read failed");
     }
     directory.spawn_refresher(options.registry_refresh);
+    if options.no_auth {
+        tracing::warn!("!!! --no-auth: every caller may use every model, with no key and no rate limit. Never expose this api. !!!");
+    }
+    let gate = Gate::new(redis.clone(), options.no_auth, options.queue_timeout + options.idle_timeout);
+    gate.watch_revocations(&nats).await?;
     let state = AppState {
         jobs,
         directory,
+        gate,
         limits: Limits { max_n: options.max_n, max_embedding_inputs: options.max_embedding_inputs },
         nats,
         redis,

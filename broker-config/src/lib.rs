@@ -61,7 +61,7 @@ pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, B
     redis::aio::ConnectionManager::new_with_config(client, config).await.map_err(fail)
 }
 
-/// The one duration syntax of every part's flags: `250ms`, `2s`, `5m`, `1h`, or bare seconds.
+/// The one duration syntax of every part's flags: `250ms`, `2s`, `5m`, `1h`, `30d`, or bare seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
@@ -72,7 +72,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit in {text:?} (use ms, s, m or h)")),
+        "d" => value * 86400.0,
+        _ => return Err(format!("unknown unit in {text:?} (use ms, s, m, h or d)")),
     };
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -30,6 +30,9 @@ pub struct DevOptions {
     redis_port: u16,
     #[arg(long, default_value_t = 8081)]
     scheduler_port: u16,
+    /// Serve without API keys or rate limits (local experiments only).
+    #[arg(long)]
+    no_auth: bool,
     /// Start no workers (add your own with `switchyard worker …`).
     #[arg(long)]
     no_workers: bool,
@@ -82,7 +85,13 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         let urls = ["--nats-url", &nats_url, "--redis-url", &redis_url];
         let api_listen = format!("{}:{}", options.host, options.api_port);
         let scheduler_listen = format!("{}:{}", options.host, options.scheduler_port);
-        parts.push(spawn("api", Command::new(&me).arg("api").args(urls).args(["--listen", &api_listen]), &logs)?);
+        let key = if options.no_auth { None } else { Some(dev_api_key(&home, &redis_url).await?) };
+        let mut api = Command::new(&me);
+        api.arg("api").args(urls).args(["--listen", &api_listen]);
+        if options.no_auth {
+            api.arg("--no-auth");
+        }
+        parts.push(spawn("api", &mut api, &logs)?);
         parts.push(spawn("scheduler", Command::new(&me).arg("scheduler").args(urls).args(["--listen", &scheduler_listen]), &logs)?);
         let mut models = Vec::new();
         if !options.no_workers {
@@ -115,6 +124,10 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         for model in &models {
             println!("  model       {model}");
         }
+        match &key {
+            Some(key) => println!("  api key     {key}   (also in {})", home.join("dev-api-key").display()),
+            None => println!("  api key     none: --no-auth, every caller may use everything"),
+        }
         println!("  logs        {}/", logs.display());
         println!();
         println!("  Add a worker from another terminal:  switchyard worker echo --nats-url {nats_url} --redis-url {redis_url}");
@@ -131,6 +144,24 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     stop_all(&mut parts).await;
     stop_all(&mut broker).await;
     result
+}
+
+/// The dev user's API key: the one in `.switchyard/dev-api-key` while Redis still knows it,
+/// otherwise a new one (written there).
+async fn dev_api_key(home: &Path, redis_url: &str) -> anyhow::Result<String> {
+    use switchyard_broker::apikeys::{ApiKeys, KeySpec, hash_secret};
+    let keys = ApiKeys::new(switchyard_broker::connect_redis(redis_url).await?);
+    let file = home.join("dev-api-key");
+    if let Ok(secret) = std::fs::read_to_string(&file) {
+        let secret = secret.trim().to_string();
+        if keys.lookup(&hash_secret(&secret)).await?.is_some_and(|k| !k.revoked) {
+            return Ok(secret);
+        }
+    }
+    let (secret, record) = keys.create(KeySpec { user: "dev".into(), ..Default::default() }).await?;
+    std::fs::write(&file, format!("{secret}\n"))?;
+    tracing::info!(key_id = %record.id, "created the dev user's API key");
+    Ok(secret)
 }
 
 fn spawn(name: &str, command: &mut Command, logs: &Path) -> anyhow::Result<Part> {

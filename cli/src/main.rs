@@ -2,6 +2,7 @@
 //! `scheduler`), or the whole stack on this machine (`dev`).
 
 mod dev;
+mod keys;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ enum Command {
     Api(switchyard_api::ApiOptions),
     /// Run a worker with one backend (`switchyard worker --list` shows them).
     Worker(worker::WorkerCommand),
+    /// Create, list and revoke API keys.
+    Keys(keys::KeysCommand),
     /// Run the scheduler (dead letters, registry reaping).
     Scheduler(switchyard_scheduler::SchedulerOptions),
     /// Load a local model folder and print the completion of one prompt (no NATS or Redis).
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             Command::Api(options) => switchyard_api::serve(options, shutdown).await,
             Command::Worker(command) => worker::run(command, shutdown).await,
             Command::Scheduler(options) => switchyard_scheduler::run_scheduler(options, shutdown).await,
+            Command::Keys(command) => keys::run(command).await,
             #[cfg(feature = "torch")]
             Command::Generate(_) => unreachable!("handled before the runtime starts"),
         }

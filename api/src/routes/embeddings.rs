@@ -4,22 +4,27 @@
 use axum::Json;
 use axum::extract::State;
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard_schemas::{EventBody, JobRequest, ModelKind};
 
-use super::AppState;
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, estimate_tokens};
+use crate::policy::Caller;
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
 use crate::openai::{EmbeddingRequest, EncodingFormat, UsageOut};
 use crate::validate;
 
-pub async fn embeddings(State(state): State<AppState>, OpenAiJson(request): OpenAiJson<EmbeddingRequest>) -> Result<Json<Value>, ApiError> {
-    let model = state.directory.lookup(&request.model).await?;
-    if model.card.kind != ModelKind::Embedding {
-        return Err(ApiError::invalid("model", format!("The model `{}` does not produce embeddings.", request.model)));
-    }
+pub async fn embeddings(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.model_for(&caller, &request.model, ModelKind::Embedding).await?;
     let input = validate::embedding(&request, &state.limits)?;
     let count = input.len();
+    let admission = state.gate.admit(&caller, &model.card, estimate_tokens(input.iter().map(String::len).sum(), 0)).await?;
     let mut handle = state.jobs.submit(&request.model, JobRequest::Embedding { input }).await?;
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
     let usage = loop {
@@ -52,10 +57,13 @@ pub async fn embeddings(State(state): State<AppState>, OpenAiJson(request): Open
             Ok(json!({ "object": "embedding", "index": index, "embedding": embedding }))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(Json(json!({
+    let headers = admission.headers().clone();
+    admission.settle(usage.prompt_tokens);
+    let body = Json(json!({
         "object": "list",
         "data": data,
         "model": request.model,
         "usage": { "prompt_tokens": usage.prompt_tokens, "total_tokens": UsageOut::new(usage.prompt_tokens, 0).total_tokens },
-    })))
+    }));
+    Ok((headers, body).into_response())
 }

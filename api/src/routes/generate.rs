@@ -12,9 +12,10 @@ use axum::Json;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
-use switchyard_schemas::{EventBody, FinishReason, JobRequest, TokenLogprob, Usage};
+use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelKind, TokenLogprob, Usage};
 
-use super::AppState;
+use super::{AppState, estimate_tokens};
+use crate::policy::{Admission, Caller};
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
 use crate::jobs::JobHandle;
@@ -49,32 +50,52 @@ struct Reply {
     logprobs: bool,
 }
 
-pub async fn chat_completions(State(state): State<AppState>, OpenAiJson(request): OpenAiJson<ChatCompletionRequest>) -> Result<Response, ApiError> {
-    let model = state.directory.lookup(&request.model).await?;
+pub async fn chat_completions(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.model_for(&caller, &request.model, ModelKind::Chat).await?;
     let stream = request.stream.unwrap_or(false);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let model_name = request.model.clone();
     let (messages, params, n) = validate::chat(request, &state.limits, &model)?;
     let reply = Reply { id: format!("chatcmpl-{}", ulid::Ulid::new()), model: model_name, created: now_secs(), flavor: Flavor::Chat, n: n as usize, logprobs: params.logprobs };
+    let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
+    let estimate = estimate_tokens(prompt_chars, params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)).saturating_mul(n);
+    let admission = state.gate.admit(&caller, &model.card, estimate).await?;
     let jobs = (0..n).map(|i| JobRequest::Chat { messages: messages.clone(), params: choice_params(&params, i) }).collect();
-    run(state, reply, jobs, stream, include_usage).await
+    run(state, reply, jobs, stream, include_usage, admission).await
 }
 
-pub async fn completions(State(state): State<AppState>, OpenAiJson(request): OpenAiJson<CompletionRequest>) -> Result<Response, ApiError> {
-    let model = state.directory.lookup(&request.model).await?;
+pub async fn completions(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.model_for(&caller, &request.model, ModelKind::Chat).await?;
     let stream = request.stream.unwrap_or(false);
     let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let echo = request.echo.unwrap_or(false);
     let model_name = request.model.clone();
     let (prompts, params, n) = validate::completion(request, &state.limits, &model)?;
+    let estimate = prompts
+        .iter()
+        .map(|prompt| estimate_tokens(prompt.len(), params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)).saturating_mul(n))
+        .fold(0u32, u32::saturating_add);
+    let admission = state.gate.admit(&caller, &model.card, estimate).await?;
     let jobs = prompts
         .iter()
         .flat_map(|prompt| (0..n).map(|i| JobRequest::Completion { prompt: prompt.clone(), params: choice_params(&params, i) }))
         .collect();
     let flavor = Flavor::Completion { echo: echo.then_some(prompts) };
     let reply = Reply { id: format!("cmpl-{}", ulid::Ulid::new()), model: model_name, created: now_secs(), flavor, n: n as usize, logprobs: params.logprobs };
-    run(state, reply, jobs, stream, include_usage).await
+    run(state, reply, jobs, stream, include_usage, admission).await
 }
+
+/// Completion tokens charged up front when a request sets no `max_tokens` (corrected to the
+/// real count when the job ends).
+const DEFAULT_COMPLETION_ESTIMATE: u32 = 256;
 
 /// Choice `i` of `n` gets its own seed, so `n` seeded choices differ from each other but are
 /// reproducible.
@@ -84,9 +105,24 @@ fn choice_params(params: &switchyard_schemas::SamplingParams, i: u32) -> switchy
     params
 }
 
-async fn run(state: AppState, reply: Reply, jobs: Vec<JobRequest>, stream: bool, include_usage: bool) -> Result<Response, ApiError> {
+async fn run(
+    state: AppState,
+    reply: Reply,
+    jobs: Vec<JobRequest>,
+    stream: bool,
+    include_usage: bool,
+    admission: Admission,
+) -> Result<Response, ApiError> {
     let handles = futures::future::try_join_all(jobs.into_iter().map(|job| state.jobs.submit(&reply.model, job))).await?;
-    if stream { respond_stream(reply, handles, include_usage).await } else { respond_whole(reply, handles).await }
+    let headers = admission.headers().clone();
+    let response = if stream {
+        respond_stream(reply, handles, include_usage, admission).await?
+    } else {
+        let (response, usage) = respond_whole(reply, handles).await?;
+        admission.settle(usage.total_tokens);
+        response
+    };
+    Ok((headers, response).into_response())
 }
 
 /// One choice's output, gathered.
@@ -117,7 +153,7 @@ async fn collect(mut handle: JobHandle, prompt_param: &str) -> Result<Choice, Ap
     }
 }
 
-async fn respond_whole(reply: Reply, handles: Vec<JobHandle>) -> Result<Response, ApiError> {
+async fn respond_whole(reply: Reply, handles: Vec<JobHandle>) -> Result<(Response, UsageOut), ApiError> {
     let prompt_param = reply.flavor.prompt_param();
     let choices = futures::future::try_join_all(handles.into_iter().map(|handle| collect(handle, prompt_param))).await?;
     let usage = total_usage(&reply, choices.iter().map(|c| c.usage));
@@ -149,7 +185,7 @@ async fn respond_whole(reply: Reply, handles: Vec<JobHandle>) -> Result<Response
         Flavor::Chat => "chat.completion",
         Flavor::Completion { .. } => "text_completion",
     };
-    Ok(Json(json!({
+    let body = Json(json!({
         "id": reply.id,
         "object": object,
         "created": reply.created,
@@ -157,8 +193,8 @@ async fn respond_whole(reply: Reply, handles: Vec<JobHandle>) -> Result<Response
         "system_fingerprint": null,
         "choices": body_choices,
         "usage": usage,
-    }))
-    .into_response())
+    }));
+    Ok((body.into_response(), usage))
 }
 
 /// Prompt tokens once per prompt (not once per choice), completion tokens of every choice.
@@ -205,7 +241,7 @@ fn completion_logprobs(logprobs: &[TokenLogprob], first_offset: usize) -> Value 
 
 type Events = SelectAll<BoxStream<'static, (usize, Result<EventBody, ApiError>)>>;
 
-async fn respond_stream(reply: Reply, handles: Vec<JobHandle>, include_usage: bool) -> Result<Response, ApiError> {
+async fn respond_stream(reply: Reply, handles: Vec<JobHandle>, include_usage: bool, admission: Admission) -> Result<Response, ApiError> {
     let choices = handles.len();
     let mut events: Events = futures::stream::select_all(
         handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event)).boxed()),
@@ -218,7 +254,15 @@ async fn respond_stream(reply: Reply, handles: Vec<JobHandle>, include_usage: bo
         Some(first) => first,
         None => return Err(ApiError::Internal("the job ended without output".into())),
     };
-    let state = SseState { reply, include_usage, role_sent: vec![false; choices], usages: vec![Usage::default(); choices], open: choices, done: false };
+    let state = SseState {
+        reply,
+        include_usage,
+        role_sent: vec![false; choices],
+        usages: vec![Usage::default(); choices],
+        open: choices,
+        done: false,
+        admission: Some(admission),
+    };
     let pending = futures::stream::iter(std::iter::once(first)).chain(events);
     let body = sse_body(state, pending.ready_chunks(256));
     Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(body)).into_response())
@@ -232,6 +276,8 @@ struct SseState {
     /// Choices still generating.
     open: usize,
     done: bool,
+    /// Settled with the real usage when the stream completes.
+    admission: Option<Admission>,
 }
 
 /// Frames events as SSE. Events that are already waiting are written together, and adjacent
@@ -363,10 +409,14 @@ impl SseState {
     }
 
     fn finish(&mut self, out: &mut String) {
+        let usage = total_usage(&self.reply, self.usages.iter().copied());
+        if let Some(admission) = self.admission.take() {
+            admission.settle(usage.total_tokens);
+        }
         if self.include_usage {
             let mut chunk = self.chunk(Value::Null);
             chunk["choices"] = json!([]);
-            chunk["usage"] = json!(total_usage(&self.reply, self.usages.iter().copied()));
+            chunk["usage"] = json!(usage);
             write_event(out, &chunk);
         }
         out.push_str("data: [DONE]\n\n");

@@ -15,19 +15,49 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::directory::Directory;
+use switchyard_schemas::ModelKind;
+
+use crate::directory::{Directory, ModelEntry};
 use crate::error::ApiError;
 use crate::extract::BodyLimit;
 use crate::jobs::Jobs;
+use crate::policy::{Caller, Gate};
 use crate::validate::Limits;
 
 #[derive(Clone)]
 pub struct AppState {
     pub jobs: Arc<Jobs>,
     pub directory: Directory,
+    pub gate: Arc<Gate>,
     pub limits: Limits,
     pub nats: async_nats::Client,
     pub redis: redis::aio::ConnectionManager,
+}
+
+impl AppState {
+    /// The model a request names, if the caller may use it (otherwise it does not exist, as far
+    /// as this caller can tell), and if it serves `kind`.
+    pub async fn model_for(&self, caller: &Caller, name: &str, kind: ModelKind) -> Result<ModelEntry, ApiError> {
+        let entry = self.directory.lookup(name).await?;
+        if !caller.may_use(&entry.card) {
+            return Err(ApiError::ModelNotFound(name.to_string()));
+        }
+        if entry.card.kind != kind {
+            let served = match entry.card.kind {
+                ModelKind::Chat => "text generation (/v1/chat/completions, /v1/completions)",
+                ModelKind::Embedding => "embeddings (/v1/embeddings)",
+                ModelKind::Tool => "tool calls",
+            };
+            return Err(ApiError::invalid("model", format!("The model `{name}` serves {served}, not this endpoint.")));
+        }
+        Ok(entry)
+    }
+}
+
+/// Token estimate for rate limiting before the real count is known: about four characters a
+/// token, as OpenAI's guidance has it, plus what the completion may add.
+pub fn estimate_tokens(prompt_chars: usize, completion_tokens: u32) -> u32 {
+    (prompt_chars.div_ceil(4) as u32).saturating_add(completion_tokens)
 }
 
 pub fn router(state: AppState, body_limit: usize) -> Router {

@@ -9,6 +9,7 @@ use super::AppState;
 use crate::directory::ModelEntry;
 use crate::error::ApiError;
 use crate::openai::ModelObject;
+use crate::policy::Caller;
 
 fn object(entry: ModelEntry) -> ModelObject {
     ModelObject {
@@ -26,14 +27,14 @@ fn object(entry: ModelEntry) -> ModelObject {
     }
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<ModelObject> = state.directory.live().into_iter().map(object).collect();
+pub async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
+    let data: Vec<ModelObject> = state.directory.live().into_iter().filter(|m| caller.may_use(&m.card)).map(object).collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
-pub async fn retrieve(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelObject>, ApiError> {
+pub async fn retrieve(caller: Caller, State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelObject>, ApiError> {
     match state.directory.lookup(&model).await {
-        Ok(entry) if entry.live_workers > 0 => Ok(Json(object(entry))),
+        Ok(entry) if entry.live_workers > 0 && caller.may_use(&entry.card) => Ok(Json(object(entry))),
         _ => Err(ApiError::ModelNotFound(model)),
     }
 }

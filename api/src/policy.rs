@@ -1,0 +1,277 @@
+//! Who is calling and how much they may do: API keys, per-model permissions and rate limits.
+//!
+//! Authentication costs no Redis round trip on the hot path: key records are cached for a few
+//! seconds, and a revocation is announced on NATS so every replica drops the key at once.
+//! Admission is one call of the rate-limit script, which checks and charges every limit of
+//! the request (the key's requests/tokens per minute and concurrency, and the model's per-key
+//! limits) atomically in Redis, shared by all replicas. Without Redis there is no admission:
+//! the api answers 503 rather than count per process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use futures::StreamExt;
+use switchyard_broker::apikeys::{ApiKeys, hash_secret};
+use switchyard_broker::ratelimit::{Decision, Limit, LimitKind, RateLimiter};
+use switchyard_schemas::{ApiKeyRecord, ModelCard, keys, now_ms, subject};
+
+use crate::error::ApiError;
+use crate::routes::AppState;
+
+/// How long a key record is trusted without asking Redis again.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+pub struct Gate {
+    keys: ApiKeys,
+    limiter: RateLimiter,
+    cache: Mutex<HashMap<String, (Arc<ApiKeyRecord>, Instant)>>,
+    no_auth: bool,
+    /// A concurrency slot left by a crashed replica frees itself after this long.
+    concurrency_ttl: Duration,
+}
+
+/// The authenticated caller of one request; `key` is `None` only with `--no-auth`.
+#[derive(Clone)]
+pub struct Caller {
+    pub key: Option<Arc<ApiKeyRecord>>,
+}
+
+impl Caller {
+    /// Whether this caller may see and use a model. A model the caller may not use is
+    /// answered exactly like one that does not exist.
+    pub fn may_use(&self, card: &ModelCard) -> bool {
+        match &self.key {
+            None => true,
+            Some(key) => card.permissions.allows(&key.user, &key.groups),
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(redis: redis::aio::ConnectionManager, no_auth: bool, concurrency_ttl: Duration) -> Arc<Gate> {
+        Arc::new(Gate {
+            keys: ApiKeys::new(redis.clone()),
+            limiter: RateLimiter::new(redis),
+            cache: Mutex::new(HashMap::new()),
+            no_auth,
+            concurrency_ttl,
+        })
+    }
+
+    /// Drops revoked keys from the cache as soon as any process announces them.
+    pub async fn watch_revocations(self: &Arc<Self>, nats: &async_nats::Client) -> Result<(), ApiError> {
+        let mut revoked = nats
+            .subscribe(subject::API_KEY_REVOKED)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cannot subscribe on NATS: {e}")))?;
+        let gate = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(message) = revoked.next().await {
+                let Some(gate) = gate.upgrade() else { return };
+                gate.cache.lock().unwrap().remove(String::from_utf8_lossy(&message.payload).as_ref());
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Caller, ApiError> {
+        if self.no_auth {
+            return Ok(Caller { key: None });
+        }
+        let secret = authorization
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|secret| !secret.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "You didn't provide an API key. Provide it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).".into(),
+                )
+            })?;
+        let hash = hash_secret(secret);
+        let cached = self.cache.lock().unwrap().get(&hash).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(key, _)| key.clone());
+        let key = match cached {
+            Some(key) => key,
+            None => {
+                let record = self.keys.lookup(&hash).await.map_err(|e| ApiError::Unavailable(format!("Cannot check the API key: {e}")))?;
+                let key = Arc::new(record.ok_or_else(|| incorrect_key(secret))?);
+                self.cache.lock().unwrap().insert(hash, (key.clone(), Instant::now()));
+                key
+            }
+        };
+        if key.revoked {
+            return Err(ApiError::Unauthorized(format!("The API key {} has been revoked.", key.hint)));
+        }
+        if key.expires_ms.is_some_and(|expires| expires <= now_ms()) {
+            return Err(ApiError::Unauthorized(format!("The API key {} has expired.", key.hint)));
+        }
+        Ok(Caller { key: Some(key) })
+    }
+
+    /// Charges a request against every limit that applies to it, or refuses it with 429.
+    pub async fn admit(self: &Arc<Self>, caller: &Caller, card: &ModelCard, estimated_tokens: u32) -> Result<Admission, ApiError> {
+        let member = ulid::Ulid::new().to_string();
+        let Some(key) = &caller.key else {
+            return Ok(Admission::free(self.clone(), member));
+        };
+        let mut limits = Vec::new();
+        let mut add = |kind, scope: String, limit: Option<u32>, cost: u32| {
+            if let Some(limit) = limit {
+                let what = match kind {
+                    LimitKind::RequestsPerMinute => "req",
+                    LimitKind::TokensPerMinute => "tok",
+                    LimitKind::Concurrent => "conc",
+                };
+                limits.push(Limit { kind, key: keys::rate_limit(what, &scope), limit, cost });
+            }
+        };
+        let model_scope = format!("{}:{}", key.id, card.name);
+        add(LimitKind::RequestsPerMinute, key.id.clone(), key.limits.rpm, 1);
+        add(LimitKind::TokensPerMinute, key.id.clone(), key.limits.tpm, estimated_tokens);
+        add(LimitKind::Concurrent, key.id.clone(), key.max_concurrent, 1);
+        add(LimitKind::RequestsPerMinute, model_scope.clone(), card.limits.rpm, 1);
+        add(LimitKind::TokensPerMinute, model_scope, card.limits.tpm, estimated_tokens);
+        if limits.is_empty() {
+            return Ok(Admission::free(self.clone(), member));
+        }
+        let decision = self
+            .limiter
+            .admit(&limits, &member, self.concurrency_ttl.as_millis() as u64)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("The rate limiter is unavailable (Redis did not answer: {e}); no request is admitted without it.")))?;
+        let headers = rate_headers(&limits, &decision);
+        if let Some(refused) = decision.refused {
+            return Err(refusal(&limits[refused], &decision, headers, &card.name));
+        }
+        Ok(Admission { gate: self.clone(), limits, member, charged: estimated_tokens, headers, settled: false })
+    }
+}
+
+fn incorrect_key(secret: &str) -> ApiError {
+    let shown: String = secret.chars().take(6).collect();
+    ApiError::Unauthorized(format!("Incorrect API key provided: {shown}***. Ask your Switchyard operator for a key (`switchyard keys create`)."))
+}
+
+fn refusal(limit: &Limit, decision: &Decision, mut headers: HeaderMap, model: &str) -> ApiError {
+    let (what, kind) = match limit.kind {
+        LimitKind::RequestsPerMinute => ("requests per minute", "requests"),
+        LimitKind::TokensPerMinute => ("tokens per minute", "tokens"),
+        LimitKind::Concurrent => ("concurrent requests", "requests"),
+    };
+    let scope = if limit.key.contains(':') && limit.key.ends_with(&format!(":{model}")) { format!(" on model {model}") } else { String::new() };
+    let message = match decision.retry_after_ms {
+        Some(ms) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+            format!("Rate limit reached for {what}{scope}: limit {}, requested {}. Please try again in {}.", limit.limit, limit.cost, go_duration(ms))
+        }
+        None => format!("Request too large for {what}{scope}: limit {}, requested {}. Reduce max_tokens or the prompt.", limit.limit, limit.cost),
+    };
+    ApiError::RateLimited { message, kind, headers }
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the key's own request and token limits.
+fn rate_headers(limits: &[Limit], decision: &Decision) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: String| {
+        if !headers.contains_key(name) {
+            headers.insert(name, HeaderValue::from_str(&value).expect("ASCII header value"));
+        }
+    };
+    for (limit, state) in limits.iter().zip(&decision.states) {
+        let suffix = match limit.kind {
+            LimitKind::RequestsPerMinute => "requests",
+            LimitKind::TokensPerMinute => "tokens",
+            LimitKind::Concurrent => continue,
+        };
+        let (limit_h, remaining_h, reset_h) = match suffix {
+            "requests" => ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+            _ => ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+        };
+        set(limit_h, limit.limit.to_string());
+        set(remaining_h, state.remaining.max(0).to_string());
+        set(reset_h, go_duration(state.reset_ms));
+    }
+    headers
+}
+
+/// Durations the way OpenAI writes them in headers: `20ms`, `1.5s`, `6m0s`.
+fn go_duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let seconds = format!("{:.3}", ms as f64 / 1000.0);
+        format!("{}s", seconds.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// A request's charge against its limits, held until the request ends. Dropping it without
+/// [`Admission::settle`] (client gone, job failed) keeps the token charge as estimated and
+/// frees the concurrency slot.
+pub struct Admission {
+    gate: Arc<Gate>,
+    limits: Vec<Limit>,
+    member: String,
+    charged: u32,
+    headers: HeaderMap,
+    settled: bool,
+}
+
+impl Admission {
+    fn free(gate: Arc<Gate>, member: String) -> Self {
+        Admission { gate, limits: Vec::new(), member, charged: 0, headers: HeaderMap::new(), settled: true }
+    }
+
+    /// The `x-ratelimit-*` headers to send with the response.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Corrects the token charge to what the request really used, and frees its slot.
+    pub fn settle(mut self, actual_tokens: u32) {
+        self.release(actual_tokens as i64 - self.charged as i64);
+    }
+
+    fn release(&mut self, token_delta: i64) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        let (gate, limits, member) = (self.gate.clone(), std::mem::take(&mut self.limits), self.member.clone());
+        tokio::spawn(async move {
+            if let Err(e) = gate.limiter.settle(&limits, &member, token_delta).await {
+                tracing::warn!(error = %e, "settling a rate-limit charge failed");
+            }
+        });
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release(0);
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.gate.authenticate(parts.headers.get(header::AUTHORIZATION)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_like_openai_headers() {
+        assert_eq!(super::go_duration(20), "20ms");
+        assert_eq!(super::go_duration(1500), "1.5s");
+        assert_eq!(super::go_duration(1000), "1s");
+        assert_eq!(super::go_duration(360_000), "6m0s");
+    }
+}
