@@ -2,24 +2,29 @@
 //!
 //! It owns everything a test needs to run the real system on one machine, and nothing else:
 //!
-//! * [`Stack`]: a real `nats-server` (JetStream on) and `redis-server` on free ports with their
-//!   own temporary data directories, plus `switchyard api` and `switchyard scheduler` pointed at
-//!   them. [`Stack::worker`] starts `switchyard worker …` processes against the same servers.
-//!   Nothing is mocked: tests speak HTTP to the api, and may watch NATS and Redis directly.
+//! * [`Servers`]: a real `nats-server` (JetStream on) and `redis-server` on free ports, each
+//!   with its own temporary data directory. Never mocks.
+//! * [`Stack`]: [`Servers`] plus `switchyard api` (run with `--no-auth` unless
+//!   [`StackBuilder::with_auth`]) and `switchyard scheduler`, started on free ports and waited
+//!   for (`/ready`, `/health`). [`Stack::worker`] starts `switchyard worker …` processes
+//!   against the same servers. Tests speak HTTP to the api and may watch NATS and Redis.
 //! * [`Proc`]: one child process in its own process group, its stdout and stderr captured in a
 //!   log file. Dropping it kills the whole group, so nothing outlives a test, even one that
 //!   panics; children also get `PR_SET_PDEATHSIG`, so they die with a test binary that is
-//!   itself killed. When a test panics, the [`Stack`] prints the tail of every log it started
-//!   and keeps the directory that holds them.
-//! * Locating binaries: `nats-server` from `PATH` or `<repo>/.switchyard/bin` (where
-//!   `scripts/setup.sh` puts it), `redis-server` from `PATH`, and `switchyard` from
-//!   `$SWITCHYARD_BIN` or else built once per test binary with `cargo build -p switchyard` into
-//!   the target directory the tests themselves were built in (see [`switchyard_bin`]).
-//! * Small helpers for what the tests check: SSE framing ([`sse`]), the stream events a
-//!   worker publishes on reply subjects ([`ReplyTap`]), the registry ([`Stack::worker_id`]),
-//!   and polling with a deadline ([`eventually`]).
+//!   itself killed. When a test panics, the [`Servers`] print the tail of every log started
+//!   under them and keep the directory that holds them (so does `SWITCHYARD_KEEP_LOGS=1`).
+//! * Binaries: `nats-server` from `PATH` or `<repo>/.switchyard/bin` (where `scripts/setup.sh`
+//!   puts it), `redis-server` from `PATH`, and `switchyard` from `$SWITCHYARD_BIN` or else
+//!   built once per test binary with `cargo build -p switchyard` into the target directory the
+//!   tests were built in (see [`switchyard_bin`]); a Python with the `openai` SDK for the SDK
+//!   test ([`python_with_openai`]).
+//! * What the tests check, written once: OpenAI's response and stream shapes ([`openai`]), SSE
+//!   framing ([`sse`]), the stream events workers publish on reply subjects ([`ReplyTap`]),
+//!   OpenAI's error body ([`assert_openai_error`]), the registry ([`Stack::worker_id`]), and
+//!   polling with a deadline ([`eventually`]).
 //!
-//! Every [`Stack`] has its own ports and directories, so tests run in parallel.
+//! Every [`Stack`] has its own ports and directories, so tests run in parallel and share
+//! nothing. Run them with `cargo test -p switchyard-tests`.
 
 pub mod openai;
 pub mod sse;
@@ -202,14 +207,18 @@ impl Proc {
         let _ = writeln!(&file, "[harness] {:?}", command);
         command.stdin(Stdio::null()).stdout(file.try_clone().expect("dup log")).stderr(file);
         command.process_group(0);
+        // The child gets SIGKILL when the thread that spawned it exits: a test binary killed
+        // from outside leaves nothing behind. (So spawn from the test's thread or a runtime
+        // worker, never from a `spawn_blocking` thread, which may exit while the test runs.)
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The parent died between fork and prctl: don't outlive it.
-                if libc::getppid() == 1 {
+                if libc::getppid() != parent {
                     libc::_exit(1);
                 }
                 Ok(())
