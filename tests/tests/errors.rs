@@ -93,3 +93,48 @@ async fn check_param_errors(stack: &Stack, cases: &[(&str, Value, &str)]) {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+
+#[tokio::test]
+async fn unknown_route_is_404_in_openai_shape() {
+    let stack = Stack::start().await;
+    for (method, path) in [("GET", "/v1/nothing-here"), ("POST", "/v2/chat/completions"), ("GET", "/")] {
+        let request = stack.http().request(method.parse().unwrap(), stack.api_url(path));
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 404, "{method} {path}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"));
+        assert_openai_error(&body);
+    }
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let stack = Stack::builder().body_limit(4096).start().await;
+    let big = "x ".repeat(4096);
+    let (status, body) = post_raw(&stack, CHAT, serde_json::to_vec(&chat_request("echo", &big)).unwrap()).await;
+    assert_eq!(status, 413, "{body}");
+    assert_openai_error(&body);
+    // Just under the limit the body is read (and the unknown model reported).
+    let (status, body) = post_raw(&stack, CHAT, serde_json::to_vec(&chat_request("nobody-serves-this", "small")).unwrap()).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test]
+async fn unknown_extra_fields_are_accepted() {
+    let stack = Stack::start().await;
+    let (_worker, _) = stack.ready_worker(&["echo"], "echo").await;
+    let request = json!({
+        "model": "echo",
+        "messages": [{ "role": "user", "content": "extra fields are fine", "x_custom": true }],
+        "metadata": { "team": "tests" },
+        "store": false,
+        "some_future_parameter": [1, 2, 3],
+        "parallel_tool_calls": true,
+    });
+    let (status, body) = stack.post_json(CHAT, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let (texts, _, _) = check_completion(Endpoint::Chat, &body, "echo");
+    assert_eq!(texts, ["extra fields are fine"]);
+}
