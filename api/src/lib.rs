@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod openai;
+pub mod openapi;
 pub mod policy;
 pub mod routes;
 pub mod validate;

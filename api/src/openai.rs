@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessageIn>,
@@ -41,7 +42,7 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
     pub role: String,
     #[serde(default)]
@@ -50,14 +51,14 @@ pub struct ChatMessageIn {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -65,13 +66,13 @@ pub struct ContentPart {
     pub text: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StopSequences {
     One(String),
@@ -87,7 +88,7 @@ impl StopSequences {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
@@ -123,14 +124,14 @@ pub struct CompletionRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: EmbeddingInput,
@@ -142,16 +143,17 @@ pub struct EmbeddingRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingInput {
     One(String),
     Many(Vec<String>),
     /// Token ids: accepted by OpenAI, not served here (the api has no tokenizer).
+    #[schema(value_type = Vec<Vec<u32>>)]
     Tokens(Value),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodingFormat {
     Float,
@@ -159,7 +161,7 @@ pub enum EncodingFormat {
 }
 
 /// `usage` in every response.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
 pub struct UsageOut {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -173,7 +175,7 @@ impl UsageOut {
 }
 
 /// One entry of `/v1/models`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelObject {
     pub id: String,
     pub object: &'static str,
@@ -183,4 +185,102 @@ pub struct ModelObject {
     pub kind: &'static str,
     pub context_length: Option<u32>,
     pub live_workers: usize,
+}
+
+// Response shapes, for the OpenAPI document. The handlers build the same JSON; the
+// integration tests check the bodies against these fields.
+
+/// `/v1/models`.
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelObject>,
+}
+
+/// A non-streamed `/v1/chat/completions` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// `chat.completion`; streamed chunks are `chat.completion.chunk` (SSE, ending `data: [DONE]`).
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: UsageOut,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+    /// `stop`, `length`.
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A non-streamed `/v1/completions` answer.
+#[derive(Serialize, ToSchema)]
+pub struct TextCompletion {
+    pub id: String,
+    /// `text_completion`, also for streamed chunks.
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChoice>,
+    pub usage: UsageOut,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TextChoice {
+    pub index: u32,
+    pub text: String,
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<String>,
+}
+
+/// `/v1/embeddings`.
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingList {
+    pub object: String,
+    pub data: Vec<EmbeddingObject>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingObject {
+    pub object: String,
+    pub index: u32,
+    /// A list of floats, or base64 of little-endian f32 with `encoding_format: base64`.
+    #[schema(value_type = Object)]
+    pub embedding: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// Every error, whatever the status.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorObject,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
 }

@@ -12,10 +12,13 @@ use axum::response::{IntoResponse, Response};
 use super::{AppState, estimate_tokens};
 use crate::policy::Caller;
 use crate::error::ApiError;
+use crate::openai::EmbeddingList;
+use crate::openapi::ErrorResponses;
 use crate::extract::OpenAiJson;
 use crate::openai::{EmbeddingRequest, EncodingFormat, UsageOut};
 use crate::validate;
 
+#[utoipa::path(post, path = "/v1/embeddings", tag = "embeddings", request_body = EmbeddingRequest, responses((status = 200, body = EmbeddingList), ErrorResponses))]
 pub async fn embeddings(
     caller: Caller,
     State(state): State<AppState>,

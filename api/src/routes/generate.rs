@@ -17,6 +17,8 @@ use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelKind, TokenLo
 use super::{AppState, estimate_tokens};
 use crate::policy::{Admission, Caller};
 use crate::error::ApiError;
+use crate::openai::{ChatCompletion, TextCompletion};
+use crate::openapi::ErrorResponses;
 use crate::extract::OpenAiJson;
 use crate::jobs::JobHandle;
 use crate::openai::{ChatCompletionRequest, CompletionRequest, UsageOut};
@@ -50,6 +52,8 @@ struct Reply {
     logprobs: bool,
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "generation", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "One JSON body, or with `stream: true` SSE `chat.completion.chunk`s ending in `data: [DONE]`", body = ChatCompletion), ErrorResponses))]
 pub async fn chat_completions(
     caller: Caller,
     State(state): State<AppState>,
@@ -68,6 +72,8 @@ pub async fn chat_completions(
     run(state, reply, jobs, stream, include_usage, admission).await
 }
 
+#[utoipa::path(post, path = "/v1/completions", tag = "generation", request_body = CompletionRequest,
+    responses((status = 200, description = "One JSON body, or with `stream: true` SSE `text_completion` chunks ending in `data: [DONE]`", body = TextCompletion), ErrorResponses))]
 pub async fn completions(
     caller: Caller,
     State(state): State<AppState>,

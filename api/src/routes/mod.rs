@@ -1,10 +1,10 @@
 //! The router: every route, the shared state, and OpenAI-shaped answers for unknown routes
 //! and wrong methods.
 
-mod embeddings;
-mod generate;
-mod health;
-mod models;
+pub(crate) mod embeddings;
+pub(crate) mod generate;
+pub(crate) mod health;
+pub(crate) mod models;
 
 use std::sync::Arc;
 
@@ -69,11 +69,17 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/openapi.json", get(openapi_json))
         .fallback(unknown_route)
         .layer(middleware::from_fn(openai_method_errors))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::Extension(BodyLimit(body_limit)))
         .with_state(state)
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    axum::Json(crate::openapi::ApiDoc::openapi())
 }
 
 async fn unknown_route(request: Request) -> ApiError {

@@ -8,7 +8,8 @@ use switchyard_schemas::ModelKind;
 use super::AppState;
 use crate::directory::ModelEntry;
 use crate::error::ApiError;
-use crate::openai::ModelObject;
+use crate::openai::{ModelList, ModelObject};
+use crate::openapi::ErrorResponses;
 use crate::policy::Caller;
 
 fn object(entry: ModelEntry) -> ModelObject {
@@ -27,11 +28,13 @@ fn object(entry: ModelEntry) -> ModelObject {
     }
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = ModelList), ErrorResponses))]
 pub async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
     let data: Vec<ModelObject> = state.directory.live().into_iter().filter(|m| caller.may_use(&m.card)).map(object).collect();
     Json(json!({ "object": "list", "data": data }))
 }
 
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "models", params(("model" = String, Path, description = "Model name; may contain `/`")), responses((status = 200, body = ModelObject), ErrorResponses))]
 pub async fn retrieve(caller: Caller, State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelObject>, ApiError> {
     match state.directory.lookup(&model).await {
         Ok(entry) if entry.live_workers > 0 && caller.may_use(&entry.card) => Ok(Json(object(entry))),
