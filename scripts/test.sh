@@ -4,7 +4,7 @@
 # Installs whatever is missing first (scripts/setup.sh is idempotent).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-scripts/setup.sh
+scripts/setup.sh --test-tools
 export PATH="$PWD/.switchyard/bin:$PATH"
 # The integration tests drive the real `switchyard` binary.
 cargo build -p switchyard
