@@ -59,6 +59,9 @@ fi
 if [ "${1:-}" = "--test-tools" ] && [ ! -x "$home/fuzz-venv/bin/schemathesis" ]; then
   say "installing schemathesis (PyPI) for the api fuzz test"
   rm -rf "$home/fuzz-venv"
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
   python3 -m venv "$home/fuzz-venv"
   "$home/fuzz-venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4,<5"
 fi

@@ -9,7 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -193,7 +193,7 @@ impl Engine {
             .spawn(move || {
                 let _no_grad = tch::no_grad_guard();
                 let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| Worker::load(&opts)))
-                    .unwrap_or_else(|p| Err(TorchError::Unsupported(panic_message(&p))));
+                    .unwrap_or_else(|p| Err(TorchError::Internal(panic_message(&p))));
                 match loaded {
                     Ok(worker) => {
                         let _ = ready_tx.send(Ok(worker.shared.clone()));
@@ -301,11 +301,7 @@ impl Worker {
             }
             Model::Encoder(e) => {
                 codec.set_truncation(e.context_length)?;
-                let probe = e.net.forward(
-                    &Tensor::zeros([1, 1], (Kind::Int64, device)),
-                    &Tensor::ones([1, 1], (Kind::Int64, device)),
-                );
-                (ModelKind::Encoder, e.context_length, Some(probe.size()[2] as u32), None)
+                (ModelKind::Encoder, e.context_length, Some(e.net.hidden_size as u32), None)
             }
         };
 
@@ -358,7 +354,7 @@ impl Worker {
                 }
                 Job::Embed { texts, reply } => {
                     let out = std::panic::catch_unwind(AssertUnwindSafe(|| self.embed(&texts)))
-                        .unwrap_or_else(|p| Err(TorchError::Unsupported(panic_message(&p))));
+                        .unwrap_or_else(|p| Err(TorchError::Internal(panic_message(&p))));
                     let _ = reply.send(out);
                 }
             }
@@ -453,6 +449,10 @@ impl Worker {
         let mut cache = decoder.new_cache();
         if cancel.is_cancelled() {
             return finish(FinishReason::Cancelled, completion_tokens);
+        }
+        if completion_tokens >= max_tokens {
+            // The resumed text already used the whole budget.
+            return finish(FinishReason::Length, completion_tokens);
         }
         let mut logits = decoder.forward(&context_ids, &mut cache, self.device);
 

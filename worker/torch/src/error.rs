@@ -72,6 +72,11 @@ pub enum TorchError {
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 
+    /// libtorch failed inside an operation (it reports errors by panicking through tch),
+    /// e.g. out of device memory.
+    #[error("libtorch failed: {0}")]
+    Internal(String),
+
     #[error("the model thread has stopped")]
     EngineStopped,
 }
@@ -95,7 +100,10 @@ impl TorchError {
             | TorchError::InvalidDevice(_)
             | TorchError::DeviceUnavailable { .. }
             | TorchError::InvalidDtype(_) => "model_load_failed",
-            TorchError::Tokenizer(_) | TorchError::Torch(_) | TorchError::EngineStopped => {
+            TorchError::Tokenizer(_)
+            | TorchError::Torch(_)
+            | TorchError::Internal(_)
+            | TorchError::EngineStopped => {
                 "internal"
             }
         }

@@ -40,6 +40,10 @@ impl Codec {
         if !extra.is_empty() {
             tokenizer.add_special_tokens(&extra);
         }
+        // transformers ignores the truncation and padding a tokenizer.json may carry unless a
+        // call asks for them; a prompt must never be cut silently.
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(tok_err)?;
         let byte_decoder = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)))
             .then(gpt2_byte_decoder);
         Ok(Codec { tokenizer, byte_decoder })

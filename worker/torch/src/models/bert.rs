@@ -102,6 +102,7 @@ pub(crate) struct Bert {
     num_heads: i64,
     head_dim: i64,
     act: Activation,
+    pub hidden_size: i64,
     pub max_position_embeddings: i64,
 }
 
@@ -149,6 +150,7 @@ impl Bert {
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
             act: Activation::parse(&cfg.hidden_act)?,
+            hidden_size: h,
             max_position_embeddings: cfg.max_position_embeddings,
         })
     }
