@@ -821,6 +821,10 @@ async fn start_nats(dir: &Arc<Dir>, logs: &LogList) -> (Proc, u16) {
         let store = dir.path().join(format!("nats-{attempt}"));
         let mut command = Command::new(&bin);
         command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(&store);
+        // For debugging: e.g. SWITCHYARD_TEST_NATS_ARGS="-DV" traces the protocol into the log.
+        if let Ok(extra) = std::env::var("SWITCHYARD_TEST_NATS_ARGS") {
+            command.args(extra.split_whitespace());
+        }
         let proc = Proc::spawn(&format!("nats-server-{attempt}"), command, dir, logs);
         if wait_for_port(&proc, port, |stream| {
             let mut line = String::new();

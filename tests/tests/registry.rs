@@ -72,6 +72,29 @@ async fn a_model_without_live_workers_is_503_after_the_queue_timeout() {
     assert_openai_error(&body);
 }
 
+/// A known model whose workers are all gone queues its jobs instead of calling it unknown:
+/// a worker that starts within the queue timeout serves the waiting request.
+#[tokio::test]
+async fn a_queued_job_waits_for_a_worker_that_starts_later() {
+    let stack = Stack::start().await;
+    let (worker, _) = stack.ready_worker(&["echo", "--heartbeat", "500ms"], "echo").await;
+    worker.sigkill();
+    eventually(Duration::from_secs(15), "echo to leave /v1/models", || async {
+        (!stack.models().await.iter().any(|m| m == "echo")).then_some(())
+    })
+    .await;
+
+    let body = chat_request("echo", "worth the wait");
+    let request = stack.post_json(CHAT, &body);
+    let late_worker = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stack.worker(&["echo"])
+    };
+    let ((status, body), _late) = tokio::join!(request, late_worker);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "worth the wait", "{body}");
+}
+
 #[tokio::test]
 async fn ready_follows_redis() {
     let stack = Stack::start().await;

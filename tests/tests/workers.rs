@@ -3,7 +3,7 @@
 //! NATS (`sy.reply.>`), where every event says which worker ran which job.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchyard_schemas::{EventBody, FinishReason};
@@ -36,7 +36,9 @@ async fn read_text_chunks(reader: &mut SseReader, chunks: &mut Vec<serde_json::V
 #[tokio::test]
 async fn two_workers_of_one_model_both_get_jobs() {
     let stack = Stack::start().await;
-    let args = ["echo", "--slots", "1", "--delay", "20ms"];
+    // Two slots: the echo worker serves two models (chat and embedding), one pull each; see
+    // `a_one_slot_worker_of_two_models_takes_queued_jobs_without_stalling` for --slots 1.
+    let args = ["echo", "--slots", "2", "--delay", "20ms"];
     let a = stack.worker(&args);
     let b = stack.worker(&args);
     let (id_a, id_b) = (stack.worker_id(&a).await, stack.worker_id(&b).await);
@@ -76,6 +78,28 @@ async fn two_workers_of_one_model_both_get_jobs() {
     assert!(per_worker.get(id_a.as_str()).copied().unwrap_or(0) > 0, "worker A got no job: {per_worker:?}");
     assert!(per_worker.get(id_b.as_str()).copied().unwrap_or(0) > 0, "worker B got no job: {per_worker:?}");
     drop((a, b));
+}
+
+/// A worker with one slot that serves two models (echo: `echo` and `echo-embedding`) must not
+/// leave its free slot parked in an idle pull for the other model while chat jobs wait.
+/// Ten short requests in a row take well under a second when the slot goes straight back to
+/// work; the bound is 5 s.
+#[tokio::test]
+async fn a_one_slot_worker_of_two_models_takes_queued_jobs_without_stalling() {
+    let stack = Stack::start().await;
+    let (_worker, _) = stack.ready_worker(&["echo", "--slots", "1"], "echo").await;
+    let started = Instant::now();
+    let mut each = Vec::new();
+    for i in 0..10 {
+        let sent = Instant::now();
+        let prompt = format!("request {i}");
+        let (status, body) = stack.post_json(CHAT, &chat_request("echo", &prompt)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(check_completion(Endpoint::Chat, &body, "echo").0, [prompt]);
+        each.push(sent.elapsed());
+    }
+    let total = started.elapsed();
+    assert!(total < Duration::from_secs(5), "10 two-token jobs took {total:?} on an idle worker; per request: {each:?}");
 }
 
 #[tokio::test]
@@ -134,6 +158,40 @@ async fn client_disconnect_stops_generation_on_the_worker() {
     };
     drop(reader);
 
+    let done = tap
+        .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
+        .await
+        .unwrap_or_else(|| panic!("the worker never ended the job: {:?}", tap.seen()));
+    match done.body {
+        EventBody::Done { finish_reason, usage } => {
+            assert_eq!(finish_reason, FinishReason::Cancelled, "the job must end as cancelled");
+            assert!(usage.completion_tokens < 40, "generation went on after the client left: {usage:?} of 60 tokens");
+        }
+        other => panic!("expected Done {{ Cancelled }}, got {other:?}"),
+    }
+}
+
+/// Not only streams: a client that gives up on a non-streamed request cancels its job too.
+#[tokio::test]
+async fn client_disconnect_cancels_a_non_streamed_job() {
+    let stack = Stack::start().await;
+    let (_worker, _) = stack.ready_worker(&["echo", "--delay", "50ms"], "echo").await;
+    let mut tap = stack.tap_replies().await;
+
+    let prompt = words("gone", 60); // 3 s of tokens if nobody stops it
+    let request = stack.http().post(stack.api_url(CHAT)).json(&chat_request("echo", &prompt));
+    let job_id = {
+        // The request is dropped (connection closed) once the worker has started the job.
+        let pending = request.send();
+        tokio::pin!(pending);
+        tokio::select! {
+            response = &mut pending => panic!("the request finished before it was abandoned: {response:?}"),
+            started = tap.wait_for(Duration::from_secs(30), |e| matches!(e.body, EventBody::Started { .. })) => {
+                started.unwrap_or_else(|| panic!("no started event")).job_id
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let done = tap
         .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
         .await
