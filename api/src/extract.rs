@@ -44,7 +44,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let field = if path == "." { field.to_string() } else { format!("{path}.{field}") };
             return ApiError::invalid(field.clone(), format!("Missing required parameter: '{field}'."));
         }
-        if inner.is_syntax() || inner.is_eof() || path == "." {
+        // A value of the wrong kind for an enum field is reported as a syntax error at that
+        // field's path; only errors without a path, or at the end of input, are broken JSON.
+        if inner.is_eof() || path == "." {
             let detail = if path == "." { inner.to_string() } else { format!("{inner} (at {path})") };
             ApiError::InvalidRequest {
                 message: format!("We could not parse the JSON body of your request: {detail}"),

@@ -202,20 +202,19 @@ async fn pull_jobs(
     jobs: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let keepalive_every = worker.options.ack_wait / 3;
     while !shutdown.is_cancelled() {
-        // Wait for one free slot, then take whatever else is free up to this consumer's share,
-        // so a worker serving several models leaves room for the others.
-        let mut permits = tokio::select! {
-            permit = slots_free.clone().acquire_many_owned(1) => vec![permit.expect("semaphore never closes")],
+        // Wait until a slot is free without taking it: the other consumers of this worker may be
+        // waiting for it too, and a slot held by an idle pull request would starve them.
+        let free = tokio::select! {
+            permit = slots_free.acquire() => {
+                drop(permit);
+                slots_free.available_permits()
+            }
             _ = shutdown.cancelled() => return,
         };
-        while permits.len() < share {
-            match slots_free.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
-        let batch = consumer.batch().max_messages(permits.len()).expires(Duration::from_secs(2)).messages().await;
+        let wanted = free.clamp(1, share);
+        let batch = consumer.batch().max_messages(wanted).expires(Duration::from_secs(2)).messages().await;
         let mut batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
@@ -228,14 +227,39 @@ async fn pull_jobs(
             let next = tokio::select! { next = batch.next() => next, _ = shutdown.cancelled() => None };
             match next {
                 Some(Ok(message)) => {
-                    let permit = permits.pop().expect("a batch never exceeds its permits");
-                    jobs.spawn(handle_job(worker.clone(), message, permit));
+                    // With one consumer a slot is always free here. With several, another model's
+                    // job may have taken it since the pull: at most one job per other consumer
+                    // waits here, kept alive, instead of being pulled while nothing is free.
+                    let Some(slot) = slot_for(&slots_free, &message, keepalive_every, &shutdown).await else { break };
+                    jobs.spawn(handle_job(worker.clone(), message, slot));
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "pull failed");
                     break;
                 }
                 None => break,
+            }
+        }
+    }
+}
+
+/// A slot for a pulled job, keeping the job alive in JetStream while every slot is busy.
+/// On shutdown the job goes back to the queue and `None` is returned.
+async fn slot_for(
+    slots_free: &Arc<Semaphore>,
+    message: &jetstream::Message,
+    keepalive_every: Duration,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        tokio::select! {
+            permit = slots_free.clone().acquire_owned() => return Some(permit.expect("semaphore never closes")),
+            _ = tokio::time::sleep(keepalive_every) => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+            _ = shutdown.cancelled() => {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                return None;
             }
         }
     }
