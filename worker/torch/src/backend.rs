@@ -11,8 +11,8 @@ use switchyard_worker::{Backend, BackendError, EventSink, Finish, Job};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ChatMessage, Engine, FinishReason, GenerateEvent, GenerateRequest, ModelKind, Prompt, SamplingParams,
-    TokenLogprob, TorchError, TorchWorkerArgs,
+    ChatMessage, Engine, FinishReason, GenerateEvent, GenerateRequest, ModelKind, Prompt, SamplingParams, TokenLogprob,
+    TorchError, TorchWorkerArgs,
 };
 
 /// One local model served through the worker runtime.
@@ -58,9 +58,17 @@ impl TorchBackend {
         }
     }
 
-    async fn embed(&self, input: &[String], sink: &EventSink, cancel: &CancellationToken) -> Result<Finish, BackendError> {
+    async fn embed(
+        &self,
+        input: &[String],
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Finish, BackendError> {
         if self.engine.info().kind != ModelKind::Encoder {
-            return Err(BackendError::invalid(format!("{} is a text generation model, not an embedding model", self.name)));
+            return Err(BackendError::invalid(format!(
+                "{} is a text generation model, not an embedding model",
+                self.name
+            )));
         }
         let embeddings = tokio::select! {
             out = self.engine.embed(input.to_vec()) => out.map_err(backend_error)?,
@@ -98,11 +106,8 @@ impl Backend for TorchBackend {
             return Err(BackendError::invalid(format!("{} is an embedding model; it cannot generate text", self.name)));
         }
         let resume = job.resume.as_ref().filter(|r| !r.text.is_empty());
-        let request = GenerateRequest {
-            prompt,
-            params: sampling_params(params),
-            resume_text: resume.map(|r| r.text.clone()),
-        };
+        let request =
+            GenerateRequest { prompt, params: sampling_params(params), resume_text: resume.map(|r| r.text.clone()) };
         let want_logprobs = params.logprobs || params.top_logprobs > 0;
         let mut events = self.engine.generate(request, cancel);
         let mut resumed_tokens = 0;

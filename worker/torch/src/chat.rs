@@ -79,20 +79,15 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let mut ctx: BTreeMap<&str, Value> = self
-            .special_tokens
-            .iter()
-            .map(|(k, v)| (*k, Value::from(v.as_str())))
-            .collect();
+        let mut ctx: BTreeMap<&str, Value> =
+            self.special_tokens.iter().map(|(k, v)| (*k, Value::from(v.as_str()))).collect();
         ctx.insert("messages", Value::from_serialize(messages));
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
         let template = self.env.get_template("chat").expect("added in new()");
         template.render(ctx).map_err(|e| {
             // raise_exception's message is what the template author wants the user to read.
-            if e.kind() == ErrorKind::InvalidOperation {
-                if let Some(detail) = e.detail() {
-                    return TorchError::ChatTemplate(detail.to_owned());
-                }
+            if let (ErrorKind::InvalidOperation, Some(detail)) = (e.kind(), e.detail()) {
+                return TorchError::ChatTemplate(detail.to_owned());
             }
             TorchError::ChatTemplate(format!("{e:#}"))
         })
@@ -220,17 +215,25 @@ fn write_json(
 /// `strftime_now(format)`, used by Llama 3.x templates for "Today Date". UTC, with the
 /// directives those templates use.
 fn strftime_now(format: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     strftime(secs, &format)
 }
 
 fn strftime(unix_secs: i64, format: &str) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
     let days = unix_secs.div_euclid(86_400);
@@ -298,7 +301,9 @@ mod tests {
 
     #[test]
     fn raise_exception_message_surfaces() {
-        let t = template("{% if messages[0].role != 'system' %}{{ raise_exception('first message must be system') }}{% endif %}");
+        let t = template(
+            "{% if messages[0].role != 'system' %}{{ raise_exception('first message must be system') }}{% endif %}",
+        );
         let err = t.render(&[ChatMessage::new("user", "x")], false).unwrap_err();
         assert!(err.to_string().contains("first message must be system"), "{err}");
     }

@@ -28,11 +28,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(path: &Path, text: &str) -> Result
     serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
         let inner = e.into_inner();
-        if at == "." {
-            TorchError::invalid(path, inner)
-        } else {
-            TorchError::invalid(path, format!("{at}: {inner}"))
-        }
+        if at == "." { TorchError::invalid(path, inner) } else { TorchError::invalid(path, format!("{at}: {inner}")) }
     })
 }
 
@@ -157,11 +153,9 @@ impl TokenizerConfig {
     pub fn template(&self) -> Option<String> {
         match self.chat_template.as_ref()? {
             ChatTemplateSpec::One(t) => Some(t.clone()),
-            ChatTemplateSpec::Named(list) => list
-                .iter()
-                .find(|t| t.name == "default")
-                .or(list.first())
-                .map(|t| t.template.clone()),
+            ChatTemplateSpec::Named(list) => {
+                list.iter().find(|t| t.name == "default").or(list.first()).map(|t| t.template.clone())
+            }
         }
     }
 }
@@ -177,9 +171,16 @@ pub(crate) struct RopeConfig {
 pub(crate) enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// The RoPE fields of `config.json`, to be `#[serde(flatten)]`ed into an architecture config.
@@ -209,15 +210,13 @@ impl RopeFields {
         let Some(scaling) = scaling else {
             return Ok(RopeConfig { theta, scaling: RopeScaling::None });
         };
-        let kind = scaling
-            .get("rope_type")
-            .or_else(|| scaling.get("type"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
+        let kind =
+            scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
         let num = |key: &str| -> Result<f64> {
-            scaling.get(key).and_then(|v| v.as_f64()).ok_or_else(|| {
-                TorchError::Unsupported(format!("rope scaling {kind:?} without a numeric {key:?}"))
-            })
+            scaling
+                .get(key)
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| TorchError::Unsupported(format!("rope scaling {kind:?} without a numeric {key:?}")))
         };
         let scaling = match kind {
             "default" => RopeScaling::None,
@@ -286,11 +285,7 @@ fn load_cuda_library() {
         // SAFETY: dlerror returns a thread-local C string or null.
         let why = unsafe {
             let e = libc::dlerror();
-            if e.is_null() {
-                String::new()
-            } else {
-                std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
-            }
+            if e.is_null() { String::new() } else { std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned() }
         };
         tracing::warn!(error = %why, "could not load libtorch_cuda.so");
     });

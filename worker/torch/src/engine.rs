@@ -135,16 +135,27 @@ impl From<TorchError> for GenerateError {
 pub enum GenerateEvent {
     /// The prompt is tokenized and accepted; decoding begins. `resumed_tokens`: how many
     /// tokens `resume_text` became (0 without one); they are part of `completion_tokens`.
-    Started { prompt_tokens: u32, resumed_tokens: u32 },
+    Started {
+        prompt_tokens: u32,
+        resumed_tokens: u32,
+    },
     /// New completion text (never part of a stop string, never a broken UTF-8 character,
     /// never a special token), the number of tokens generated since the previous delta, and
     /// their log-probabilities when requested (one per token). Text held back for a while
     /// (a possible stop string, an unfinished character) comes out with the delta that
     /// releases it. `text` may be empty in the last delta, when only held tokens remain.
-    Delta { text: String, tokens: u32, logprobs: Vec<TokenLogprob> },
+    Delta {
+        text: String,
+        tokens: u32,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// `completion_tokens` counts every generated token, the one that stopped generation
     /// included, plus `resumed_tokens`.
-    Finished { reason: FinishReason, prompt_tokens: u32, completion_tokens: u32 },
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
     Error(GenerateError),
 }
 
@@ -249,9 +260,10 @@ impl Engine {
 }
 
 fn render_chat(shared: &Shared, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-    let template = shared.template.as_ref().ok_or_else(|| {
-        TorchError::InvalidRequest(format!("model {} has no chat template", shared.info.name))
-    })?;
+    let template = shared
+        .template
+        .as_ref()
+        .ok_or_else(|| TorchError::InvalidRequest(format!("model {} has no chat template", shared.info.name)))?;
     template.render(messages, add_generation_prompt)
 }
 
@@ -296,9 +308,7 @@ impl Worker {
         };
 
         let (kind, context_length, embedding_dim, template) = match &loaded.model {
-            Model::Decoder(d) => {
-                (ModelKind::Decoder, d.context_length, None, ChatTemplate::load(dir, &tok_cfg)?)
-            }
+            Model::Decoder(d) => (ModelKind::Decoder, d.context_length, None, ChatTemplate::load(dir, &tok_cfg)?),
             Model::Encoder(e) => {
                 codec.set_truncation(e.context_length)?;
                 (ModelKind::Encoder, e.context_length, Some(e.net.hidden_size as u32), None)
@@ -376,7 +386,12 @@ impl Worker {
     }
 
     /// Runs one request to its end; `Err` becomes the request's `Error` event.
-    fn generate(&self, req: GenerateRequest, cancel: &CancellationToken, tx: &mpsc::Sender<GenerateEvent>) -> Result<()> {
+    fn generate(
+        &self,
+        req: GenerateRequest,
+        cancel: &CancellationToken,
+        tx: &mpsc::Sender<GenerateEvent>,
+    ) -> Result<()> {
         let decoder = self.decoder()?;
         let shared = &*self.shared;
         let codec = &shared.codec;

@@ -56,12 +56,7 @@ pub enum TorchError {
         "this model's context length is {context_length} tokens, but the request needs \
          {requested} ({prompt_tokens} in the prompt + {max_tokens} to generate)"
     )]
-    ContextLengthExceeded {
-        context_length: u32,
-        prompt_tokens: u32,
-        max_tokens: u32,
-        requested: u32,
-    },
+    ContextLengthExceeded { context_length: u32, prompt_tokens: u32, max_tokens: u32, requested: u32 },
 
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -100,10 +95,7 @@ impl TorchError {
             | TorchError::InvalidDevice(_)
             | TorchError::DeviceUnavailable { .. }
             | TorchError::InvalidDtype(_) => "model_load_failed",
-            TorchError::Tokenizer(_)
-            | TorchError::Torch(_)
-            | TorchError::Internal(_)
-            | TorchError::EngineStopped => {
+            TorchError::Tokenizer(_) | TorchError::Torch(_) | TorchError::Internal(_) | TorchError::EngineStopped => {
                 "internal"
             }
         }

@@ -44,8 +44,8 @@ impl Codec {
         // call asks for them; a prompt must never be cut silently.
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(tok_err)?;
-        let byte_decoder = matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_)))
-            .then(gpt2_byte_decoder);
+        let byte_decoder =
+            matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_))).then(gpt2_byte_decoder);
         Ok(Codec { tokenizer, byte_decoder })
     }
 
@@ -81,16 +81,20 @@ impl Codec {
         if added.contains_key(&id) {
             return token.into_bytes();
         }
-        if let Some(table) = &self.byte_decoder {
-            if let Some(bytes) = token.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>() {
-                return bytes;
-            }
+        let mapped = self
+            .byte_decoder
+            .as_ref()
+            .and_then(|table| token.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>());
+        if let Some(bytes) = mapped {
+            return bytes;
         }
         // SentencePiece byte fallback: <0xE2>.
-        if let Some(hex) = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>')) {
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                return vec![b];
-            }
+        let byte_fallback = token
+            .strip_prefix("<0x")
+            .and_then(|t| t.strip_suffix('>'))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        if let Some(b) = byte_fallback {
+            return vec![b];
         }
         token.replace('\u{2581}', " ").into_bytes()
     }

@@ -80,10 +80,8 @@ impl Weights {
     /// The on-disk dtype of the first floating-point tensor, for `--dtype auto` on GPUs when
     /// config.json does not say.
     pub fn disk_dtype(&self) -> Option<DType> {
-        let mut dtypes = self
-            .shards
-            .iter()
-            .flat_map(|s| s.metadata.tensors().into_values().map(|i| i.dtype).collect::<Vec<_>>());
+        let mut dtypes =
+            self.shards.iter().flat_map(|s| s.metadata.tensors().into_values().map(|i| i.dtype).collect::<Vec<_>>());
         dtypes.find_map(|d| match d {
             Dtype::F32 => Some(DType::F32),
             Dtype::BF16 => Some(DType::BF16),
@@ -98,11 +96,7 @@ impl Weights {
         let t = self.get_raw(name)?;
         let actual = t.size();
         if actual != shape {
-            return Err(TorchError::ShapeMismatch {
-                name: name.to_owned(),
-                expected: shape.to_vec(),
-                actual,
-            });
+            return Err(TorchError::ShapeMismatch { name: name.to_owned(), expected: shape.to_vec(), actual });
         }
         Ok(t.to_device(self.device).to_kind(self.kind))
     }
@@ -129,10 +123,7 @@ impl Weights {
             Dtype::F64 => Kind::Double,
             Dtype::I64 => Kind::Int64,
             other => {
-                return Err(TorchError::UnsupportedDtype {
-                    name: name.to_owned(),
-                    dtype: format!("{other:?}"),
-                });
+                return Err(TorchError::UnsupportedDtype { name: name.to_owned(), dtype: format!("{other:?}") });
             }
         };
         let (start, end) = info.data_offsets;

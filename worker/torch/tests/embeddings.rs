@@ -68,8 +68,7 @@ fn minilm_matches_sentence_transformers() {
 fn batching_and_padding_do_not_change_vectors() {
     let r = reference();
     let engine = load(minilm(), None);
-    let alone: Vec<Vec<f32>> =
-        r.sentences.iter().map(|s| embed(&engine, vec![s.clone()]).vectors.remove(0)).collect();
+    let alone: Vec<Vec<f32>> = r.sentences.iter().map(|s| embed(&engine, vec![s.clone()]).vectors.remove(0)).collect();
     // More inputs than one batch, mixed lengths, in an order that differs from length order.
     let texts: Vec<String> = (0..EMBED_BATCH + 7).map(|i| r.sentences[(i * 5) % r.sentences.len()].clone()).collect();
     let out = embed(&engine, texts.clone());

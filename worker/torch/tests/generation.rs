@@ -12,7 +12,15 @@ use tokio_util::sync::CancellationToken;
 const FOX: &str = "The quick brown fox";
 
 fn sampled(seed: u64) -> SamplingParams {
-    SamplingParams { max_tokens: Some(40), temperature: Some(1.0), top_p: Some(0.95), top_k: Some(50), seed: Some(seed), logprobs: true, ..Default::default() }
+    SamplingParams {
+        max_tokens: Some(40),
+        temperature: Some(1.0),
+        top_p: Some(0.95),
+        top_k: Some(50),
+        seed: Some(seed),
+        logprobs: true,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -151,7 +159,8 @@ fn cancellation_stops_within_one_step() {
 #[test]
 fn dropping_the_receiver_cancels() {
     let engine = load(tiny_llama(), None);
-    let rx = engine.generate(text_prompt(FOX, SamplingParams { ignore_eos: true, ..greedy(240) }), CancellationToken::new());
+    let rx =
+        engine.generate(text_prompt(FOX, SamplingParams { ignore_eos: true, ..greedy(240) }), CancellationToken::new());
     drop(rx);
     // The engine notices and is free for the next request right away.
     let out = run(&engine, text_prompt(FOX, greedy(3)));

@@ -35,16 +35,11 @@ fn edit_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<u
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
     edit(&mut tensors);
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
@@ -141,7 +136,8 @@ fn malformed_config_names_the_field() {
 fn bad_device_and_dtype() {
     let err = Engine::load(EngineOptions { device: "tpu:0".into(), ..EngineOptions::new(tiny_llama()) }).unwrap_err();
     assert!(matches!(err, TorchError::InvalidDevice(_)), "{err:?}");
-    let err = Engine::load(EngineOptions { dtype: Some("int3".into()), ..EngineOptions::new(tiny_llama()) }).unwrap_err();
+    let err =
+        Engine::load(EngineOptions { dtype: Some("int3".into()), ..EngineOptions::new(tiny_llama()) }).unwrap_err();
     assert!(matches!(err, TorchError::InvalidDtype(_)), "{err:?}");
 }
 

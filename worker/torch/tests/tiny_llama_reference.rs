@@ -31,7 +31,10 @@ fn greedy_ids_reproduce_transformers_exactly() {
         let input_ids = p["input_ids"].as_array().unwrap().len() as u32;
         assert_eq!(prompt_tokens, input_ids);
         assert_eq!(completion_tokens, 24);
-        assert_eq!(reason, if p["stopped_on_eos"].as_bool().unwrap() { FinishReason::Stop } else { FinishReason::Length });
+        assert_eq!(
+            reason,
+            if p["stopped_on_eos"].as_bool().unwrap() { FinishReason::Stop } else { FinishReason::Length }
+        );
         // The streamed text is the text of the ids, decoded at once.
         assert_eq!(out.text, engine.detokenize(&want).unwrap(), "streamed text for {text:?}");
         assert_eq!(out.text, p["greedy_new_text"].as_str().unwrap());

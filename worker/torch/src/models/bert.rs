@@ -135,16 +135,11 @@ impl Bert {
             });
         }
         Ok(Bert {
-            word_embeddings: w
-                .get_first(&n.of("embeddings.word_embeddings.weight"), &[cfg.vocab_size, h])?,
-            position_embeddings: w.get_first(
-                &n.of("embeddings.position_embeddings.weight"),
-                &[cfg.max_position_embeddings, h],
-            )?,
-            token_type_embeddings: w.get_first(
-                &n.of("embeddings.token_type_embeddings.weight"),
-                &[cfg.type_vocab_size, h],
-            )?,
+            word_embeddings: w.get_first(&n.of("embeddings.word_embeddings.weight"), &[cfg.vocab_size, h])?,
+            position_embeddings: w
+                .get_first(&n.of("embeddings.position_embeddings.weight"), &[cfg.max_position_embeddings, h])?,
+            token_type_embeddings: w
+                .get_first(&n.of("embeddings.token_type_embeddings.weight"), &[cfg.type_vocab_size, h])?,
             embeddings_norm: LayerNorm::load(w, &n, "embeddings.LayerNorm", h, eps)?,
             layers,
             num_heads: cfg.num_attention_heads,

@@ -66,9 +66,8 @@ pub(crate) struct Rope {
 
 impl Rope {
     pub fn new(cfg: &RopeConfig, head_dim: i64, device: tch::Device) -> Rope {
-        let exponents = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
-            / head_dim as f64;
+        let exponents =
+            Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / head_dim as f64;
         let inv_freq = Tensor::pow_scalar(cfg.theta, &exponents).reciprocal();
         let inv_freq = match cfg.scaling {
             RopeScaling::None => inv_freq,
@@ -86,8 +85,7 @@ impl Rope {
                 let high_freq_wavelen = old_len / high_freq_factor;
                 let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
                 let scaled = inv_freq.where_self(&wavelen.le(low_freq_wavelen), &(&inv_freq / factor));
-                let smooth = (wavelen.reciprocal() * old_len - low_freq_factor)
-                    / (high_freq_factor - low_freq_factor);
+                let smooth = (wavelen.reciprocal() * old_len - low_freq_factor) / (high_freq_factor - low_freq_factor);
                 let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
                 let medium = wavelen.ge(high_freq_wavelen).logical_and(&wavelen.le(low_freq_wavelen));
                 smoothed.where_self(&medium, &scaled)
@@ -98,8 +96,7 @@ impl Rope {
 
     /// `cos` and `sin` of the angles at positions `start..start+len`, `[len, head_dim]`.
     pub fn cos_sin(&self, start: i64, len: i64, kind: Kind) -> (Tensor, Tensor) {
-        let positions =
-            Tensor::arange_start(start, start + len, (Kind::Float, self.inv_freq.device()));
+        let positions = Tensor::arange_start(start, start + len, (Kind::Float, self.inv_freq.device()));
         let angles = positions.outer(&self.inv_freq);
         let angles = Tensor::cat(&[&angles, &angles], -1);
         (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
@@ -318,9 +315,7 @@ pub(crate) struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> KvCache {
-        KvCache {
-            layers: (0..num_layers).map(|_| LayerCache { keys: None, values: None, len: 0 }).collect(),
-        }
+        KvCache { layers: (0..num_layers).map(|_| LayerCache { keys: None, values: None, len: 0 }).collect() }
     }
 
     /// Number of positions cached.

@@ -49,10 +49,7 @@ fn arch_of(header: &ConfigHeader) -> Result<(Arch, String)> {
 }
 
 fn unsupported(name: &str) -> TorchError {
-    TorchError::UnsupportedArchitecture {
-        name: name.to_owned(),
-        supported: SUPPORTED_ARCHITECTURES.join(", "),
-    }
+    TorchError::UnsupportedArchitecture { name: name.to_owned(), supported: SUPPORTED_ARCHITECTURES.join(", ") }
 }
 
 /// A decoder-only language model.
@@ -97,9 +94,7 @@ pub(crate) struct Loaded {
 pub(crate) fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<Loaded> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            TorchError::MissingFile { what: "config.json", path: config_path.clone() }
-        }
+        std::io::ErrorKind::NotFound => TorchError::MissingFile { what: "config.json", path: config_path.clone() },
         _ => TorchError::Io { path: config_path.clone(), source: e },
     })?;
     let header: ConfigHeader = parse_json(&config_path, &text)?;
@@ -128,10 +123,7 @@ pub(crate) fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<L
     let model = match parsed {
         Parsed::Decoder(spec) => {
             let net = llama::Llama::load(&spec, &weights, device)?;
-            Model::Decoder(Decoder {
-                net,
-                context_length: spec.max_position_embeddings as usize,
-            })
+            Model::Decoder(Decoder { net, context_length: spec.max_position_embeddings as usize })
         }
         Parsed::Bert(cfg) => {
             let net = bert::Bert::load(&cfg, &weights)?;

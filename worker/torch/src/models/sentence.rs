@@ -62,8 +62,8 @@ impl SentencePipeline {
     /// Reads the sentence-transformers files; a bare encoder folder gets what
     /// sentence-transformers would build for it: mean pooling, no normalisation.
     pub fn load(dir: &Path) -> Result<SentencePipeline> {
-        let max_seq_length = read_json_opt::<SentenceBertConfig>(&dir.join("sentence_bert_config.json"))?
-            .and_then(|c| c.max_seq_length);
+        let max_seq_length =
+            read_json_opt::<SentenceBertConfig>(&dir.join("sentence_bert_config.json"))?.and_then(|c| c.max_seq_length);
         let Some(modules) = read_json_opt::<Vec<Module>>(&dir.join("modules.json"))? else {
             return Ok(SentencePipeline { pooling: Pooling::Mean, normalize: false, max_seq_length });
         };
@@ -117,9 +117,7 @@ impl SentencePipeline {
         let counts = mask_f.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9);
         let pooled = match self.pooling {
             Pooling::Mean => (&hidden * &mask_f).sum_dim_intlist(1, false, Kind::Float) / counts,
-            Pooling::MeanSqrtLen => {
-                (&hidden * &mask_f).sum_dim_intlist(1, false, Kind::Float) / counts.sqrt()
-            }
+            Pooling::MeanSqrtLen => (&hidden * &mask_f).sum_dim_intlist(1, false, Kind::Float) / counts.sqrt(),
             Pooling::Cls => hidden.select(1, 0),
             Pooling::Max => {
                 let masked = hidden.masked_fill(&mask_f.eq(0.0), -1e9);

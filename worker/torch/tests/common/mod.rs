@@ -19,11 +19,7 @@ pub fn tiny_llama() -> PathBuf {
 /// all-MiniLM-L6-v2 as scripts/setup.sh installs it.
 pub fn minilm() -> PathBuf {
     let dir = repo_root().join(".switchyard/models/all-minilm-l6-v2");
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "{} is missing: run scripts/setup.sh",
-        dir.display()
-    );
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/setup.sh", dir.display());
     dir
 }
 
@@ -84,7 +80,8 @@ pub fn collect(mut rx: tokio::sync::mpsc::Receiver<GenerateEvent>) -> Outcome {
                 // Every generated token is in a delta, except one that stopped generation.
                 let in_deltas = out.tokens + out.resumed_tokens;
                 assert!(
-                    completion_tokens == in_deltas || (reason == FinishReason::Stop && completion_tokens == in_deltas + 1),
+                    completion_tokens == in_deltas
+                        || (reason == FinishReason::Stop && completion_tokens == in_deltas + 1),
                     "deltas hold {in_deltas} tokens, Finished says {completion_tokens} ({reason:?})"
                 );
                 out.finish = Some((reason, prompt_tokens, completion_tokens));
