@@ -49,8 +49,10 @@
 //!
 //! One `std::thread` per [`Engine`] owns the model and its key/value caches and serves one
 //! request at a time from a queue; `generate` and `embed` never block the async runtime
-//! (except `Engine::load`, which should run in `spawn_blocking`). CUDA needs no special
-//! linking: `libtorch_cuda.so` is loaded at run time when a CUDA device is asked for. Binaries
+//! (except `Engine::load`, which should run in `spawn_blocking`). For CUDA,
+//! `libtorch_cuda.so` is `dlopen`ed when a CUDA device is asked for, because rustc's
+//! `--as-needed` drops it from the binary (the `cuda-link` feature keeps it linked instead, for
+//! this crate's own test binaries). Neither path has been exercised on a GPU yet. Binaries
 //! find libtorch through an rpath that `build.rs` adds for this crate's own tests; a binary
 //! crate depending on this one adds the same from `DEP_SWITCHYARD_TORCH_LIBTORCH_LIB` (see
 //! `build.rs`).

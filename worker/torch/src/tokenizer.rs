@@ -293,4 +293,70 @@ mod tests {
         assert_eq!(t[&'Ċ'], b'\n');
         assert_eq!(t[&'A'], b'A');
     }
+
+    fn codec_from(json: &str) -> Codec {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json).unwrap();
+        Codec::load(dir.path(), &TokenizerConfig::default()).unwrap()
+    }
+
+    fn stream(codec: &Codec, context: &[u32], ids: &[u32]) -> Vec<String> {
+        let mut d = Detokenizer::new(context);
+        let mut out: Vec<String> = ids.iter().map(|&id| d.push(codec, id).unwrap()).collect();
+        out.push(d.finish(codec).unwrap());
+        out
+    }
+
+    /// GPT-2 byte-level BPE (the tiny-llama tokenizer): "é" split into its two bytes is held
+    /// until complete.
+    #[test]
+    fn byte_level_split_character_is_held() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-llama");
+        let codec = Codec::load(&dir, &TokenizerConfig::default()).unwrap();
+        let (c3, a9) = (codec.token_to_id("Ã").unwrap(), codec.token_to_id("©").unwrap());
+        let caf = codec.encode("Caf", false).unwrap();
+        let out = stream(&codec, &[1], &[caf.as_slice(), &[c3, a9, c3]].concat());
+        let n = caf.len();
+        assert_eq!(out[..n].concat(), "Caf");
+        assert_eq!(out[n], "", "half a character must not be sent");
+        assert_eq!(out[n + 1], "é");
+        assert_eq!(out[n + 2], "", "a trailing half character waits for more");
+        assert_eq!(out[n + 3], "\u{FFFD}", "at the end it is what decoding gives");
+        assert_eq!(codec.token_bytes(c3), vec![0xC3]);
+        assert_eq!(codec.token_bytes(codec.token_to_id("Ġb").unwrap()), b" b");
+    }
+
+    /// A Llama-2 style SentencePiece layout (Metaspace-as-Replace, byte fallback, leading-space
+    /// strip): the first generated word keeps its space after the prompt, bytes fuse into
+    /// characters.
+    #[test]
+    fn sentencepiece_spaces_and_byte_fallback() {
+        let json = r#"{
+          "version": "1.0", "truncation": null, "padding": null,
+          "added_tokens": [
+            {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+          ],
+          "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+          "pre_tokenizer": null,
+          "post_processor": null,
+          "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+          "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+            "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0xC3>": 3, "<0xA9>": 4, "▁Hello": 5, "▁world": 6, "▁caf": 7, "!": 8},
+            "merges": []}
+        }"#;
+        let codec = codec_from(json);
+        assert_eq!(codec.decode(&[6]).unwrap(), "world", "alone, the leading space is stripped");
+        // After the prompt "<s> Hello", the first generated word keeps its space.
+        let out = stream(&codec, &[1, 5], &[6, 7, 3, 4, 2, 8]);
+        assert_eq!(out, [" world", " caf", "", "é", "", "!", ""]);
+        assert_eq!(codec.token_bytes(3), vec![0xC3]);
+        assert_eq!(codec.token_bytes(6), b" world");
+    }
 }
