@@ -35,6 +35,7 @@ fn check(name: &str, architecture: &str) {
         let logits = switchyard_torch::testing::last_logits(&dir, DType::F32, &ids).unwrap();
         let want: Vec<f32> = serde_json::from_value(p["first_step_logits"].clone()).unwrap();
         let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("{name}: max |Δlogit| {worst:e} at {} prompt tokens", ids.len());
         assert!(worst <= tol, "{name}: max |Δlogit| {worst} at {} prompt tokens", ids.len());
 
         let greedy_ids: Vec<u32> = serde_json::from_value(p["greedy_new_ids"].clone()).unwrap();

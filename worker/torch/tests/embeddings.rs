@@ -56,6 +56,7 @@ fn minilm_matches_sentence_transformers() {
     for ((got, want), text) in out.vectors.iter().zip(&r.embeddings).zip(&r.sentences) {
         assert_eq!(got.len(), want.len());
         let c = cosine(got, want);
+        eprintln!("cosine {c:.9} for {:?}", &text[..text.len().min(30)]);
         assert!(c >= 0.9999, "cosine {c} for {:?}", &text[..text.len().min(40)]);
         let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "Normalize module: |v| = {norm}");

@@ -239,6 +239,7 @@ fn bf16_weights_load_and_stay_close_to_f32() {
         let f32_logits = switchyard_torch::testing::last_logits(&tiny_llama(), DType::F32, &ids).unwrap();
         let bf16_logits = switchyard_torch::testing::last_logits(&tiny_llama(), DType::BF16, &ids).unwrap();
         let worst = f32_logits.iter().zip(&bf16_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("bf16 vs f32: max |Δlogit| {worst} for {}", p["text"]);
         assert!(worst < 0.5, "bf16 logits differ by {worst} for {}", p["text"]);
         assert!(worst > 0.0, "bf16 gave bit-identical logits: was it really bf16?");
         let top = p["first_step_top5"]["logits"].as_array().unwrap();

@@ -51,6 +51,7 @@ fn first_step_logits_within_tolerance() {
         let want: Vec<f32> = serde_json::from_value(p["first_step_logits"].clone()).unwrap();
         assert_eq!(logits.len(), want.len());
         let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        eprintln!("max |Δlogit| {worst:e} for {}", p["text"]);
         assert!(worst <= tol, "max |Δlogit| {worst} > {tol} for {}", p["text"]);
 
         let top_ids: Vec<usize> = serde_json::from_value(p["first_step_top5"]["ids"].clone()).unwrap();
