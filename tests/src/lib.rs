@@ -515,6 +515,7 @@ pub struct Stack {
     options: StackOptions,
     http: reqwest::Client,
     worker_count: Mutex<u32>,
+    replica_count: Mutex<u32>,
 }
 
 /// How many times a server whose port was taken in between is restarted on a new one.
@@ -557,27 +558,36 @@ impl Stack {
             (None, None)
         };
 
-        let (api, api_port) = start_http_process(&dir, &logs, &http, "api", "/ready", |port| {
-            let mut command = switchyard_command(&bin, &nats_url, &redis_url, &options.env);
-            command.args(["api", "--listen", &format!("127.0.0.1:{port}")]);
-            command.args(["--nats-url", &nats_url, "--redis-url", &redis_url]);
-            command.args(["--queue-timeout", &duration_arg(options.queue_timeout)]);
-            if let Some(limit) = options.body_limit {
-                command.args(["--body-limit", &limit.to_string()]);
-            }
-            if options.no_auth {
-                command.arg("--no-auth");
-            }
-            command.args(&options.api_args);
-            command
-        })
-        .await;
+        let (api, api_port) = start_api(&dir, &logs, &http, "api", &options, &nats_url, &redis_url).await;
 
-        Stack { api, scheduler, servers, api_port, scheduler_port, options, http, worker_count: Mutex::new(0) }
+        Stack { api, scheduler, servers, api_port, scheduler_port, options, http, worker_count: Mutex::new(0), replica_count: Mutex::new(0) }
     }
 
     pub fn options(&self) -> &StackOptions {
         &self.options
+    }
+
+    /// Starts one more `switchyard api` on this stack's NATS and Redis, with the same options
+    /// (auth, queue timeout, extra arguments): a second replica, sharing the registry, the API
+    /// keys and the rate limits through Redis. Waits until its `/ready` answers 200.
+    pub async fn api_replica(&self) -> ApiReplica {
+        let n = {
+            let mut count = self.replica_count.lock().unwrap();
+            *count += 1;
+            *count
+        };
+        let (dir, logs) = (self.servers.dir.clone(), self.servers.logs.clone());
+        let name = format!("api-replica-{n}");
+        let (proc, port) = start_api(&dir, &logs, &self.http, &name, &self.options, &self.nats_url(), &self.redis_url()).await;
+        ApiReplica { proc, port }
+    }
+
+    /// Runs `switchyard <args…>` against this stack's servers (`SWITCHYARD_NATS_URL` and
+    /// `SWITCHYARD_REDIS_URL` set) to completion, e.g. `["keys", "create", "--user", "u"]`.
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        let mut command = switchyard_command(&switchyard_bin(), &self.nats_url(), &self.redis_url(), &self.options.env);
+        command.args(args).stdin(Stdio::null());
+        command.output().unwrap_or_else(|e| panic!("running switchyard {args:?}: {e}"))
     }
 
     /// `http://127.0.0.1:<api port><path>`.
@@ -766,6 +776,51 @@ impl Stack {
     pub fn print_logs(&self, lines: usize) {
         self.servers.print_logs(lines);
     }
+}
+
+/// A further `switchyard api` process started by [`Stack::api_replica`]; killed on drop.
+pub struct ApiReplica {
+    proc: Proc,
+    port: u16,
+}
+
+impl ApiReplica {
+    /// `http://127.0.0.1:<replica port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+/// Starts `switchyard api` with `options` and waits for `/ready`.
+async fn start_api(
+    dir: &Arc<Dir>,
+    logs: &LogList,
+    http: &reqwest::Client,
+    name: &str,
+    options: &StackOptions,
+    nats_url: &str,
+    redis_url: &str,
+) -> (Proc, u16) {
+    let bin = switchyard_bin();
+    start_http_process(dir, logs, http, name, "/ready", |port| {
+        let mut command = switchyard_command(&bin, nats_url, redis_url, &options.env);
+        command.args(["api", "--listen", &format!("127.0.0.1:{port}")]);
+        command.args(["--nats-url", nats_url, "--redis-url", redis_url]);
+        command.args(["--queue-timeout", &duration_arg(options.queue_timeout)]);
+        if let Some(limit) = options.body_limit {
+            command.args(["--body-limit", &limit.to_string()]);
+        }
+        if options.no_auth {
+            command.arg("--no-auth");
+        }
+        command.args(&options.api_args);
+        command
+    })
+    .await
 }
 
 /// Prints logs when [`Servers::start`] panics half-way.
