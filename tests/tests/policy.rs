@@ -274,7 +274,10 @@ async fn refusals_carry_retry_after_and_openai_ratelimit_headers() {
 
     let mut remaining = Vec::new();
     for i in 0..3 {
-        let reply = post(&stack, Some(&key), CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": "count me" }], "max_tokens": 50 })).await;
+        // The last one streamed: SSE responses carry the headers too.
+        let stream = i == 2;
+        let body = json!({ "model": "echo", "messages": [{ "role": "user", "content": "count me" }], "max_tokens": 50, "stream": stream });
+        let reply = post(&stack, Some(&key), CHAT, &body).await;
         assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
         assert_eq!(reply.header_u64("x-ratelimit-limit-requests"), 3, "request {i}");
         remaining.push(reply.header_u64("x-ratelimit-remaining-requests"));
@@ -303,6 +306,15 @@ async fn refusals_carry_retry_after_and_openai_ratelimit_headers() {
     assert_eq!(error["param"], Value::Null, "{}", refused.body);
     assert!(refused.message().contains("requests per minute"), "the message says which limit: {}", refused.body);
     assert!(refused.body.get("error").is_some_and(|e| e.as_object().unwrap().len() == 4), "exactly message/type/param/code: {}", refused.body);
+
+    // A refused streaming request is an ordinary JSON 429, not an event stream.
+    let mut body = chat_request("echo", "stream refused");
+    body["stream"] = true.into();
+    let refused = post(&stack, Some(&key), CHAT, &body).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.header("content-type").is_some_and(|c| c.starts_with("application/json")), "{:?}", refused.headers);
+    assert_eq!(refused.error()["code"], "rate_limit_exceeded");
+    assert!(refused.header_u64("retry-after") >= 1);
 }
 
 #[tokio::test]
@@ -394,6 +406,32 @@ async fn concurrency_cap_refuses_a_second_request_while_one_runs() {
     // The slot is free once the stream has ended.
     let reply = eventually(Duration::from_secs(5), "a request to pass after the stream ended", || async {
         let reply = post(&stack, Some(&key), CHAT, &chat_request("echo", "my turn")).await;
+        (reply.status != 429).then_some(reply)
+    })
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // A client that walks away mid-stream frees its slot too.
+    let response = stack.http().post(stack.api_url(CHAT)).bearer_auth(&key).json(&body).send().await.expect("streamed request");
+    assert_eq!(response.status(), 200);
+    let mut stream = switchyard_tests::sse::SseReader::new(response);
+    stream.next_json().await.expect("a first chunk");
+    let refused = post(&stack, Some(&key), CHAT, &chat_request("echo", "still busy")).await;
+    assert_eq!(refused.status, 429, "the second stream holds the slot: {}", refused.body);
+    drop(stream);
+    let reply = eventually(Duration::from_secs(5), "the slot of a disconnected stream to be freed", || async {
+        let reply = post(&stack, Some(&key), CHAT, &chat_request("echo", "after the disconnect")).await;
+        (reply.status != 429).then_some(reply)
+    })
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    // So does a non-streamed request whose client gives up before the answer.
+    let slow = chat_request("echo", &words("slower", 30));
+    let gave_up = stack.http().post(stack.api_url(CHAT)).bearer_auth(&key).json(&slow).timeout(Duration::from_millis(500)).send().await;
+    assert!(gave_up.is_err(), "the 3 s answer cannot arrive within 500 ms");
+    let reply = eventually(Duration::from_secs(5), "the slot of an abandoned request to be freed", || async {
+        let reply = post(&stack, Some(&key), CHAT, &chat_request("echo", "after giving up")).await;
         (reply.status != 429).then_some(reply)
     })
     .await;

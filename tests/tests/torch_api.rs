@@ -1,0 +1,308 @@
+//! The torch backend through the whole system: `switchyard worker torch` serving
+//! `models/tiny-llama` (a tiny random Llama with reference outputs from transformers in
+//! `expected.json`) and all-MiniLM-L6-v2 (`.switchyard/models/all-minilm-l6-v2`, reference
+//! vectors from sentence-transformers in `worker/torch/tests/data/minilm_reference.json`),
+//! asked through the OpenAI-compatible api as any client would.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use switchyard_tests::openai::{Endpoint, check_completion, check_stream};
+use switchyard_tests::{Proc, Stack, assert_openai_error, workspace_root};
+
+const CHAT: &str = "/v1/chat/completions";
+const COMPLETIONS: &str = "/v1/completions";
+const EMBEDDINGS: &str = "/v1/embeddings";
+const LLAMA: &str = "tiny-llama";
+const MINILM: &str = "all-minilm-l6-v2";
+
+fn tiny_llama_dir() -> PathBuf {
+    workspace_root().join("models/tiny-llama")
+}
+
+fn minilm_dir() -> PathBuf {
+    let dir = workspace_root().join(".switchyard/models/all-minilm-l6-v2");
+    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run scripts/setup.sh", dir.display());
+    dir
+}
+
+fn read_json(path: PathBuf) -> Value {
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// `models/tiny-llama/expected.json`.
+fn expected() -> Value {
+    read_json(tiny_llama_dir().join("expected.json"))
+}
+
+/// A stack with a torch worker serving `dir`, ready to take requests for `model`.
+async fn torch_stack(dir: PathBuf, model: &str) -> (Stack, Proc) {
+    let stack = Stack::start().await;
+    let path = dir.to_str().expect("UTF-8 path").to_string();
+    let (worker, _) = stack.ready_worker(&["torch", "--model-path", &path], model).await;
+    (stack, worker)
+}
+
+/// The reference prompts: (text, input_ids length, greedy text, stopped on EOS).
+fn reference_prompts() -> Vec<(String, u64, String, bool)> {
+    let expected = expected();
+    let prompts = expected["prompts"].as_array().expect("prompts in expected.json");
+    assert!(!prompts.is_empty());
+    prompts
+        .iter()
+        .map(|p| {
+            (
+                p["text"].as_str().unwrap().to_string(),
+                p["input_ids"].as_array().unwrap().len() as u64,
+                p["greedy_new_text"].as_str().unwrap().to_string(),
+                p["stopped_on_eos"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn greedy_completions_reproduce_the_transformers_reference() {
+    let (stack, _worker) = torch_stack(tiny_llama_dir(), LLAMA).await;
+    let listed = stack.http().get(stack.api_url(&format!("/v1/models/{LLAMA}"))).send().await.unwrap();
+    let card: Value = listed.json().await.unwrap();
+    assert_eq!(card["context_length"], 256, "the card carries max_position_embeddings: {card}");
+    assert_eq!(card["kind"], "chat", "{card}");
+
+    for (text, prompt_tokens, greedy, stopped_on_eos) in reference_prompts() {
+        let finish = if stopped_on_eos { "stop" } else { "length" };
+        let request = json!({ "model": LLAMA, "prompt": text, "max_tokens": 24, "temperature": 0 });
+        let (status, body) = stack.post_json(COMPLETIONS, &request).await;
+        assert_eq!(status, 200, "{text:?}: {body}");
+        let (texts, finishes, usage) = check_completion(Endpoint::Completions, &body, LLAMA);
+        assert_eq!(texts, [greedy.clone()], "greedy text for {text:?}");
+        assert_eq!(finishes, [finish], "finish_reason for {text:?}");
+        assert_eq!(usage["prompt_tokens"], prompt_tokens, "prompt_tokens = reference input_ids length for {text:?}: {usage}");
+        if !stopped_on_eos {
+            assert_eq!(usage["completion_tokens"], 24, "{text:?}: {usage}");
+        }
+        assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+
+        // Streamed, the same text arrives in pieces.
+        let mut streamed = request.clone();
+        streamed["stream"] = true.into();
+        streamed["stream_options"] = json!({ "include_usage": true });
+        let chunks = stack.post_stream_all(COMPLETIONS, &streamed).await;
+        let summary = check_stream(Endpoint::Completions, &chunks, LLAMA, true);
+        assert_eq!(summary.text(), greedy, "streamed greedy text for {text:?}");
+        assert_eq!(summary.finish(), finish, "streamed finish_reason for {text:?}");
+        assert_eq!(summary.usage.as_ref().unwrap()["prompt_tokens"], prompt_tokens, "streamed usage for {text:?}");
+    }
+}
+
+/// Every integer in `text`.
+fn numbers_in(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+#[tokio::test]
+async fn prompts_past_the_context_length_are_400_context_length_exceeded() {
+    let (stack, _worker) = torch_stack(tiny_llama_dir(), LLAMA).await;
+    // ~9 tokens per repetition: well over 256 with max_tokens 100, well under on its own.
+    let long = "The quick brown fox. ".repeat(20);
+    let cases = [
+        (COMPLETIONS, json!({ "model": LLAMA, "prompt": long, "max_tokens": 100 }), "prompt"),
+        (CHAT, json!({ "model": LLAMA, "messages": [{ "role": "user", "content": long }], "max_tokens": 100 }), "messages"),
+    ];
+    for (path, request, param) in cases {
+        for stream in [false, true] {
+            let mut request = request.clone();
+            request["stream"] = stream.into();
+            let (status, body) = stack.post_json(path, &request).await;
+            assert_eq!(status, 400, "{path} stream={stream}: {body}");
+            let error = assert_openai_error(&body);
+            assert_eq!(error["code"], "context_length_exceeded", "{path} stream={stream}: {body}");
+            assert_eq!(error["param"], param, "{path} stream={stream}: {body}");
+            assert_eq!(error["type"], "invalid_request_error", "{path} stream={stream}: {body}");
+            let numbers = numbers_in(error["message"].as_str().unwrap());
+            assert!(numbers.contains(&256), "the message names the context length 256: {body}");
+            assert!(numbers.iter().any(|&n| n > 256), "the message names the tokens requested (over 256): {body}");
+        }
+        // The same prompt with room to answer is served.
+        let mut fits = request.clone();
+        fits["max_tokens"] = 4.into();
+        let (status, body) = stack.post_json(path, &fits).await;
+        assert_eq!(status, 200, "{path} with max_tokens 4: {body}");
+    }
+    // max_tokens alone above the context: refused by the api before queueing.
+    let (status, body) = stack.post_json(COMPLETIONS, &json!({ "model": LLAMA, "prompt": "hi", "max_tokens": 300 })).await;
+    assert_eq!(status, 400, "{body}");
+    let error = assert_openai_error(&body);
+    assert_eq!(error["code"], "context_length_exceeded", "{body}");
+    assert_eq!(error["param"], "max_tokens", "{body}");
+}
+
+#[tokio::test]
+async fn chat_uses_the_model_chat_template() {
+    let (stack, _worker) = torch_stack(tiny_llama_dir(), LLAMA).await;
+    let expected = expected();
+    // The reference conversation that ends with a generation prompt: its rendered template has
+    // a known token count, which must be the request's prompt_tokens.
+    let chat = expected["chat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["add_generation_prompt"] == true)
+        .expect("a chat reference with add_generation_prompt")
+        .clone();
+    let prompt_tokens = chat["input_ids_add_special_tokens_false"].as_array().unwrap().len() as u64;
+    let request = json!({ "model": LLAMA, "messages": chat["messages"], "max_tokens": 20, "temperature": 0 });
+    let (status, body) = stack.post_json(CHAT, &request).await;
+    assert_eq!(status, 200, "{body}");
+    let (texts, finishes, usage) = check_completion(Endpoint::Chat, &body, LLAMA);
+    assert!(!texts[0].is_empty(), "the chat answer has text: {body}");
+    assert!(finishes[0] == "stop" || finishes[0] == "length", "finish_reason: {body}");
+    assert_eq!(usage["prompt_tokens"], prompt_tokens, "prompt_tokens of the rendered chat template: {usage}");
+
+    // Greedy chat is deterministic, streamed or not.
+    let mut streamed = request.clone();
+    streamed["stream"] = true.into();
+    let chunks = stack.post_stream_all(CHAT, &streamed).await;
+    let summary = check_stream(Endpoint::Chat, &chunks, LLAMA, false);
+    assert_eq!(summary.text(), texts[0], "streamed greedy chat = non-streamed");
+    assert_eq!(summary.finish(), finishes[0]);
+
+    // A plain one-message chat works too.
+    let (status, body) = stack.post_json(CHAT, &json!({ "model": LLAMA, "messages": [{ "role": "user", "content": "Hello!" }], "max_tokens": 16 })).await;
+    assert_eq!(status, 200, "{body}");
+    let (texts, finishes, _) = check_completion(Endpoint::Chat, &body, LLAMA);
+    assert!(!texts[0].is_empty(), "{body}");
+    assert!(finishes[0] == "stop" || finishes[0] == "length", "{body}");
+}
+
+#[tokio::test]
+async fn streams_never_contain_their_stop_string() {
+    let (stack, _worker) = torch_stack(tiny_llama_dir(), LLAMA).await;
+    let mut tested = 0;
+    for (text, _, greedy, _) in reference_prompts() {
+        // A stop string from the middle of the greedy continuation: a few ASCII characters
+        // that first occur after at least a few characters of output.
+        let chars: Vec<(usize, char)> = greedy.char_indices().collect();
+        let Some(stop) = (3..chars.len().saturating_sub(4)).find_map(|i| {
+            let start = chars[i].0;
+            let candidate: String = greedy[start..].chars().take(3).collect();
+            (candidate.chars().all(|c| c.is_ascii_alphanumeric()) && greedy.find(&candidate) == Some(start)).then_some(candidate)
+        }) else {
+            continue;
+        };
+        let cut = greedy.find(&stop).unwrap();
+        let request = json!({ "model": LLAMA, "prompt": text, "max_tokens": 24, "temperature": 0, "stop": [stop], "stream": true });
+        let chunks = stack.post_stream_all(COMPLETIONS, &request).await;
+        let summary = check_stream(Endpoint::Completions, &chunks, LLAMA, false);
+        for chunk in &chunks {
+            let piece = chunk["choices"][0]["text"].as_str().unwrap_or("");
+            assert!(!piece.contains(&stop), "a chunk contains the stop string {stop:?}: {chunk}");
+        }
+        assert!(!summary.text().contains(&stop), "the stream contains the stop string {stop:?}: {:?}", summary.text());
+        assert_eq!(summary.text(), &greedy[..cut], "the text ends where the stop string {stop:?} began (prompt {text:?})");
+        assert_eq!(summary.finish(), "stop", "finish_reason with a stop string (prompt {text:?})");
+
+        // Not streamed: the same cut.
+        let mut whole = request.clone();
+        whole["stream"] = false.into();
+        let (status, body) = stack.post_json(COMPLETIONS, &whole).await;
+        assert_eq!(status, 200, "{body}");
+        let (texts, finishes, _) = check_completion(Endpoint::Completions, &body, LLAMA);
+        assert_eq!((texts[0].as_str(), finishes[0].as_str()), (&greedy[..cut], "stop"), "non-streamed stop for {text:?}");
+        tested += 1;
+    }
+    assert!(tested >= 2, "only {tested} reference continuations had a usable stop string");
+}
+
+#[tokio::test]
+async fn seeded_choices_are_reproducible() {
+    let (stack, _worker) = torch_stack(tiny_llama_dir(), LLAMA).await;
+    let request = json!({ "model": LLAMA, "prompt": "Once upon a time", "max_tokens": 12, "n": 2, "seed": 1234, "temperature": 1.0 });
+    let mut answers = Vec::new();
+    for attempt in 0..2 {
+        let (status, body) = stack.post_json(COMPLETIONS, &request).await;
+        assert_eq!(status, 200, "attempt {attempt}: {body}");
+        let (texts, _, usage) = check_completion(Endpoint::Completions, &body, LLAMA);
+        assert_eq!(texts.len(), 2, "n: 2 gives two choices: {body}");
+        assert!(texts.iter().all(|t| !t.is_empty()), "{body}");
+        let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
+        assert!(completion_tokens > 0 && completion_tokens <= 24, "completion tokens of both choices: {usage}");
+        answers.push(texts);
+    }
+    assert_eq!(answers[0], answers[1], "the same seed gives the same choices");
+    assert_ne!(answers[0][0], answers[0][1], "the two choices of one request are sampled with different seeds");
+
+    // Streamed with the same seed: the same choices.
+    let mut streamed = request.clone();
+    streamed["stream"] = true.into();
+    let chunks = stack.post_stream_all(COMPLETIONS, &streamed).await;
+    let summary = check_stream(Endpoint::Completions, &chunks, LLAMA, false);
+    let texts: Vec<&str> = summary.texts.values().map(String::as_str).collect();
+    assert_eq!(texts, answers[0], "streamed seeded choices = non-streamed ones");
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value.as_array().unwrap_or_else(|| panic!("not an array of floats: {value}")).iter().map(|x| x.as_f64().expect("a float")).collect()
+}
+
+#[tokio::test]
+async fn minilm_embeddings_match_sentence_transformers() {
+    let (stack, _worker) = torch_stack(minilm_dir(), MINILM).await;
+    let reference = read_json(workspace_root().join("worker/torch/tests/data/minilm_reference.json"));
+    let sentences = reference["sentences"].as_array().unwrap();
+    let counts = reference["token_counts"].as_array().unwrap();
+    let vectors = reference["embeddings"].as_array().unwrap();
+    // The api refuses empty strings (as OpenAI does), so the reference's "" is left out.
+    let cases: Vec<(String, u64, Vec<f64>)> = sentences
+        .iter()
+        .zip(counts)
+        .zip(vectors)
+        .filter(|((s, _), _)| !s.as_str().unwrap().is_empty())
+        .map(|((s, c), v)| (s.as_str().unwrap().to_string(), c.as_u64().unwrap(), floats(v)))
+        .collect();
+    assert!(cases.len() >= 5, "reference sentences");
+
+    let input: Vec<&str> = cases.iter().map(|(s, _, _)| s.as_str()).collect();
+    let (status, body) = stack.post_json(EMBEDDINGS, &json!({ "model": MINILM, "input": input })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], MINILM);
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), cases.len());
+    for (i, ((text, _, want), item)) in cases.iter().zip(data).enumerate() {
+        assert_eq!(item["object"], "embedding");
+        assert_eq!(item["index"], i);
+        let got = floats(&item["embedding"]);
+        assert_eq!(got.len(), 384, "all-MiniLM-L6-v2 has 384 dimensions");
+        let norm = got.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "unit vectors: norm {norm} for {:?}", &text[..text.len().min(30)]);
+        let c = cosine(&got, want);
+        assert!(c >= 0.9999, "cosine {c} with sentence-transformers for {:?}", &text[..text.len().min(40)]);
+    }
+    let tokens: u64 = cases.iter().map(|(_, n, _)| n).sum();
+    assert_eq!(body["usage"]["prompt_tokens"], tokens, "real token counts (after truncation to 256): {}", body["usage"]);
+    assert_eq!(body["usage"]["total_tokens"], tokens, "{}", body["usage"]);
+
+    // One string, base64-encoded: the same vector.
+    let (text, count, want) = &cases[0];
+    let (status, body) = stack.post_json(EMBEDDINGS, &json!({ "model": MINILM, "input": text, "encoding_format": "base64" })).await;
+    assert_eq!(status, 200, "{body}");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(body["data"][0]["embedding"].as_str().expect("base64 string")).unwrap();
+    let got: Vec<f64> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
+    assert_eq!(got.len(), 384);
+    assert!(cosine(&got, want) >= 0.9999);
+    assert_eq!(body["usage"]["prompt_tokens"], *count);
+
+    // The embedding model does not generate text.
+    let (status, body) = stack.post_json(CHAT, &json!({ "model": MINILM, "messages": [{ "role": "user", "content": "hi" }] })).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(assert_openai_error(&body)["param"], "model");
+}
