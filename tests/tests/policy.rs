@@ -503,6 +503,7 @@ async fn redis_unreachable_is_503_and_service_recovers() {
         let reply = call(stack.http(), &stack.api_url(CHAT), Some(&key), Some(&chat_request("echo", "during")), Duration::from_secs(30)).await;
         assert_eq!(reply.status, 503, "attempt {attempt} with Redis stopped (after {:?}): {}", reply.elapsed, reply.body);
         assert!(reply.elapsed < Duration::from_secs(10), "attempt {attempt}: the 503 took {:?}", reply.elapsed);
+        eprintln!("attempt {attempt} with Redis stopped: {} after {:?}: {}", reply.status, reply.elapsed, reply.body);
         assert_eq!(reply.error()["code"], "service_unavailable", "{}", reply.body);
         let message = reply.message().to_lowercase();
         assert!(message.contains("redis") || message.contains("rate limit"), "the message says Redis / the rate limiter: {}", reply.body);

@@ -77,7 +77,7 @@ async fn greedy_completions_reproduce_the_transformers_reference() {
         let (status, body) = stack.post_json(COMPLETIONS, &request).await;
         assert_eq!(status, 200, "{text:?}: {body}");
         let (texts, finishes, usage) = check_completion(Endpoint::Completions, &body, LLAMA);
-        assert_eq!(texts, [greedy.clone()], "greedy text for {text:?}");
+        assert_eq!(texts, std::slice::from_ref(&greedy), "greedy text for {text:?}");
         assert_eq!(finishes, [finish], "finish_reason for {text:?}");
         assert_eq!(usage["prompt_tokens"], prompt_tokens, "prompt_tokens = reference input_ids length for {text:?}: {usage}");
         if !stopped_on_eos {
