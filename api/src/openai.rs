@@ -9,17 +9,23 @@ use utoipa::ToSchema;
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessageIn>,
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     #[serde(default)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     #[serde(default)]
     pub top_p: Option<f32>,
     /// Not in OpenAI's API; vLLM and others accept it.
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub top_k: Option<u32>,
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
@@ -28,12 +34,15 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub stop: Option<StopSequences>,
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub logprobs: Option<bool>,
+    #[schema(maximum = 20)]
     #[serde(default)]
     pub top_logprobs: Option<u8>,
     #[serde(default)]
@@ -93,14 +102,19 @@ pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
     /// OpenAI's legacy default is 16.
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0, maximum = 2)]
     #[serde(default)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     #[serde(default)]
     pub top_p: Option<f32>,
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub top_k: Option<u32>,
+    #[schema(minimum = 1)]
     #[serde(default)]
     pub n: Option<u32>,
     #[serde(default)]
@@ -109,11 +123,14 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub stop: Option<StopSequences>,
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub presence_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
     /// Legacy completions: how many top alternatives per token (0–5).
+    #[schema(maximum = 5)]
     #[serde(default)]
     pub logprobs: Option<u8>,
     #[serde(default)]
@@ -246,6 +263,15 @@ pub struct TextChoice {
     pub finish_reason: Option<String>,
 }
 
+/// One server-sent event of a streamed response: `data` is a JSON chunk
+/// (`chat.completion.chunk` / `text_completion`), an `{"error": …}` object, or `[DONE]`.
+#[derive(Serialize, ToSchema)]
+pub struct StreamEvent {
+    pub data: String,
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
 /// `/v1/embeddings`.
 #[derive(Serialize, ToSchema)]
 pub struct EmbeddingList {
@@ -260,8 +286,14 @@ pub struct EmbeddingObject {
     pub object: String,
     pub index: u32,
     /// A list of floats, or base64 of little-endian f32 with `encoding_format: base64`.
-    #[schema(value_type = Object)]
-    pub embedding: Value,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
 }
 
 #[derive(Serialize, ToSchema)]

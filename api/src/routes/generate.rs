@@ -17,7 +17,7 @@ use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelKind, TokenLo
 use super::{AppState, estimate_tokens};
 use crate::policy::{Admission, Caller};
 use crate::error::ApiError;
-use crate::openai::{ChatCompletion, TextCompletion};
+use crate::openai::{ChatCompletion, StreamEvent, TextCompletion};
 use crate::openapi::ErrorResponses;
 use crate::extract::OpenAiJson;
 use crate::jobs::JobHandle;
@@ -53,7 +53,8 @@ struct Reply {
 }
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "generation", request_body = ChatCompletionRequest,
-    responses((status = 200, description = "One JSON body, or with `stream: true` SSE `chat.completion.chunk`s ending in `data: [DONE]`", body = ChatCompletion), ErrorResponses))]
+    responses((status = 200, description = "One JSON body, or with `stream: true` SSE `chat.completion.chunk`s ending in `data: [DONE]`",
+        content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))), ErrorResponses))]
 pub async fn chat_completions(
     caller: Caller,
     State(state): State<AppState>,
@@ -73,7 +74,8 @@ pub async fn chat_completions(
 }
 
 #[utoipa::path(post, path = "/v1/completions", tag = "generation", request_body = CompletionRequest,
-    responses((status = 200, description = "One JSON body, or with `stream: true` SSE `text_completion` chunks ending in `data: [DONE]`", body = TextCompletion), ErrorResponses))]
+    responses((status = 200, description = "One JSON body, or with `stream: true` SSE `text_completion` chunks ending in `data: [DONE]`",
+        content((TextCompletion = "application/json"), (StreamEvent = "text/event-stream"))), ErrorResponses))]
 pub async fn completions(
     caller: Caller,
     State(state): State<AppState>,
