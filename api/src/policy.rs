@@ -211,8 +211,8 @@ fn go_duration(ms: u64) -> String {
 }
 
 /// A request's charge against its limits, held until the request ends. Dropping it without
-/// [`Admission::settle`] (client gone, job failed) keeps the token charge as estimated and
-/// frees the concurrency slot.
+/// [`Admission::settle`] (the client went away mid-answer) keeps the token charge as estimated
+/// and frees the concurrency slot; a request refused before any output settles at zero.
 pub struct Admission {
     gate: Arc<Gate>,
     limits: Vec<Limit>,

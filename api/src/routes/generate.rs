@@ -126,9 +126,17 @@ async fn run(
     let response = if stream {
         respond_stream(reply, handles, include_usage, admission).await?
     } else {
-        let (response, usage) = respond_whole(reply, handles).await?;
-        admission.settle(usage.total_tokens);
-        response
+        match respond_whole(reply, handles).await {
+            Ok((response, usage)) => {
+                admission.settle(usage.total_tokens);
+                response
+            }
+            // A request refused by its worker (context too long, …) produced nothing: no charge.
+            Err(error) => {
+                admission.settle(0);
+                return Err(error);
+            }
+        }
     };
     Ok((headers, response).into_response())
 }
@@ -257,10 +265,18 @@ async fn respond_stream(reply: Reply, handles: Vec<JobHandle>, include_usage: bo
     // Hold the status line until the first output: an error before any text (queue timeout,
     // context too long) is still an ordinary HTTP error, not a broken stream.
     let first = match events.next().await {
-        Some((_, Err(error))) => return Err(error),
-        Some((_, Ok(EventBody::Error { code, message }))) => return Err(ApiError::from_job(code, message, reply.flavor.prompt_param())),
-        Some(first) => first,
-        None => return Err(ApiError::Internal("the job ended without output".into())),
+        Some((_, Ok(EventBody::Error { code, message }))) => Err(ApiError::from_job(code, message, reply.flavor.prompt_param())),
+        Some((_, Err(error))) => Err(error),
+        Some(first) => Ok(first),
+        None => Err(ApiError::Internal("the job ended without output".into())),
+    };
+    let first = match first {
+        Ok(first) => first,
+        // Refused before any output: nothing to charge.
+        Err(error) => {
+            admission.settle(0);
+            return Err(error);
+        }
     };
     let state = SseState {
         reply,
