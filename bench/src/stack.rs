@@ -1,0 +1,327 @@
+//! A private Switchyard stack on free ports: nats-server, redis-server, `switchyard api`,
+//! `switchyard worker echo` (and optionally the scheduler), torn down when dropped — on normal
+//! exit, on an error, on Ctrl-C (the future holding it is dropped) and on panic (unwinding).
+//! Each child also gets `PR_SET_PDEATHSIG`, so even a `kill -9` of the bench takes it along.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+pub struct Stack {
+    pub api_url: String,
+    pub nats_url: String,
+    pub redis_url: String,
+    /// The API key the bench created for itself (`None` with `--no-auth`).
+    pub api_key: Option<String>,
+    pub dir: PathBuf,
+    /// JetStream's folder when it is not inside `dir`.
+    nats_store: Option<PathBuf>,
+    /// Switchyard parts first (stopped first), then the brokers.
+    parts: Vec<Proc>,
+    brokers: Vec<Proc>,
+    keep_dir: bool,
+}
+
+pub struct StackOptions {
+    pub switchyard: PathBuf,
+    pub nats_server: Option<PathBuf>,
+    pub redis_server: Option<PathBuf>,
+    pub scheduler: bool,
+    pub worker_slots: u32,
+    pub worker_args: Vec<String>,
+    /// Start the api with `--no-auth` (no keys, no rate limits) instead of creating a key.
+    pub no_auth: bool,
+    /// Arguments of `switchyard keys create` beyond `--user` (e.g. `--rpm 1000000`).
+    pub key_args: Vec<String>,
+    /// Extra environment per part: (part, name, value); part is api, worker, nats, redis,
+    /// scheduler or all.
+    pub env: Vec<(String, String, String)>,
+    /// Where nats-server keeps JetStream data (default: the bench's temporary folder).
+    pub nats_store: Option<PathBuf>,
+}
+
+impl Stack {
+    pub fn start(options: &StackOptions) -> anyhow::Result<Stack> {
+        let nats_bin = find_tool("nats-server", options.nats_server.as_deref())?;
+        let redis_bin = find_tool("redis-server", options.redis_server.as_deref())?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        let dir = std::env::temp_dir().join(format!("switchyard-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(dir.join("nats"))?;
+        let nats_store = match &options.nats_store {
+            Some(base) => base.join(format!("switchyard-bench-{}-{nanos}", std::process::id())),
+            None => dir.join("nats"),
+        };
+        std::fs::create_dir_all(&nats_store)?;
+        let env = |part: &str, command: &mut Command| {
+            for (p, name, value) in &options.env {
+                if p == part || p == "all" {
+                    command.env(name, value);
+                }
+            }
+        };
+        let [api_port, nats_port, redis_port, scheduler_port] = free_ports()?;
+        let host = "127.0.0.1";
+        let nats_url = format!("nats://{host}:{nats_port}");
+        let redis_url = format!("redis://{host}:{redis_port}");
+        let api_url = format!("http://{host}:{api_port}");
+        let mut stack =
+            Stack { api_url, nats_url, redis_url, api_key: None, dir: dir.clone(), nats_store: options.nats_store.as_ref().map(|_| nats_store.clone()), parts: Vec::new(), brokers: Vec::new(), keep_dir: false };
+        let result = (|| {
+            let mut nats = Command::new(&nats_bin);
+            nats.args(["-js", "-a", host, "-p", &nats_port.to_string(), "-sd"]).arg(&nats_store);
+            env("nats", &mut nats);
+            stack.brokers.push(spawn("nats-server", &mut nats, &dir)?);
+            let mut redis = Command::new(&redis_bin);
+            redis.args(["--bind", host, "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no", "--dir"]).arg(&dir);
+            env("redis", &mut redis);
+            stack.brokers.push(spawn("redis-server", &mut redis, &dir)?);
+            wait_for_port(nats_port, "nats-server", &dir)?;
+            wait_for_port(redis_port, "redis-server", &dir)?;
+
+            let urls = ["--nats-url", stack.nats_url.as_str(), "--redis-url", stack.redis_url.as_str()];
+            if !options.no_auth {
+                stack.api_key = Some(create_key(&options.switchyard, &urls, &options.key_args)?);
+            }
+            let mut api = Command::new(&options.switchyard);
+            api.arg("api").args(urls).args(["--listen", &format!("{host}:{api_port}")]);
+            if options.no_auth {
+                api.arg("--no-auth");
+            }
+            env("api", &mut api);
+            stack.parts.push(spawn("api", &mut api, &dir)?);
+            let mut worker = Command::new(&options.switchyard);
+            worker
+                .args(["worker", "echo"])
+                .args(urls)
+                .args(["--delay", "0ms", "--slots", &options.worker_slots.to_string()])
+                .args(&options.worker_args);
+            env("worker", &mut worker);
+            stack.parts.push(spawn("worker-echo", &mut worker, &dir)?);
+            if options.scheduler {
+                let mut scheduler = Command::new(&options.switchyard);
+                scheduler.arg("scheduler").args(urls).args(["--listen", &format!("{host}:{scheduler_port}")]);
+                env("scheduler", &mut scheduler);
+                stack.parts.push(spawn("scheduler", &mut scheduler, &dir)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            stack.keep_dir = true;
+            return Err(e);
+        }
+        Ok(stack)
+    }
+
+    /// Every process of the stack, for CPU accounting.
+    pub fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.parts.iter().chain(self.brokers.iter())
+    }
+
+    /// Fails if a part has exited (so a dead worker is reported as such, not as a timeout).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for part in self.parts.iter_mut().chain(self.brokers.iter_mut()) {
+            if let Some(status) = part.child.try_wait()? {
+                self.keep_dir = true;
+                bail!("{} exited ({status}); its log: {}", part.name, self.dir.join(format!("{}.log", part.name)).display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep the logs folder after the stack stops (on failures).
+    pub fn keep_logs(&mut self) {
+        self.keep_dir = true;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Workers and api drain while NATS and Redis are still up; the brokers go last.
+        stop_all(&mut self.parts);
+        stop_all(&mut self.brokers);
+        if let Some(store) = &self.nats_store {
+            let _ = std::fs::remove_dir_all(store);
+        }
+        if self.keep_dir {
+            eprintln!("stack logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn stop_all(procs: &mut Vec<Proc>) {
+    for proc in procs.iter() {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe { libc::kill(proc.child.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for proc in procs.iter_mut() {
+        loop {
+            match proc.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = proc.child.kill();
+                    let _ = proc.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+    procs.clear();
+}
+
+fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
+    let log = File::create(dir.join(format!("{name}.log")))?;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+    Ok(Proc { name: name.to_string(), child })
+}
+
+/// `switchyard keys create --user bench …`: the secret it prints.
+fn create_key(switchyard: &Path, urls: &[&str], key_args: &[String]) -> anyhow::Result<String> {
+    let output = Command::new(switchyard)
+        .args(["keys"])
+        .args(urls)
+        .args(["create", "--user", "bench"])
+        .args(key_args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running switchyard keys create")?;
+    if !output.status.success() {
+        bail!(
+            "switchyard keys create failed ({}): {} (a switchyard without API keys? then pass --no-auth)",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let secret = String::from_utf8(output.stdout)?.trim().to_string();
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        bail!("switchyard keys create printed {secret:?}, not one secret");
+    }
+    Ok(secret)
+}
+
+/// Four distinct free ports on 127.0.0.1 (held open together so they differ).
+fn free_ports() -> anyhow::Result<[u16; 4]> {
+    let listeners: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0))).collect::<Result<_, _>>()?;
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+    Ok([ports[0], ports[1], ports[2], ports[3]])
+}
+
+fn wait_for_port(port: u16, what: &str, dir: &Path) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200)).is_err() {
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!("{what} did not open port {port} within 15 s; see {}", dir.join(format!("{what}.log")).display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `given`, else `/work/main/.switchyard/bin/NAME` (the repository's setup folder), else PATH.
+fn find_tool(name: &str, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let local = repo_root().join(".switchyard/bin").join(name);
+    if local.exists() {
+        return Ok(local);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|path| path.exists())
+        .with_context(|| format!("{name} not found in {} or on PATH (run scripts/setup.sh)", local.display()))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `switchyard` binary: next to this one (same target folder and profile), else the
+/// bench's release target folder, else the workspace's, else PATH.
+pub fn find_switchyard() -> anyhow::Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(me) = std::env::current_exe()
+        && let Some(dir) = me.parent()
+    {
+        candidates.push(dir.join("switchyard"));
+    }
+    let root = repo_root();
+    candidates.push(root.join("target/bench/release/switchyard"));
+    candidates.push(root.join("target/release/switchyard"));
+    if let Some(found) = candidates.into_iter().find(|p| p.exists()) {
+        return Ok(found);
+    }
+    find_tool("switchyard", None).context("build it: cargo build --release -p switchyard --no-default-features")
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // After the name: state is field 3 of stat(5), utime 14, stime 15 → indices 11 and 12 here.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos((utime + stime) * 1_000_000_000 / ticks))
+}
+
+/// Context switches (voluntary + involuntary) of every thread a process has now.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(value) = line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:")) {
+                total += value.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// CPU time the whole machine has spent busy (all cores, every process), from /proc/stat.
+pub fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy: u64 = fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(busy * 1_000_000_000 / ticks))
+}
