@@ -49,7 +49,11 @@
 //!
 //! One `std::thread` per [`Engine`] owns the model and its key/value caches and serves one
 //! request at a time from a queue; `generate` and `embed` never block the async runtime
-//! (except `Engine::load`, which should run in `spawn_blocking`). For CUDA,
+//! (except `Engine::load`, which should run in `spawn_blocking`). On CPUs each engine thread
+//! drives its own OpenMP team of `tch::get_num_threads()` threads; with several engines in one
+//! process the teams add up, and once libgomp manages more threads than there are CPUs it
+//! stops spinning between parallel regions, which slows batch-1 decoding by about a third
+//! (benches/README.md). A worker serves one model per process, which avoids this. For CUDA,
 //! `libtorch_cuda.so` is `dlopen`ed when a CUDA device is asked for, because rustc's
 //! `--as-needed` drops it from the binary (the `cuda-link` feature keeps it linked instead, for
 //! this crate's own test binaries). Neither path has been exercised on a GPU yet. Binaries

@@ -75,16 +75,32 @@ impl Names {
     }
 
     fn linear(&self, w: &Weights, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Linear> {
+        let (weight, bias) = self.weight_and_bias(w, prefix, in_dim, out_dim)?;
+        Ok(Linear::with_bias(weight, bias))
+    }
+
+    fn weight_and_bias(&self, w: &Weights, prefix: &str, in_dim: i64, out_dim: i64) -> Result<(Tensor, Tensor)> {
         let weight = w.get_first(&self.of(&format!("{prefix}.weight")), &[out_dim, in_dim])?;
         let bias = w.get_first(&self.of(&format!("{prefix}.bias")), &[out_dim])?;
+        Ok((weight, bias))
+    }
+
+    /// Query, key and value as one projection (outputs concatenated in that order): one
+    /// matrix product per layer instead of three.
+    fn qkv(&self, w: &Weights, prefix: &str, hidden: i64) -> Result<Linear> {
+        let parts = ["query", "key", "value"]
+            .map(|n| self.weight_and_bias(w, &format!("{prefix}.{n}"), hidden, hidden))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let weight = Tensor::cat(&parts.iter().map(|(w, _)| w).collect::<Vec<_>>(), 0);
+        let bias = Tensor::cat(&parts.iter().map(|(_, b)| b).collect::<Vec<_>>(), 0);
         Ok(Linear::with_bias(weight, bias))
     }
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// `query`, `key` and `value` fused, `[3 * hidden, hidden]`.
+    qkv: Linear,
     attention_output: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -124,9 +140,7 @@ impl Bert {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             layers.push(Layer {
-                query: n.linear(w, &format!("{p}.attention.self.query"), h, h)?,
-                key: n.linear(w, &format!("{p}.attention.self.key"), h, h)?,
-                value: n.linear(w, &format!("{p}.attention.self.value"), h, h)?,
+                qkv: n.qkv(w, &format!("{p}.attention.self"), h)?,
                 attention_output: n.linear(w, &format!("{p}.attention.output.dense"), h, h)?,
                 attention_norm: LayerNorm::load(w, &n, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
                 intermediate: n.linear(w, &format!("{p}.intermediate.dense"), h, i)?,
@@ -166,10 +180,10 @@ impl Bert {
         // then ignores.
         let key_mask = mask.to_kind(Kind::Bool).view([b, 1, 1, t]);
         for layer in &self.layers {
-            let heads = |y: Tensor| y.view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
-            let q = heads(layer.query.forward(&x));
-            let k = heads(layer.key.forward(&x));
-            let v = heads(layer.value.forward(&x));
+            // [b, t, 3 * heads, head_dim] → [b, 3 * heads, t, head_dim]: q, k, v as views.
+            let nh = self.num_heads;
+            let qkv = layer.qkv.forward(&x).view([b, t, 3 * nh, self.head_dim]).transpose(1, 2);
+            let (q, k, v) = (qkv.narrow(1, 0, nh), qkv.narrow(1, nh, nh), qkv.narrow(1, 2 * nh, nh));
             let attn = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&key_mask), 0.0, false, None, false);
             let attn = attn.transpose(1, 2).contiguous().view([b, t, self.num_heads * self.head_dim]);
             let h = layer.attention_norm.forward(&(layer.attention_output.forward(&attn) + &x));

@@ -4,6 +4,13 @@
 //! Numerics follow transformers' reference code where it matters for matching its output:
 //! RMSNorm and the RoPE angles are computed in f32 whatever the weight dtype, and the
 //! attention softmax runs inside `scaled_dot_product_attention`.
+//!
+//! For speed at batch 1 on CPUs, where every matrix product is a memory-bound matrix-vector
+//! product with its own thread fork/join: q/k/v and gate/up are each loaded as one fused
+//! projection (rows concatenated; each output is still one dot product over the same inputs),
+//! queries and keys are rotated together, f32 RMSNorm is the fused `rms_norm` op, and a
+//! single decoding step attends with the query heads folded onto their key/value head
+//! instead of copying the cache `heads / kv_heads` times (see benches/README.md).
 
 use tch::{Kind, Tensor};
 
@@ -21,6 +28,20 @@ impl Linear {
     pub fn load(w: &Weights, prefix: &str, in_dim: i64, out_dim: i64, bias: bool) -> Result<Linear> {
         let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let bias = if bias { Some(w.get(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Several projections of the same input as one (their outputs concatenated in order):
+    /// one matrix product instead of several, which matters when decoding one token, where
+    /// every product is a memory-bound matrix-vector product with its own thread fork/join.
+    pub fn load_fused(w: &Weights, prefixes: &[String], in_dim: i64, out_dims: &[i64], bias: bool) -> Result<Linear> {
+        let parts: Vec<Linear> = prefixes
+            .iter()
+            .zip(out_dims)
+            .map(|(p, &out)| Linear::load(w, p, in_dim, out, bias))
+            .collect::<Result<_>>()?;
+        let weight = Tensor::cat(&parts.iter().map(|l| &l.weight).collect::<Vec<_>>(), 0);
+        let bias = bias.then(|| Tensor::cat(&parts.iter().map(|l| l.bias.as_ref().unwrap()).collect::<Vec<_>>(), 0));
         Ok(Linear { weight, bias })
     }
 
@@ -50,6 +71,11 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if kind == Kind::Float && self.weight.kind() == Kind::Float {
+            // One fused kernel; the same arithmetic as below in f32.
+            let dim = *x.size().last().expect("at least 1-d");
+            return x.rms_norm([dim], Some(&self.weight), self.eps);
+        }
         let x = x.to_kind(Kind::Float);
         let mean_square = x.square().mean_dim(-1, true, Kind::Float);
         let normed = x * (mean_square + self.eps).rsqrt();
@@ -140,26 +166,35 @@ impl Activation {
 /// The gated feed-forward block of Llama-family models (Shazeer 2020's SwiGLU):
 /// `down(act(gate(x)) ⊙ up(x))`.
 pub(crate) struct GatedMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` as one projection, `[2 * intermediate, hidden]`.
+    gate_up_proj: Linear,
     down_proj: Linear,
     act: Activation,
+    intermediate_size: i64,
 }
 
 impl GatedMlp {
     pub fn load(w: &Weights, prefix: &str, spec: &DecoderSpec) -> Result<GatedMlp> {
         let (h, i, bias) = (spec.hidden_size, spec.intermediate_size, spec.mlp_bias);
         Ok(GatedMlp {
-            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), h, i, bias)?,
-            up_proj: Linear::load(w, &format!("{prefix}.up_proj"), h, i, bias)?,
+            gate_up_proj: Linear::load_fused(
+                w,
+                &[format!("{prefix}.gate_proj"), format!("{prefix}.up_proj")],
+                h,
+                &[i, i],
+                bias,
+            )?,
             down_proj: Linear::load(w, &format!("{prefix}.down_proj"), i, h, bias)?,
             act: spec.activation,
+            intermediate_size: i,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let gate = self.act.forward(&self.gate_proj.forward(x));
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+        let gate_up = self.gate_up_proj.forward(x);
+        let i = self.intermediate_size;
+        let gate = self.act.forward(&gate_up.narrow(-1, 0, i));
+        self.down_proj.forward(&(gate * gate_up.narrow(-1, i, i)))
     }
 }
 
@@ -201,9 +236,8 @@ impl DecoderSpec {
 /// Multi-head attention with grouped key/value heads (Ainslie et al. 2023): each key/value
 /// head serves `num_heads / num_kv_heads` query heads; 1 is plain multi-head attention.
 pub(crate) struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` as one projection, `[(heads + 2 kv_heads) head_dim, hidden]`.
+    qkv_proj: Linear,
     o_proj: Linear,
     num_heads: i64,
     num_kv_heads: i64,
@@ -215,10 +249,9 @@ impl Attention {
         let (h, d) = (spec.hidden_size, spec.head_dim);
         let q_out = spec.num_heads * d;
         let kv_out = spec.num_kv_heads * d;
+        let names = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{prefix}.{n}"));
         Ok(Attention {
-            q_proj: Linear::load(w, &format!("{prefix}.q_proj"), h, q_out, spec.qkv_bias)?,
-            k_proj: Linear::load(w, &format!("{prefix}.k_proj"), h, kv_out, spec.qkv_bias)?,
-            v_proj: Linear::load(w, &format!("{prefix}.v_proj"), h, kv_out, spec.qkv_bias)?,
+            qkv_proj: Linear::load_fused(w, &names, h, &[q_out, kv_out, kv_out], spec.qkv_bias)?,
             o_proj: Linear::load(w, &format!("{prefix}.o_proj"), q_out, h, spec.o_bias)?,
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
@@ -230,33 +263,40 @@ impl Attention {
     /// appended to `cache`, and each position attends to everything before it and itself.
     pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, cache: &mut LayerCache) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [batch, len, hidden]");
-        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(x), self.num_heads);
-        let k = heads(self.k_proj.forward(x), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
-        let q = Rope::apply(&q, cos, sin);
-        let k = Rope::apply(&k, cos, sin);
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // [b, t, nq + 2 nkv, d] → [b, nq + 2 nkv, t, d]
+        let qkv = self.qkv_proj.forward(x).view([b, t, nq + 2 * nkv, d]).transpose(1, 2);
+        // Queries and keys rotate together: one set of kernels per layer, not two.
+        let qk = Rope::apply(&qkv.narrow(1, 0, nq + nkv), cos, sin);
+        let q = qk.narrow(1, 0, nq);
+        let k = qk.narrow(1, nq, nkv);
+        let v = qkv.narrow(1, nq + nkv, nkv);
 
         let past = cache.len;
         let (k, v) = cache.append(&k, &v);
-        let group = self.num_heads / self.num_kv_heads;
-        let (k, v) = (repeat_kv(&k, group), repeat_kv(&v, group));
+        let group = nq / nkv;
 
-        // One new position sees the whole cache: no mask. A block of new positions after
-        // cached ones needs the causal mask shifted by `past`, which `is_causal` (aligned to
-        // the top-left corner) does not give.
-        let y = if t == 1 {
-            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false)
-        } else if past == 0 {
+        if t == 1 {
+            // One new position sees the whole cache, no mask. The query heads of each
+            // key/value head become that head's rows, `[b, nkv, group, d]`: grouped-query
+            // attention without copying the keys and values `group` times.
+            let q = q.reshape([b, nkv, group, d]);
+            let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
+            return self.o_proj.forward(&y.reshape([b, 1, nq * d]));
+        }
+        let (k, v) = (repeat_kv(&k, group), repeat_kv(&v, group));
+        let y = if past == 0 {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)
         } else {
+            // A block of new positions after cached ones needs the causal mask shifted by
+            // `past`, which `is_causal` (aligned to the top-left corner) does not give.
             let total = past + t;
             let rows = Tensor::arange_start(past, total, (Kind::Int64, x.device())).unsqueeze(1);
             let cols = Tensor::arange(total, (Kind::Int64, x.device())).unsqueeze(0);
             let mask = cols.le_tensor(&rows);
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false)
         };
-        let y = y.transpose(1, 2).contiguous().view([b, t, self.num_heads * self.head_dim]);
+        let y = y.transpose(1, 2).contiguous().view([b, t, nq * d]);
         self.o_proj.forward(&y)
     }
 }
