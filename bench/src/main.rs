@@ -137,12 +137,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(options.client_threads).enable_all().build()?
     };
-    runtime.block_on(async move {
-        tokio::select! {
-            result = run(options) => result,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
-        }
-    })
+    runtime.block_on(run(options))
 }
 
 /// The processes whose CPU time is accounted per phase.
@@ -228,11 +223,17 @@ async fn run(options: EchoOptions) -> anyhow::Result<()> {
             url
         }
     };
-    let result = bench(&options, &url, own_stack.as_mut()).await;
-    if let Some((stack, _)) = own_stack.as_mut() {
-        if result.is_err() || options.keep_logs {
-            stack.keep_logs();
-        }
+    let result = tokio::select! {
+        result = bench(&options, &url, own_stack.as_mut()) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // The clients of an interrupted phase are aborted now; let the runtime drop them, so their
+    // connections close and the api does not wait for them while it shuts down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some((stack, _)) = own_stack.as_mut()
+        && (result.is_err() || options.keep_logs)
+    {
+        stack.keep_logs();
     }
     result
 }
@@ -398,9 +399,9 @@ async fn bench(options: &EchoOptions, url: &str, mut stack: Option<&mut (Stack, 
         };
         if let Some((nats_url, redis_url)) = urls {
             let floors = accounting
-                .phase(&format!("probe: {n} × transport floors (NATS, JetStream, Redis)"), async {
+                .phase(&format!("probe: {n} rounds of transport floors (1 NATS req/reply, 2 JetStream jobs, 1 Redis EXISTS)"), async {
                     let f = probe::transport(&nats_url, redis_url.as_deref(), options.warmup, n).await?;
-                    Ok((f, (n + options.warmup) as u64 * 4))
+                    Ok((f, (n + options.warmup) as u64))
                 })
                 .await?;
             rows.extend(floors);
@@ -751,7 +752,7 @@ fn thousands(x: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -2,8 +2,9 @@
 //!
 //! A passive NATS subscriber on `>` (on its own thread, so the client does not delay its
 //! timestamps) sees every message the job path sends through nats-server: the api's job
-//! publish, JetStream's publish ack, the delivery to the worker, the worker's events and its
-//! ack. With one request in flight at a time, each message belongs to the request whose
+//! publish, JetStream's publish ack, the worker's events and its ack. (JetStream's delivery of
+//! the job to the worker's pull request does not reach a `>` subscriber, so that hop shows
+//! only as the gap between the publish and the worker's first event.) With one request in flight at a time, each message belongs to the request whose
 //! window it falls in, so the median offset of each stage from the moment the client sent
 //! the request shows which hop costs what. The monitor doubles nats-server's fan-out, so
 //! the end-to-end figure here is a little above the plain (a) latency.
