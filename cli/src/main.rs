@@ -6,6 +6,11 @@ mod keys;
 mod worker;
 
 use clap::{Parser, Subcommand};
+
+// A fifth of the api's and a third of the worker's CPU went to malloc/free under load
+// (bench/README.md); mimalloc is faster at this many small, short-lived allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
