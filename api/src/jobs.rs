@@ -138,6 +138,10 @@ impl JobHandle {
                     self.started = true;
                 }
                 self.finished = event.is_terminal();
+                // A gap is terminal for the client, but the worker is still running: cancel it.
+                if matches!(event, EventBody::Error { code: ErrorCode::StreamGap, .. }) {
+                    self.jobs.cancel_in_background(self.id.clone());
+                }
                 Ok(event)
             }
             Ok(None) => Err(ApiError::Internal("the job's event route closed".into())),

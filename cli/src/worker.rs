@@ -69,7 +69,7 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
         }
         #[cfg(feature = "torch")]
         BackendCommand::Torch { runtime, torch } => {
-            let backend = switchyard_torch::TorchBackend::load(&torch, runtime.permissions.clone())?;
+            let backend = switchyard_torch::TorchBackend::load(&torch)?;
             (runtime, Arc::new(backend), 1)
         }
     };

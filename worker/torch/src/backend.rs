@@ -19,20 +19,19 @@ use crate::{
 pub struct TorchBackend {
     engine: Engine,
     name: String,
-    permissions: wire::Permissions,
 }
 
 impl TorchBackend {
     /// Wraps a loaded engine; `name` defaults to the model folder's name.
-    pub fn new(engine: Engine, name: Option<String>, permissions: wire::Permissions) -> TorchBackend {
+    pub fn new(engine: Engine, name: Option<String>) -> TorchBackend {
         let name = name.unwrap_or_else(|| engine.info().name.clone());
-        TorchBackend { engine, name, permissions }
+        TorchBackend { engine, name }
     }
 
     /// Loads the model `args` name (blocking: run it in `spawn_blocking` from async code).
-    pub fn load(args: &TorchWorkerArgs, permissions: wire::Permissions) -> Result<TorchBackend, TorchError> {
+    pub fn load(args: &TorchWorkerArgs) -> Result<TorchBackend, TorchError> {
         let engine = Engine::load(args.engine_options())?;
-        Ok(TorchBackend::new(engine, args.name.clone(), permissions))
+        Ok(TorchBackend::new(engine, args.name.clone()))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -51,7 +50,8 @@ impl TorchBackend {
             context_length: Some(info.context_length),
             backend: "torch".into(),
             owned_by: "switchyard".into(),
-            permissions: self.permissions.clone(),
+            // Permissions and limits are the operator's call; the worker runtime sets them.
+            permissions: Default::default(),
             limits: Default::default(),
             created: wire::now_ms() / 1000,
             last_seen_ms: 0,

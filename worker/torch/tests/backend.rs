@@ -10,7 +10,7 @@ use switchyard_worker::Backend;
 
 #[test]
 fn decoder_card() {
-    let backend = TorchBackend::new(load(tiny_llama(), None), None, wire::Permissions::default());
+    let backend = TorchBackend::new(load(tiny_llama(), None), None);
     assert_eq!(backend.name(), "torch");
     let cards = backend.models();
     assert_eq!(cards.len(), 1);
@@ -24,7 +24,7 @@ fn decoder_card() {
 
 #[test]
 fn encoder_card_with_a_chosen_name() {
-    let backend = TorchBackend::new(load(minilm(), None), Some("minilm".into()), wire::Permissions::default());
+    let backend = TorchBackend::new(load(minilm(), None), Some("minilm".into()));
     let card = &backend.models()[0];
     assert_eq!(card.name, "minilm");
     assert_eq!(card.kind, wire::ModelKind::Embedding);
@@ -41,7 +41,7 @@ fn worker_args_load_the_engine() {
     }
     let path = tiny_llama();
     let cli = Cli::parse_from(["x", "--model-path", path.to_str().unwrap(), "--name", "tl", "--dtype", "bf16"]);
-    let backend = TorchBackend::load(&cli.torch, wire::Permissions::default()).unwrap();
+    let backend = TorchBackend::load(&cli.torch).unwrap();
     assert_eq!(backend.models()[0].name, "tl");
     assert_eq!(backend.engine().info().dtype, DType::BF16);
 }
