@@ -132,7 +132,12 @@ impl JobHandle {
             return Err(ApiError::Internal("read past the end of a job".into()));
         }
         let wait = if self.started { self.jobs.idle_timeout } else { self.jobs.queue_timeout };
-        match tokio::time::timeout(wait, self.rx.recv()).await {
+        // Events often arrive together (one message holds several): no timer for those waiting.
+        let received = match self.rx.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(_) => tokio::time::timeout(wait, self.rx.recv()).await,
+        };
+        match received {
             Ok(Some(event)) => {
                 if matches!(event, EventBody::Started { .. }) {
                     self.started = true;
@@ -188,38 +193,38 @@ impl Drop for JobHandle {
 async fn route_events(jobs: std::sync::Weak<Jobs>, mut replies: async_nats::Subscriber) {
     while let Some(message) = replies.next().await {
         let Some(jobs) = jobs.upgrade() else { return };
-        let event: StreamEvent = match decode(&message.payload) {
-            Ok(event) => event,
+        let message: StreamEvent = match decode(&message.payload) {
+            Ok(message) => message,
             Err(e) => {
                 warn!(subject = %message.subject, error = %e, "undecodable event dropped");
                 continue;
             }
         };
         let mut inflight = jobs.inflight.lock().unwrap();
-        let Some(job) = inflight.get_mut(&event.job_id) else { continue };
-        if event.seq == OUT_OF_BAND_SEQ {
-            let _ = job.tx.send(event.body);
-            continue;
+        let Some(job) = inflight.get_mut(&message.job_id) else { continue };
+        if message.seq != OUT_OF_BAND_SEQ {
+            if message.seq < job.next_seq {
+                debug!(job_id = %message.job_id, seq = message.seq, "duplicate message dropped");
+                continue;
+            }
+            if message.seq > job.next_seq {
+                let text = format!(
+                    "Lost messages {}..{} of this job between worker and api; the output would be incomplete.",
+                    job.next_seq, message.seq
+                );
+                let _ = job.tx.send(EventBody::Error { code: ErrorCode::StreamGap, message: text });
+                job.next_seq = u64::MAX - 1;
+                continue;
+            }
+            job.next_seq += 1;
         }
-        if event.seq < job.next_seq {
-            debug!(job_id = %event.job_id, seq = event.seq, "duplicate event dropped");
-            continue;
+        for event in message.events {
+            if let EventBody::Delta { text, tokens, .. } = &event {
+                job.text.push_str(text);
+                job.tokens += tokens;
+            }
+            let _ = job.tx.send(event);
         }
-        if event.seq > job.next_seq {
-            let message = format!(
-                "Lost events {}..{} of this job between worker and api; the output would be incomplete.",
-                job.next_seq, event.seq
-            );
-            let _ = job.tx.send(EventBody::Error { code: ErrorCode::StreamGap, message });
-            job.next_seq = u64::MAX - 1;
-            continue;
-        }
-        job.next_seq += 1;
-        if let EventBody::Delta { text, tokens, .. } = &event.body {
-            job.text.push_str(text);
-            job.tokens += tokens;
-        }
-        let _ = job.tx.send(event.body);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod routes;
 pub mod validate;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::directory::Directory;
 use crate::jobs::Jobs;
 use crate::policy::Gate;
-use crate::routes::AppState;
+use crate::routes::ApiState;
 use crate::validate::Limits;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,14 +85,14 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
     }
     let gate = Gate::new(redis.clone(), options.no_auth, options.queue_timeout + options.idle_timeout);
     gate.watch_revocations(&nats).await?;
-    let state = AppState {
+    let state = Arc::new(ApiState {
         jobs,
         directory,
         gate,
         limits: Limits { max_n: options.max_n, max_embedding_inputs: options.max_embedding_inputs },
         nats,
         redis,
-    };
+    });
     let app = routes::router(state, options.body_limit).layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_broker::parse_duration;
 use switchyard_broker::registry::Registry;
-use switchyard_schemas::{ErrorCode, EventBody, JobEnvelope, OUT_OF_BAND_SEQ, StreamEvent, WIRE_VERSION, decode, encode, subject};
+use switchyard_schemas::{ErrorCode, EventBody, JobEnvelope, OUT_OF_BAND_SEQ, StreamEvent, decode, encode, subject};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -130,18 +130,17 @@ async fn dead_letter(js: &jetstream::Context, nats: &async_nats::Client, advisor
     let stream = js.get_stream(subject::JOBS_STREAM).await?;
     let message = stream.get_raw_message(advisory.stream_seq).await?;
     let envelope: JobEnvelope = decode(&message.payload)?;
-    let error = StreamEvent {
-        v: WIRE_VERSION,
-        job_id: envelope.id.clone(),
-        seq: OUT_OF_BAND_SEQ,
-        body: EventBody::Error {
+    let error = StreamEvent::single(
+        envelope.id.clone(),
+        OUT_OF_BAND_SEQ,
+        EventBody::Error {
             code: ErrorCode::MaxDeliveriesExceeded,
             message: format!(
                 "The job failed on {} workers in a row (each stopped without finishing it); it was moved to the dead letters.",
                 advisory.deliveries
             ),
         },
-    };
+    );
     nats.publish(envelope.reply_to.clone(), encode(&error)?.into()).await?;
     js.publish(subject::dead_letter(envelope.kind, &envelope.model), message.payload.clone()).await?.await?;
     stream.delete_message(advisory.stream_seq).await?;

@@ -1,9 +1,11 @@
 //! Stream events: what a worker publishes on a job's reply subject, in order.
 //!
 //! A job's events are `Started`, any number of `Delta`s (or `Embeddings`), then exactly one
-//! `Done` or `Error`. Core NATS has no flow control, so every event carries a sequence number
-//! (0, 1, 2, …): the receiver drops duplicates and turns a gap into an error, never into
-//! silently wrong text.
+//! `Done` or `Error`. They travel in [`StreamEvent`] messages of one or more events each: a
+//! worker sends whatever it has when NATS is ready for more, so a short job is one message
+//! and a fast stream is not one message per token. Core NATS has no flow control, so every
+//! message carries a sequence number (0, 1, 2, …): the receiver drops duplicates and turns a
+//! gap into an error, never into silently wrong text.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,12 +16,21 @@ use crate::codec::Versioned;
 /// dead-letter error): receivers accept it whatever sequence they expect next.
 pub const OUT_OF_BAND_SEQ: u64 = u64::MAX;
 
+/// One message on a job's reply subject: one or more of its events, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StreamEvent {
     pub v: u16,
     pub job_id: String,
+    /// Number of this message among the job's messages (not of its events).
     pub seq: u64,
-    pub body: EventBody,
+    pub events: Vec<EventBody>,
+}
+
+impl StreamEvent {
+    /// A message of a single event.
+    pub fn single(job_id: impl Into<String>, seq: u64, body: EventBody) -> Self {
+        Self { v: crate::WIRE_VERSION, job_id: job_id.into(), seq, events: vec![body] }
+    }
 }
 
 impl Versioned for StreamEvent {

@@ -24,7 +24,7 @@ pub use job::{ChatMessage, JobEnvelope, JobKind, JobRequest, ResumeState, Sampli
 pub use model::{ApiKeyRecord, ModelCard, ModelKind, Permissions, RateLimits, WorkerRecord};
 
 /// Version of the wire format. Bump on any change a previous reader would misread.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// Milliseconds since the Unix epoch: the one clock format on the wire.
 pub fn now_ms() -> u64 {

@@ -29,7 +29,7 @@
 pub mod openai;
 pub mod sse;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redis::AsyncCommands;
-use switchyard_schemas::{StreamEvent, WorkerRecord, decode, keys};
+use switchyard_schemas::{EventBody, StreamEvent, WorkerRecord, decode, keys};
 
 pub use reqwest;
 pub use serde_json::{Value, json};
@@ -974,10 +974,20 @@ async fn start_http_process(
     unreachable!()
 }
 
-/// Every [`StreamEvent`] published on `sy.reply.>` since the tap was created.
+/// One event seen on a reply subject, with the job and message it came in.
+#[derive(Debug, Clone)]
+pub struct TapEvent {
+    pub job_id: String,
+    pub seq: u64,
+    pub body: EventBody,
+}
+
+/// Every event published on `sy.reply.>` since the tap was created, one at a time (a
+/// message of several events is split).
 pub struct ReplyTap {
     subscriber: async_nats::Subscriber,
-    seen: Vec<(String, StreamEvent)>,
+    pending: VecDeque<TapEvent>,
+    seen: Vec<(String, TapEvent)>,
     _client: async_nats::Client,
 }
 
@@ -986,20 +996,26 @@ impl ReplyTap {
         let subscriber = client.subscribe("sy.reply.>").await.expect("subscribing to sy.reply.>");
         // The subscription must be in place on the server before the test publishes anything.
         client.flush().await.expect("flushing the subscription");
-        ReplyTap { subscriber, seen: Vec::new(), _client: client }
+        ReplyTap { subscriber, pending: VecDeque::new(), seen: Vec::new(), _client: client }
     }
 
     /// The next event, waiting at most `timeout`; panics on a message that does not decode.
-    pub async fn next(&mut self, timeout: Duration) -> Option<StreamEvent> {
-        let message = tokio::time::timeout(timeout, self.subscriber.next()).await.ok()??;
-        let event: StreamEvent = decode(&message.payload)
-            .unwrap_or_else(|e| panic!("undecodable event on {}: {e}", message.subject));
-        self.seen.push((message.subject.to_string(), event.clone()));
-        Some(event)
+    pub async fn next(&mut self, timeout: Duration) -> Option<TapEvent> {
+        while self.pending.is_empty() {
+            let message = tokio::time::timeout(timeout, self.subscriber.next()).await.ok()??;
+            let decoded: StreamEvent = decode(&message.payload)
+                .unwrap_or_else(|e| panic!("undecodable event on {}: {e}", message.subject));
+            for body in decoded.events {
+                let event = TapEvent { job_id: decoded.job_id.clone(), seq: decoded.seq, body };
+                self.seen.push((message.subject.to_string(), event.clone()));
+                self.pending.push_back(event);
+            }
+        }
+        self.pending.pop_front()
     }
 
     /// Waits up to `timeout` for an event matching `pred`, keeping all others in [`ReplyTap::seen`].
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&StreamEvent) -> bool) -> Option<StreamEvent> {
+    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&TapEvent) -> bool) -> Option<TapEvent> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1016,7 +1032,7 @@ impl ReplyTap {
     }
 
     /// Every event received so far, with its subject.
-    pub fn seen(&self) -> &[(String, StreamEvent)] {
+    pub fn seen(&self) -> &[(String, TapEvent)] {
         &self.seen
     }
 
@@ -1025,7 +1041,7 @@ impl ReplyTap {
         self.seen
             .iter()
             .filter_map(|(_, event)| match &event.body {
-                switchyard_schemas::EventBody::Started { worker_id, attempt, .. } => {
+                EventBody::Started { worker_id, attempt, .. } => {
                     Some((event.job_id.clone(), worker_id.clone(), *attempt))
                 }
                 _ => None,

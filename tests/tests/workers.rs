@@ -9,7 +9,7 @@ use serde_json::json;
 use switchyard_schemas::{EventBody, FinishReason};
 use switchyard_tests::openai::{Endpoint, assert_usage, chat_request, check_completion, check_stream, words};
 use switchyard_tests::sse::SseReader;
-use switchyard_tests::{Proc, Stack};
+use switchyard_tests::{Proc, Stack, eventually};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -227,4 +227,45 @@ async fn sigterm_drains_the_running_stream_and_exits_zero() {
     assert!(status.success(), "the drained worker exits 0, got {}", Proc::describe_exit(status));
     // A drained worker leaves the registry itself.
     assert!(!stack.registered_worker_ids().await.contains(&worker_id), "the worker is still in sy:workers");
+}
+
+/// A client that gives up while its job is still queued: the worker that pulls the job later
+/// skips it without running it — whether it heard the cancel announcement while busy with
+/// another job, or started after the cancel and finds the flag in Redis.
+#[tokio::test]
+async fn a_job_cancelled_while_queued_is_skipped_when_pulled() {
+    let stack = Stack::start().await;
+    let (worker, _) = stack.ready_worker(&["echo", "--slots", "1", "--delay", "20ms"], "echo").await;
+    let mut tap = stack.tap_replies().await;
+    let give_up_after = Duration::from_millis(300);
+    let abandon = |prompt: &'static str| {
+        let request = stack.http().post(stack.api_url(CHAT)).timeout(give_up_after).json(&chat_request("echo", prompt));
+        async move {
+            let outcome = request.send().await;
+            assert!(outcome.as_ref().is_err_and(|e| e.is_timeout()), "the request must still be queued when abandoned: {outcome:?}");
+        }
+    };
+    let skipped = |worker: &Proc| worker.log().matches("cancelled while queued; skipped").count();
+
+    // 1. The only slot is busy for ~1 s; the abandoned job waits behind it, and its cancel is
+    //    announced while it does.
+    let long_request = chat_request("echo", &words("busy", 50));
+    let busy = stack.post_json(CHAT, &long_request);
+    let (_, ()) = tokio::join!(busy, async {
+        tap.wait_for(Duration::from_secs(10), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the long job started");
+        abandon("heard about while queued").await;
+    });
+    eventually(Duration::from_secs(10), "the worker skips the abandoned job", || async { (skipped(&worker) == 1).then_some(()) }).await;
+
+    // 2. No worker at all while the next job is abandoned; the worker that starts afterwards
+    //    never heard the announcement and must read the flag.
+    worker.sigterm();
+    worker.wait_exit(Duration::from_secs(10)).await.expect("the worker exits on SIGTERM");
+    abandon("cancelled before any worker listened").await;
+    let (late, _) = stack.ready_worker(&["echo", "--slots", "1"], "echo").await;
+    eventually(Duration::from_secs(10), "the late worker skips the abandoned job", || async { (skipped(&late) == 1).then_some(()) }).await;
+
+    tap.drain(Duration::from_millis(200)).await;
+    let started = tap.started_by();
+    assert_eq!(started.len(), 1, "only the long job may start: {:?}", tap.seen());
 }

@@ -4,11 +4,12 @@
 //! A backend only implements [`Backend`]: say which models it serves and run one job. The
 //! [`runtime`] does everything else — one shared durable consumer per model, pulling only as
 //! many jobs as there are free slots, in-progress acks while a job runs, heartbeats into the
-//! registry, cancellation (Redis flag checked at pull, NATS announcement while running),
+//! registry, cancellation (NATS announcements, and the Redis flag where they may have been missed),
 //! resuming redelivered jobs where the dead worker stopped, and a graceful drain on SIGTERM.
 
 pub mod backend;
 pub mod backends;
+mod running;
 pub mod runtime;
 pub mod sink;
 

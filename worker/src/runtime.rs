@@ -1,8 +1,7 @@
 //! The worker runtime: everything between JetStream and a [`Backend`].
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -10,8 +9,8 @@ use futures::StreamExt;
 pub use switchyard_broker::parse_duration;
 use switchyard_broker::{cancel, jobs, registry::Registry};
 use switchyard_schemas::{
-    ErrorCode, EventBody, JobEnvelope, ModelCard, Permissions, RateLimits, ResumeState, WIRE_VERSION, WorkerRecord, decode, encode, now_ms,
-    subject,
+    ErrorCode, EventBody, JobEnvelope, ModelCard, Permissions, RateLimits, ResumeState, StreamEvent, WIRE_VERSION, WorkerRecord, decode,
+    encode, now_ms, subject,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backend::{Backend, BackendError, Job};
-use crate::sink::EventSink;
+use crate::running::{Heard, Pulled, RunningJobs};
+use crate::sink::{self, EventSink};
 
 /// Flags every worker shares, whatever its backend.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,8 +69,7 @@ struct Worker {
     nats: async_nats::Client,
     redis: redis::aio::ConnectionManager,
     options: RuntimeOptions,
-    /// Running jobs by id, so a cancel announcement reaches the right one.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    running: RunningJobs,
     busy: AtomicU32,
     /// Set when the drain timed out: cancelled jobs go back to the queue instead of ending.
     handing_back: AtomicBool,
@@ -108,7 +107,7 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
         nats: nats.clone(),
         redis: redis.clone(),
         options: options.clone(),
-        running: Mutex::new(HashMap::new()),
+        running: RunningJobs::new(),
         busy: AtomicU32::new(0),
         handing_back: AtomicBool::new(false),
     });
@@ -129,14 +128,29 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     info!(worker_id = %id, slots, models = ?models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker ready");
 
     let mut cancels = nats.subscribe(subject::CANCEL_ALL).await?;
+    nats.flush().await?;
+    read_cancel_baseline(&worker, &js).await;
     let watcher = {
         let worker = worker.clone();
         tokio::spawn(async move {
             while let Some(message) = cancels.next().await {
-                let Some(job_id) = subject::job_id_of(&message.subject) else { continue };
-                if let Some(token) = worker.running.lock().unwrap().get(&job_id) {
-                    info!(job_id, "cancel announced");
-                    token.cancel();
+                if let Some(job_id) = subject::job_id_of(&message.subject) {
+                    worker.running.announced(&job_id);
+                }
+            }
+        })
+    };
+    // Keeps running jobs alive in JetStream, and the cancel baseline current across reconnects.
+    let housekeeping = {
+        let worker = worker.clone();
+        let js = js.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(worker.options.ack_wait / 3);
+            loop {
+                ticker.tick().await;
+                worker.running.keep_alive(&worker.nats).await;
+                if worker.running.baseline_stale(worker.nats.statistics().connects.load(Ordering::SeqCst)) {
+                    read_cancel_baseline(&worker, &js).await;
                 }
             }
         })
@@ -180,13 +194,12 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     if tokio::time::timeout(options.drain_timeout, jobs.wait()).await.is_err() {
         warn!("drain timed out: handing running jobs back to the queue");
         worker.handing_back.store(true, Ordering::SeqCst);
-        for token in worker.running.lock().unwrap().values() {
-            token.cancel();
-        }
+        worker.running.cancel_all();
         jobs.wait().await;
     }
     heartbeat.abort();
     watcher.abort();
+    housekeeping.abort();
     registry.deregister(&id).await?;
     nats.flush().await?;
     info!("worker stopped");
@@ -276,17 +289,18 @@ async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: Own
             return;
         }
     };
-    let attempt = message.info().map(|info| info.delivered as u32).unwrap_or(1);
+    let (attempt, stream_seq) = message.info().map(|info| (info.delivered as u32, info.stream_sequence)).unwrap_or((1, 0));
     let span = info_span!("job", job_id = %envelope.id, model = %envelope.model, attempt);
     worker.busy.fetch_add(1, Ordering::Relaxed);
-    let outcome = run_job(&worker, envelope.clone(), attempt, &message).instrument(span).await;
+    let job_id = envelope.id.clone();
+    let outcome = run_job(&worker, envelope, attempt, stream_seq, message.reply.clone()).instrument(span).await;
     worker.busy.fetch_sub(1, Ordering::Relaxed);
     let ack = match outcome {
         Outcome::Finished => AckKind::Ack,
         Outcome::HandedBack => AckKind::Nak(None),
     };
     if let Err(e) = message.ack_with(ack).await {
-        warn!(job_id = %envelope.id, error = %e, "acknowledging job failed");
+        warn!(job_id, error = %e, "acknowledging job failed");
     }
 }
 
@@ -297,25 +311,32 @@ enum Outcome {
     HandedBack,
 }
 
-async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, message: &jetstream::Message) -> Outcome {
+async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stream_seq: u64, ack_subject: Option<async_nats::Subject>) -> Outcome {
     let job_id = envelope.id.clone();
     let cancel = CancellationToken::new();
-    // Register before checking the flag: a cancel announced in between still lands.
-    worker.running.lock().unwrap().insert(job_id.clone(), cancel.clone());
+    let pulled = Pulled { job_id: &job_id, attempt, stream_seq, created_ms: envelope.created_ms };
+    let connects = worker.nats.statistics().connects.load(Ordering::SeqCst);
+    // Registered before anything else: a cancel announced from here on fires `cancel`.
+    let heard = worker.running.start(&pulled, connects, cancel.clone(), ack_subject);
     let _unregister = Unregister { worker, job_id: &job_id };
 
-    if envelope.deadline_ms.is_some_and(|deadline| deadline < now_ms()) {
-        info!("deadline passed before the job started; skipped");
-        publish_alone(worker, &envelope, 0, EventBody::Error { code: ErrorCode::DeadlineExceeded, message: "the job's deadline passed before a worker could start it".into() }).await;
+    let cancelled_while_queued = match heard {
+        Heard::Cancelled => true,
+        Heard::NotCancelled => false,
+        Heard::AskRedis => cancel::is_cancelled(&worker.redis, &job_id).await.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the cancel flag; running the job");
+            false
+        }),
+    };
+    if cancelled_while_queued {
+        info!("cancelled while queued; skipped");
         return Outcome::Finished;
     }
-    match cancel::is_cancelled(&worker.redis, &job_id).await {
-        Ok(true) => {
-            info!("cancelled while queued; skipped");
-            return Outcome::Finished;
-        }
-        Ok(false) => {}
-        Err(e) => warn!(error = %e, "cannot read the cancel flag; running the job"),
+    if envelope.deadline_ms.is_some_and(|deadline| deadline < now_ms()) {
+        info!("deadline passed before the job started; skipped");
+        let error = EventBody::Error { code: ErrorCode::DeadlineExceeded, message: "the job's deadline passed before a worker could start it".into() };
+        publish_alone(worker, &envelope, error).await;
+        return Outcome::Finished;
     }
     let resume = if attempt > 1 {
         match ask_resume(worker, &envelope).await {
@@ -330,49 +351,35 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, mess
     };
 
     let first_seq = resume.as_ref().map_or(0, |state| state.next_seq);
-    let (sink, publisher) = EventSink::start(worker.nats.clone(), job_id.clone(), envelope.reply_to.clone(), first_seq);
-    sink.send(EventBody::Started { worker_id: worker.id.clone(), attempt, prompt_tokens: None });
-
-    // Tell JetStream the job is alive well before its ack wait runs out.
-    let keepalive = {
-        let every = worker.options.ack_wait / 3;
-        let ack_subject = message.reply.clone();
-        let nats = worker.nats.clone();
-        tokio::spawn(async move {
-            let Some(ack_subject) = ack_subject else { return };
-            let mut ticker = tokio::time::interval(every);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let _ = nats.publish(ack_subject.clone(), AckKind::Progress.into()).await;
-            }
-        })
-    };
-
+    let reply_to = async_nats::Subject::from(envelope.reply_to.as_str());
+    let (sink, events) = EventSink::new();
     let job = Job { envelope, attempt, resume };
-    let backend = worker.backend.clone();
-    // A panicking backend must still produce an error event and free its slot.
-    let result = {
-        let sink = &sink;
-        let cancel = cancel.clone();
-        match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(backend.run(job, sink, cancel))).await {
+    // The backend and the publisher share this task: what the backend produced by the time it
+    // waits (or ends) goes out as one message.
+    let produce = async {
+        sink.send(EventBody::Started { worker_id: worker.id.clone(), attempt, prompt_tokens: None });
+        let backend = worker.backend.clone();
+        // A panicking backend must still produce an error event and free its slot.
+        let run = std::panic::AssertUnwindSafe(backend.run(job, &sink, cancel.clone()));
+        let result = match futures::FutureExt::catch_unwind(run).await {
             Ok(result) => result,
             Err(_) => Err(BackendError::new(ErrorCode::BackendError, "the backend panicked while running this job")),
-        }
-    };
-    keepalive.abort();
-
-    let handed_back = worker.handing_back.load(Ordering::SeqCst) && cancel.is_cancelled();
-    if !handed_back {
-        match result {
-            Ok(ref finish) => sink.send(EventBody::Done { finish_reason: finish.reason, usage: finish.usage }),
-            Err(ref error) => {
-                warn!(code = error.code.as_str(), message = %error.message, "job failed");
-                sink.send(EventBody::Error { code: error.code, message: error.message.clone() });
+        };
+        let handed_back = worker.handing_back.load(Ordering::SeqCst) && cancel.is_cancelled();
+        if !handed_back {
+            match result {
+                Ok(finish) => sink.send(EventBody::Done { finish_reason: finish.reason, usage: finish.usage }),
+                Err(error) => {
+                    warn!(code = error.code.as_str(), message = %error.message, "job failed");
+                    sink.send(EventBody::Error { code: error.code, message: error.message });
+                }
             }
         }
-    }
-    publisher.finish(sink).await;
+        drop(sink);
+        handed_back
+    };
+    let publish = sink::publish(&worker.nats, &job_id, reply_to, first_seq, events);
+    let (handed_back, ()) = futures::future::join(produce, publish).await;
     if handed_back {
         info!("handed back to the queue");
         Outcome::HandedBack
@@ -381,6 +388,19 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, mess
             info!("cancelled while running");
         }
         Outcome::Finished
+    }
+}
+
+/// Reads which jobs were published before this worker could hear their cancellation.
+async fn read_cancel_baseline(worker: &Worker, js: &jetstream::Context) {
+    let connects = worker.nats.statistics().connects.load(Ordering::SeqCst);
+    let last_seq = match js.get_stream(subject::JOBS_STREAM).await {
+        Ok(mut stream) => stream.info().await.map(|info| info.state.last_sequence).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match last_seq {
+        Ok(last_seq) => worker.running.listening_after(last_seq, connects),
+        Err(e) => warn!(error = %e, "cannot read the job stream's state; cancel flags are read from Redis until it can"),
     }
 }
 
@@ -393,9 +413,9 @@ async fn ask_resume(worker: &Worker, envelope: &JobEnvelope) -> Option<ResumeSta
     }
 }
 
-/// Publishes a single event for a job that never reached a backend.
-async fn publish_alone(worker: &Worker, envelope: &JobEnvelope, seq: u64, body: EventBody) {
-    let event = switchyard_schemas::StreamEvent { v: WIRE_VERSION, job_id: envelope.id.clone(), seq, body };
+/// Publishes the only event of a job that never reached a backend.
+async fn publish_alone(worker: &Worker, envelope: &JobEnvelope, body: EventBody) {
+    let event = StreamEvent::single(envelope.id.clone(), 0, body);
     if let Ok(bytes) = encode(&event) {
         let _ = worker.nats.publish(envelope.reply_to.clone(), bytes.into()).await;
     }
@@ -408,7 +428,7 @@ struct Unregister<'a> {
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
-        self.worker.running.lock().unwrap().remove(self.job_id);
+        self.worker.running.finish(self.job_id);
     }
 }
 

@@ -1,29 +1,32 @@
-//! Where a backend writes a job's output.
+//! Where a backend writes a job's output, and how it reaches the job's reply subject.
 //!
-//! Events go through a per-job publisher task that numbers them and, when the backend produces
-//! text faster than NATS takes it, merges the deltas waiting in its queue into one message.
-//! The first token is never held back: the publisher sends whatever is there the moment it
-//! wakes, so merging only happens under backlog.
+//! A backend writes to an [`EventSink`] without waiting; the runtime runs [`publish`] beside
+//! the backend in the job's own task. Each time it is polled it sends everything waiting as
+//! one message: a short job (started, its text, done) is a single NATS message, a backend
+//! that produces text faster than NATS takes it has its deltas merged, and the first token
+//! is never held back, because nothing waits for more to arrive.
 
+use async_nats::Subject;
 use switchyard_schemas::{EventBody, StreamEvent, TokenLogprob, WIRE_VERSION, encode};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+/// A message stops taking further events at about this size, well below NATS's default
+/// 1 MiB payload limit. A single event may be bigger (it is never split).
+const MESSAGE_BUDGET: usize = 256 * 1024;
 
 pub struct EventSink {
     tx: mpsc::UnboundedSender<EventBody>,
 }
 
-/// The publishing half, owned by the runtime.
-pub(crate) struct Publisher {
-    task: JoinHandle<()>,
+/// The receiving half of an [`EventSink`], drained by [`publish`].
+pub(crate) struct EventQueue {
+    rx: mpsc::UnboundedReceiver<EventBody>,
 }
 
 impl EventSink {
-    /// Starts the publisher for one job; events are numbered from `first_seq`.
-    pub(crate) fn start(nats: async_nats::Client, job_id: String, reply_to: String, first_seq: u64) -> (EventSink, Publisher) {
+    pub(crate) fn new() -> (EventSink, EventQueue) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(publish_events(nats, job_id, reply_to, first_seq, rx));
-        (EventSink { tx }, Publisher { task })
+        (EventSink { tx }, EventQueue { rx })
     }
 
     /// Streams generated text that holds `tokens` tokens (0 for text held back earlier by
@@ -39,7 +42,7 @@ impl EventSink {
 
     /// Sends embedding vectors for inputs starting at `first_index`.
     pub fn embeddings(&self, first_index: u32, vectors: Vec<Vec<f32>>) {
-        // Keep each message well below NATS's payload limit.
+        // Keep each event well below NATS's payload limit.
         const PER_EVENT: usize = 64;
         for (i, chunk) in vectors.chunks(PER_EVENT).enumerate() {
             self.send(EventBody::Embeddings { first_index: first_index + (i * PER_EVENT) as u32, vectors: chunk.to_vec() });
@@ -47,65 +50,83 @@ impl EventSink {
     }
 
     pub(crate) fn send(&self, body: EventBody) {
-        // The receiver lives until the runtime closes the sink; a send after that is a bug in
-        // the runtime, not something a backend can cause.
+        // The queue lives until the runtime has published the job's last event; a send after
+        // that is a bug in the runtime, not something a backend can cause.
         let _ = self.tx.send(body);
     }
 }
 
-impl Publisher {
-    /// Waits until every event sent through `sink` is handed to NATS.
-    pub(crate) async fn finish(self, sink: EventSink) {
-        drop(sink);
-        let _ = self.task.await;
+/// Publishes a job's events until every [`EventSink`] of `queue` is dropped and the queue is
+/// empty. Messages are numbered from `first_seq`.
+pub(crate) async fn publish(nats: &async_nats::Client, job_id: &str, reply_to: Subject, first_seq: u64, mut queue: EventQueue) {
+    let mut seq = first_seq;
+    while let Some(first) = queue.rx.recv().await {
+        let mut size = approximate_size(&first);
+        let mut events = vec![first];
+        while size < MESSAGE_BUDGET {
+            let Ok(next) = queue.rx.try_recv() else { break };
+            size += approximate_size(&next);
+            if let Some(unmerged) = merge_delta(events.last_mut().expect("never empty"), next) {
+                events.push(unmerged);
+            }
+        }
+        let message = StreamEvent { v: WIRE_VERSION, job_id: job_id.to_string(), seq, events };
+        seq += 1;
+        match encode(&message) {
+            Ok(bytes) => {
+                if let Err(e) = nats.publish(reply_to.clone(), bytes.into()).await {
+                    tracing::warn!(job_id, error = %e, "publishing events failed");
+                }
+            }
+            Err(e) => tracing::error!(job_id, error = %e, "encoding events failed"),
+        }
     }
 }
 
-async fn publish_events(
-    nats: async_nats::Client,
-    job_id: String,
-    reply_to: String,
-    mut seq: u64,
-    mut rx: mpsc::UnboundedReceiver<EventBody>,
-) {
-    let mut held: Option<EventBody> = None;
-    loop {
-        let body = match held.take() {
-            Some(body) => body,
-            None => match rx.recv().await {
-                Some(body) => body,
-                None => break,
-            },
-        };
-        let body = match body {
-            EventBody::Delta { mut text, mut tokens, mut logprobs } => {
-                // Merge the deltas already waiting; stop at the first event of another kind.
-                while let Ok(next) = rx.try_recv() {
-                    match next {
-                        EventBody::Delta { text: more, tokens: more_tokens, logprobs: more_logprobs } => {
-                            text.push_str(&more);
-                            tokens += more_tokens;
-                            logprobs.extend(more_logprobs);
-                        }
-                        other => {
-                            held = Some(other);
-                            break;
-                        }
-                    }
-                }
-                EventBody::Delta { text, tokens, logprobs }
-            }
-            other => other,
-        };
-        let event = StreamEvent { v: WIRE_VERSION, job_id: job_id.clone(), seq, body };
-        seq += 1;
-        match encode(&event) {
-            Ok(bytes) => {
-                if let Err(e) = nats.publish(reply_to.clone(), bytes.into()).await {
-                    tracing::warn!(job_id, error = %e, "publishing event failed");
-                }
-            }
-            Err(e) => tracing::error!(job_id, error = %e, "encoding event failed"),
+/// Appends `next` to `last` when both are text; otherwise gives `next` back.
+fn merge_delta(last: &mut EventBody, next: EventBody) -> Option<EventBody> {
+    match (last, next) {
+        (
+            EventBody::Delta { text, tokens, logprobs },
+            EventBody::Delta { text: more_text, tokens: more_tokens, logprobs: more_logprobs },
+        ) => {
+            text.push_str(&more_text);
+            *tokens += more_tokens;
+            logprobs.extend(more_logprobs);
+            None
         }
+        (_, next) => Some(next),
+    }
+}
+
+/// Roughly the encoded size of an event, to keep messages bounded.
+fn approximate_size(event: &EventBody) -> usize {
+    match event {
+        EventBody::Delta { text, logprobs, .. } => 16 + text.len() + logprobs.len() * 48,
+        EventBody::Embeddings { vectors, .. } => 16 + vectors.iter().map(|v| 4 + v.len() * 5).sum::<usize>(),
+        EventBody::Error { message, .. } => 32 + message.len(),
+        EventBody::Started { .. } | EventBody::Done { .. } => 64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_schemas::{FinishReason, Usage};
+
+    use super::*;
+
+    fn delta(text: &str) -> EventBody {
+        EventBody::Delta { text: text.into(), tokens: 1, logprobs: Vec::new() }
+    }
+
+    #[test]
+    fn consecutive_deltas_merge_and_other_events_do_not() {
+        let mut last = delta("a");
+        assert_eq!(merge_delta(&mut last, delta("b")), None);
+        assert_eq!(last, EventBody::Delta { text: "ab".into(), tokens: 2, logprobs: Vec::new() });
+        let done = EventBody::Done { finish_reason: FinishReason::Stop, usage: Usage::default() };
+        assert_eq!(merge_delta(&mut last, done.clone()), Some(done.clone()));
+        let mut last = done.clone();
+        assert_eq!(merge_delta(&mut last, delta("c")), Some(delta("c")));
     }
 }

@@ -24,8 +24,10 @@ use crate::jobs::Jobs;
 use crate::policy::{Caller, Gate};
 use crate::validate::Limits;
 
-#[derive(Clone)]
-pub struct AppState {
+/// What every handler shares; behind one `Arc` so that handing it to a request is one count.
+pub type AppState = Arc<ApiState>;
+
+pub struct ApiState {
     pub jobs: Arc<Jobs>,
     pub directory: Directory,
     pub gate: Arc<Gate>,
@@ -34,7 +36,7 @@ pub struct AppState {
     pub redis: redis::aio::ConnectionManager,
 }
 
-impl AppState {
+impl ApiState {
     /// The model a request names, if the caller may use it (otherwise it does not exist, as far
     /// as this caller can tell), and if it serves `kind`.
     pub async fn model_for(&self, caller: &Caller, name: &str, kind: ModelKind) -> Result<ModelEntry, ApiError> {
