@@ -66,6 +66,10 @@ struct EchoOptions {
     /// nats, redis, scheduler, all), e.g. `--env api:TOKIO_WORKER_THREADS=1 --env nats:GOMAXPROCS=1`.
     #[arg(long, value_parser = parse_env)]
     env: Vec<(String, String, String)>,
+    /// Start every part with a thread per core (each part's default on a machine of its own)
+    /// instead of the share of this machine that `switchyard dev` gives it.
+    #[arg(long)]
+    thread_per_core: bool,
     /// Folder for nats-server's JetStream data (e.g. /dev/shm); default: the bench's temp folder.
     #[arg(long)]
     nats_store: Option<PathBuf>,
@@ -216,6 +220,7 @@ async fn run(options: EchoOptions) -> anyhow::Result<()> {
                 no_auth: options.no_auth,
                 key_args: options.key_limits.clone(),
                 env: options.env.clone(),
+                thread_per_core: options.thread_per_core,
                 nats_store: options.nats_store.clone(),
             })?;
             let url = stack.api_url.clone();
@@ -811,6 +816,14 @@ impl Report {
             format!("API key with limits {}", options.key_limits.join(" "))
         };
         line(format!("- api: {url}; {auth}; model `echo` at zero delay; message {:?}", options.message));
+        if options.url.is_none() {
+            let shared = switchyard_broker::SharedMachine::this_machine();
+            line(if options.thread_per_core {
+                "- threads: every part a thread per core (--thread-per-core)".to_string()
+            } else {
+                format!("- threads: as `switchyard dev` shares this machine: {} per part, {} for nats-server", shared.part_threads, shared.nats_threads)
+            });
+        }
         if !options.env.is_empty() || options.nats_store.is_some() {
             let env: Vec<String> = options.env.iter().map(|(p, n, v)| format!("{p}:{n}={v}")).collect();
             line(format!("- stack variations: env [{}]; JetStream store {}", env.join(" "), options.nats_store.as_ref().map_or("temp folder".into(), |p| p.display().to_string())));

@@ -54,6 +54,8 @@ pub struct StackOptions {
     pub env: Vec<(String, String, String)>,
     /// Where nats-server keeps JetStream data (default: the bench's temporary folder).
     pub nats_store: Option<PathBuf>,
+    /// Let every part start a thread per core instead of the share `switchyard dev` gives it.
+    pub thread_per_core: bool,
 }
 
 impl Stack {
@@ -68,7 +70,15 @@ impl Stack {
             None => dir.join("nats"),
         };
         std::fs::create_dir_all(&nats_store)?;
+        let shared = switchyard_broker::SharedMachine::this_machine();
         let env = |part: &str, command: &mut Command| {
+            if !options.thread_per_core {
+                match part {
+                    "nats" => command.envs(shared.nats_env()),
+                    "redis" => command,
+                    _ => command.envs(shared.part_env()),
+                };
+            }
             for (p, name, value) in &options.env {
                 if p == part || p == "all" {
                     command.env(name, value);

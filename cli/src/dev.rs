@@ -62,13 +62,15 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     let redis_url = format!("redis://{}:{}", options.host, options.redis_port);
     let mut broker = Vec::new();
     let mut parts = Vec::new();
+    let shared = switchyard_broker::SharedMachine::this_machine();
     let result = async {
         let nats_data = home.join("nats");
         std::fs::create_dir_all(&nats_data)?;
         let mut nats = Command::new(find_tool("nats-server", &home)?);
         nats.args(["-js", "-a", &options.host, "-p", &options.nats_port.to_string(), "-sd"])
             .arg(&nats_data)
-            .args(["-n", "switchyard-dev"]);
+            .args(["-n", "switchyard-dev"])
+            .envs(shared.nats_env());
         broker.push(spawn("nats-server", &mut nats, &logs)?);
         let redis_data = home.join("redis");
         std::fs::create_dir_all(&redis_data)?;
@@ -82,23 +84,29 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         wait_for_port(&options.host, options.redis_port, "redis-server").await?;
 
         let me = std::env::current_exe()?;
+        // Every part started from here runs with its share of the machine's threads.
+        let part = |args: &[&str]| {
+            let mut command = Command::new(&me);
+            command.args(args).envs(shared.part_env());
+            command
+        };
         let urls = ["--nats-url", &nats_url, "--redis-url", &redis_url];
         let api_listen = format!("{}:{}", options.host, options.api_port);
         let scheduler_listen = format!("{}:{}", options.host, options.scheduler_port);
         let key = if options.no_auth { None } else { Some(dev_api_key(&home, &redis_url).await?) };
-        let mut api = Command::new(&me);
-        api.arg("api").args(urls).args(["--listen", &api_listen]);
+        let mut api = part(&["api"]);
+        api.args(urls).args(["--listen", &api_listen]);
         if options.no_auth {
             api.arg("--no-auth");
         }
         parts.push(spawn("api", &mut api, &logs)?);
-        parts.push(spawn("scheduler", Command::new(&me).arg("scheduler").args(urls).args(["--listen", &scheduler_listen]), &logs)?);
+        parts.push(spawn("scheduler", part(&["scheduler"]).args(urls).args(["--listen", &scheduler_listen]), &logs)?);
         let mut models = Vec::new();
         if !options.no_workers {
-            parts.push(spawn("worker-echo", Command::new(&me).args(["worker", "echo"]).args(urls), &logs)?);
+            parts.push(spawn("worker-echo", part(&["worker", "echo"]).args(urls), &logs)?);
             models.push("echo (chat, debug)".to_string());
             models.push("echo-embedding (embeddings, debug)".to_string());
-            parts.push(spawn("worker-dummy", Command::new(&me).args(["worker", "dummy"]).args(urls), &logs)?);
+            parts.push(spawn("worker-dummy", part(&["worker", "dummy"]).args(urls), &logs)?);
             models.push("dummy (chat, debug)".to_string());
             if cfg!(feature = "torch") {
                 for (folder, kind) in [(&options.chat_model, "chat"), (&options.embedding_model, "embeddings")] {
@@ -107,8 +115,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                         tracing::warn!("{} not found: run scripts/setup.sh to install it; not serving {name}", folder.display());
                         continue;
                     }
-                    let mut worker = Command::new(&me);
-                    worker.args(["worker", "torch", "--model-path"]).arg(folder).args(urls);
+                    let mut worker = part(&["worker", "torch", "--model-path"]);
+                    worker.arg(folder).args(urls);
                     parts.push(spawn(&format!("worker-{name}"), &mut worker, &logs)?);
                     models.push(format!("{name} ({kind}, torch)"));
                 }
@@ -121,6 +129,10 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         println!("  nats        {nats_url}   (JetStream data in {})", nats_data.display());
         println!("  redis       {redis_url}");
         println!("  scheduler   http://{scheduler_listen}/health");
+        println!(
+            "  threads     {} per part, {} for nats-server (this machine's share; SWITCHYARD_THREADS / GOMAXPROCS override)",
+            shared.part_threads, shared.nats_threads
+        );
         for model in &models {
             println!("  model       {model}");
         }

@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Serve models to many clients through a message queue.")]
 struct Cli {
+    /// Runtime threads for this process (default: one per core). `switchyard dev` sets it for
+    /// the parts it starts when they share a small machine.
+    #[arg(long, global = true, env = "SWITCHYARD_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,7 +53,11 @@ fn main() -> anyhow::Result<()> {
     if let Command::Generate(args) = cli.command {
         return switchyard_torch::run_generate(args);
     }
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal();
         match cli.command {
