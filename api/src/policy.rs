@@ -242,12 +242,7 @@ impl Admission {
             return;
         }
         self.settled = true;
-        let (gate, limits, member) = (self.gate.clone(), std::mem::take(&mut self.limits), self.member.clone());
-        tokio::spawn(async move {
-            if let Err(e) = gate.limiter.settle(&limits, &member, token_delta).await {
-                tracing::warn!(error = %e, "settling a rate-limit charge failed");
-            }
-        });
+        self.gate.limiter.settle(&self.limits, &self.member, token_delta);
     }
 }
 

@@ -5,8 +5,18 @@
 //!   span ever lets more than the limit through — not even across a minute boundary.
 //! * Tokens per minute: a token bucket holding up to the limit and refilling at limit/60 s.
 //!   A request is charged its estimate up front and corrected to its real usage afterwards.
+//!   A correction is a plain `HINCRBY` of the bucket's `adj` field, which the next charge
+//!   folds in: settling runs no script.
 //! * Concurrent requests: a sorted set of running request ids, each with an expiry so a
 //!   crashed api replica cannot leak slots forever.
+//!
+//! Settling costs no round trip of its own: corrections wait (at most [`SETTLE_DELAY`]) for
+//! the next admission of this replica and go in the same pipeline, ahead of its script, so
+//! a slot freed here is free for the next request here. A busy replica thus makes one Redis
+//! round trip per request, not two.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use switchyard_schemas::now_ms;
@@ -78,10 +88,12 @@ for i = 1, n do
     if oldest[2] then reset = tonumber(oldest[2]) + 60000 - now end
     if count + cost > limit and refused == 0 then refused, retry = i, math.max(reset, 1) end
   elseif kind == "bucket" then
-    local state = redis.call("HMGET", key, "tokens", "ts")
+    local state = redis.call("HMGET", key, "tokens", "ts", "adj")
     local tokens = tonumber(state[1]) or limit
     local ts = tonumber(state[2]) or now
     tokens = math.min(limit, tokens + (now - ts) * limit / 60000)
+    -- Corrections settled since the last charge (refunds are positive).
+    tokens = math.min(limit, tokens + (tonumber(state[3]) or 0))
     remaining = math.floor(tokens)
     reset = math.ceil((limit - tokens) * 60000 / limit)
     if cost > tokens and refused == 0 then
@@ -107,7 +119,7 @@ if refused == 0 then
       if states[i][2] == 0 then states[i][2] = 60000 end
     elseif kind == "bucket" then
       local tokens = states[n + i] - cost
-      redis.call("HSET", key, "tokens", tokens, "ts", now)
+      redis.call("HSET", key, "tokens", tokens, "ts", now, "adj", 0)
       redis.call("PEXPIRE", key, 120000)
       states[i][2] = math.ceil((limit - tokens) * 60000 / limit)
     else
@@ -125,46 +137,65 @@ end
 return out
 "#;
 
-/// Puts tokens back into (or takes more from) a bucket, and frees a concurrency slot.
-const SETTLE: &str = r#"
-local now = tonumber(ARGV[1])
-local member = ARGV[2]
-for i = 1, #KEYS do
-  local kind, limit, delta = ARGV[3*i], tonumber(ARGV[3*i + 1]), tonumber(ARGV[3*i + 2])
-  local key = KEYS[i]
-  if kind == "bucket" then
-    local state = redis.call("HMGET", key, "tokens", "ts")
-    if state[1] then
-      local tokens = math.min(limit, tonumber(state[1]) + (now - tonumber(state[2])) * limit / 60000)
-      redis.call("HSET", key, "tokens", math.min(limit, tokens - delta), "ts", now)
-    end
-  elseif kind == "conc" then
-    redis.call("ZREM", key, member)
-  end
-end
-return 0
-"#;
+/// How long an untouched token bucket is kept (it is full again after 60 s anyway).
+const BUCKET_TTL_MS: i64 = 120_000;
+
+/// The longest a correction waits for an admission to ride along with.
+/// Another replica sees a freed slot this much later at most; long enough that a replica
+/// serving a request every few milliseconds wakes for it only now and then.
+pub const SETTLE_DELAY: Duration = Duration::from_millis(20);
 
 pub struct RateLimiter {
     redis: ConnectionManager,
     admit: redis::Script,
-    settle: redis::Script,
+    corrections: Arc<Mutex<Corrections>>,
+}
+
+/// Settled corrections not sent yet.
+#[derive(Default)]
+struct Corrections {
+    pipe: redis::Pipeline,
+    count: usize,
+    /// A task will send them after [`SETTLE_DELAY`] unless an admission takes them first.
+    flush_scheduled: bool,
+}
+
+impl Corrections {
+    fn take(&mut self) -> redis::Pipeline {
+        self.count = 0;
+        std::mem::take(&mut self.pipe)
+    }
 }
 
 impl RateLimiter {
     pub fn new(redis: ConnectionManager) -> Self {
-        Self { redis, admit: redis::Script::new(ADMIT), settle: redis::Script::new(SETTLE) }
+        Self { redis, admit: redis::Script::new(ADMIT), corrections: Arc::default() }
     }
 
     /// Checks and charges `limits` for one request identified by `member`. Concurrency slots
     /// expire after `concurrency_ttl_ms` if never settled.
     pub async fn admit(&self, limits: &[Limit], member: &str, concurrency_ttl_ms: u64) -> Result<Decision, BrokerError> {
-        let mut invocation = self.admit.prepare_invoke();
-        invocation.arg(now_ms()).arg(member).arg(concurrency_ttl_ms);
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(self.admit.get_hash()).arg(limits.len());
         for limit in limits {
-            invocation.key(&limit.key).arg(limit.kind.as_str()).arg(limit.limit).arg(limit.cost);
+            evalsha.arg(&limit.key);
         }
-        let out: Vec<i64> = invocation.invoke_async(&mut self.redis.clone()).await?;
+        evalsha.arg(now_ms()).arg(member).arg(concurrency_ttl_ms);
+        for limit in limits {
+            evalsha.arg(limit.kind.as_str()).arg(limit.limit).arg(limit.cost);
+        }
+        let mut pipe = self.corrections.lock().unwrap().take();
+        pipe.add_command(evalsha.clone());
+        let mut redis = self.redis.clone();
+        let out: Vec<i64> = match pipe.query_async::<(Vec<i64>,)>(&mut redis).await {
+            Ok((out,)) => out,
+            // The corrections ran; the script is not loaded yet (a new or flushed Redis).
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.admit.load_async(&mut redis).await?;
+                evalsha.query_async(&mut redis).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let refused = (out[0] > 0).then(|| out[0] as usize - 1);
         let retry_after_ms = if out[1] < 0 { None } else { Some(out[1] as u64) };
         let states = out[2..].chunks(2).map(|pair| LimitState { remaining: pair[0], reset_ms: pair[1].max(0) as u64 }).collect();
@@ -172,21 +203,56 @@ impl RateLimiter {
     }
 
     /// After the request: corrects token buckets by `delta` (actual − charged; negative
-    /// refunds) and frees the request's concurrency slots.
-    pub async fn settle(&self, limits: &[Limit], member: &str, token_delta: i64) -> Result<(), BrokerError> {
-        let mut invocation = self.settle.prepare_invoke();
-        invocation.arg(now_ms()).arg(member);
-        let mut any = false;
+    /// refunds) and frees the request's concurrency slots — with the next admission, or
+    /// within [`SETTLE_DELAY`]. Call it inside a Tokio runtime.
+    pub fn settle(&self, limits: &[Limit], member: &str, token_delta: i64) {
+        let mut corrections = self.corrections.lock().unwrap();
+        let before = corrections.count;
         for limit in limits {
-            if limit.kind == LimitKind::RequestsPerMinute {
-                continue;
+            match limit.kind {
+                LimitKind::TokensPerMinute if token_delta != 0 => {
+                    corrections.pipe.hincr(&limit.key, "adj", -token_delta).ignore();
+                    // Same lifetime as a charged bucket (the admit script), so a correction to a
+                    // bucket that expired meanwhile does not linger either.
+                    corrections.pipe.pexpire(&limit.key, BUCKET_TTL_MS).ignore();
+                }
+                LimitKind::Concurrent => {
+                    corrections.pipe.zrem(&limit.key, member).ignore();
+                }
+                _ => continue,
             }
-            any = true;
-            invocation.key(&limit.key).arg(limit.kind.as_str()).arg(limit.limit).arg(token_delta);
+            corrections.count += 1;
         }
-        if any {
-            let _: i64 = invocation.invoke_async(&mut self.redis.clone()).await?;
+        if corrections.count == before || corrections.flush_scheduled {
+            return;
         }
+        corrections.flush_scheduled = true;
+        let (pending, mut redis) = (self.corrections.clone(), self.redis.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(SETTLE_DELAY).await;
+            let pipe = {
+                let mut pending = pending.lock().unwrap();
+                pending.flush_scheduled = false;
+                if pending.count == 0 {
+                    return;
+                }
+                pending.take()
+            };
+            if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+                tracing::warn!(error = %e, "settling rate-limit charges failed; concurrency slots free themselves when they expire");
+            }
+        });
+    }
+
+    /// Sends the corrections still waiting (tests, shutdown).
+    pub async fn flush(&self) -> Result<(), BrokerError> {
+        let mut corrections = self.corrections.lock().unwrap();
+        if corrections.count == 0 {
+            return Ok(());
+        }
+        let pipe = corrections.take();
+        drop(corrections);
+        let () = pipe.query_async(&mut self.redis.clone()).await?;
         Ok(())
     }
 }

@@ -4,7 +4,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use switchyard_broker::apikeys::{ApiKeys, KeySpec, hash_secret};
-use switchyard_broker::ratelimit::{Limit, LimitKind, RateLimiter};
+use switchyard_broker::ratelimit::{Limit, LimitKind, RateLimiter, SETTLE_DELAY};
 
 struct Redis(Child, u16);
 
@@ -73,7 +73,7 @@ async fn a_refused_limit_charges_nothing_else() {
     // its real usage (30 instead of 80), which refunds 50.
     let bigger = limit(LimitKind::TokensPerMinute, "rl:tok", 100, 60);
     assert_eq!(limiter.admit(&[bigger.clone()], "d", 60_000).await.unwrap().refused, Some(0));
-    limiter.settle(&[tokens.clone()], "a", 30 - 80).await.unwrap();
+    limiter.settle(&[tokens.clone()], "a", 30 - 80);
     let third = limiter.admit(&[bigger], "d", 60_000).await.unwrap();
     assert_eq!(third.refused, None, "{third:?}");
     assert!((10..=12).contains(&third.states[0].remaining), "{third:?}");
@@ -83,15 +83,37 @@ async fn a_refused_limit_charges_nothing_else() {
 }
 
 #[tokio::test]
+async fn a_refund_never_fills_a_bucket_past_its_limit() {
+    let (_server, redis) = redis().await;
+    let limiter = RateLimiter::new(redis);
+    let tokens = limit(LimitKind::TokensPerMinute, "rl:tok3", 100, 10);
+    // A refund for a bucket that expired (or was never charged here): the bucket is full anyway.
+    limiter.settle(&[tokens.clone()], "a", -500);
+    let admitted = limiter.admit(&[tokens.clone()], "b", 60_000).await.unwrap();
+    assert_eq!((admitted.refused, admitted.states[0].remaining), (None, 90), "{admitted:?}");
+    // An under-estimate is charged on top at the next admission.
+    limiter.settle(&[tokens.clone()], "b", 40);
+    let next = limiter.admit(&[tokens], "c", 60_000).await.unwrap();
+    assert!((40..=41).contains(&next.states[0].remaining), "90 - 40 - 10 (plus a little refill): {next:?}");
+}
+
+#[tokio::test]
 async fn concurrency_slots_are_freed_by_settle() {
     let (_server, redis) = redis().await;
+    let mut raw = redis.clone();
     let limiter = RateLimiter::new(redis);
     let conc = [limit(LimitKind::Concurrent, "rl:conc", 2, 1)];
     assert_eq!(limiter.admit(&conc, "a", 60_000).await.unwrap().refused, None);
     assert_eq!(limiter.admit(&conc, "b", 60_000).await.unwrap().refused, None);
     assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, Some(0));
-    limiter.settle(&conc, "a", 0).await.unwrap();
+    // Freed by the next admission, which carries the correction ahead of its own check.
+    limiter.settle(&conc, "a", 0);
     assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, None);
+    // Freed without any further admission too, shortly after.
+    limiter.settle(&conc, "b", 0);
+    tokio::time::sleep(SETTLE_DELAY * 10).await;
+    let running: usize = redis::cmd("ZCARD").arg("rl:conc").query_async(&mut raw).await.unwrap();
+    assert_eq!(running, 1, "only c still holds a slot");
 }
 
 #[tokio::test]
