@@ -214,53 +214,47 @@ pub struct ModelList {
     pub data: Vec<ModelObject>,
 }
 
-/// A non-streamed `/v1/chat/completions` answer.
+/// A non-streamed `/v1/chat/completions` answer (`choices` of [`ChatChoice`]) or
+/// `/v1/completions` answer (`choices` of [`TextChoice`]).
 #[derive(Serialize, ToSchema)]
-pub struct ChatCompletion {
+pub struct Completion<C> {
     pub id: String,
-    /// `chat.completion`; streamed chunks are `chat.completion.chunk` (SSE, ending `data: [DONE]`).
-    pub object: String,
+    /// `chat.completion` (streamed chunks: `chat.completion.chunk`) or `text_completion`.
+    pub object: &'static str,
     pub created: u64,
     pub model: String,
-    pub choices: Vec<ChatChoice>,
+    /// Always null; present because OpenAI's clients expect the field.
+    #[schema(value_type = Option<String>)]
+    pub system_fingerprint: Option<()>,
+    pub choices: Vec<C>,
     pub usage: UsageOut,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct ChatChoice {
-    pub index: u32,
+    pub index: usize,
     pub message: AssistantMessage,
     #[schema(value_type = Option<Object>)]
     pub logprobs: Option<Value>,
-    /// `stop`, `length`.
-    pub finish_reason: Option<String>,
+    /// `stop`, `length`, `cancelled`.
+    pub finish_reason: Option<&'static str>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct AssistantMessage {
-    pub role: String,
+    pub role: &'static str,
     pub content: String,
-}
-
-/// A non-streamed `/v1/completions` answer.
-#[derive(Serialize, ToSchema)]
-pub struct TextCompletion {
-    pub id: String,
-    /// `text_completion`, also for streamed chunks.
-    pub object: String,
-    pub created: u64,
-    pub model: String,
-    pub choices: Vec<TextChoice>,
-    pub usage: UsageOut,
+    #[schema(value_type = Option<String>)]
+    pub refusal: Option<()>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct TextChoice {
-    pub index: u32,
     pub text: String,
+    pub index: usize,
     #[schema(value_type = Option<Object>)]
     pub logprobs: Option<Value>,
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<&'static str>,
 }
 
 /// One server-sent event of a streamed response: `data` is a JSON chunk

@@ -20,7 +20,7 @@ use crate::routes::{embeddings, generate, health, models};
         health::ready,
     ),
     components(schemas(
-        ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ChatCompletion, TextCompletion, EmbeddingList, ModelList,
+        ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Completion<ChatChoice>, Completion<TextChoice>, EmbeddingList, ModelList,
         ModelObject, ErrorResponse, ErrorObject, UsageOut
     )),
     modifiers(&BearerAuth),

@@ -2,6 +2,7 @@
 //! prompts) out into one job each, then answer with one JSON body or with SSE chunks exactly
 //! as OpenAI frames them, ending in `data: [DONE]`.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 
 use axum::body::{Body, Bytes};
@@ -11,13 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
+use serde::Serialize;
 use serde_json::{Value, json};
 use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelKind, TokenLogprob, Usage};
 
 use super::{AppState, estimate_tokens};
 use crate::policy::{Admission, Caller};
 use crate::error::ApiError;
-use crate::openai::{ChatCompletion, StreamEvent, TextCompletion};
+use crate::openai::{AssistantMessage, ChatChoice, Completion, StreamEvent, TextChoice};
 use crate::openapi::ErrorResponses;
 use crate::extract::OpenAiJson;
 use crate::jobs::JobHandle;
@@ -54,7 +56,7 @@ struct Reply {
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "generation", request_body = ChatCompletionRequest,
     responses((status = 200, description = "One JSON body, or with `stream: true` SSE `chat.completion.chunk`s ending in `data: [DONE]`",
-        content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))), ErrorResponses))]
+        content((Completion<ChatChoice> = "application/json"), (StreamEvent = "text/event-stream"))), ErrorResponses))]
 pub async fn chat_completions(
     caller: Caller,
     State(state): State<AppState>,
@@ -75,7 +77,7 @@ pub async fn chat_completions(
 
 #[utoipa::path(post, path = "/v1/completions", tag = "generation", request_body = CompletionRequest,
     responses((status = 200, description = "One JSON body, or with `stream: true` SSE `text_completion` chunks ending in `data: [DONE]`",
-        content((TextCompletion = "application/json"), (StreamEvent = "text/event-stream"))), ErrorResponses))]
+        content((Completion<TextChoice> = "application/json"), (StreamEvent = "text/event-stream"))), ErrorResponses))]
 pub async fn completions(
     caller: Caller,
     State(state): State<AppState>,
@@ -173,44 +175,44 @@ async fn respond_whole(reply: Reply, handles: Vec<JobHandle>) -> Result<(Respons
     let prompt_param = reply.flavor.prompt_param();
     let choices = futures::future::try_join_all(handles.into_iter().map(|handle| collect(handle, prompt_param))).await?;
     let usage = total_usage(&reply, choices.iter().map(|c| c.usage));
-    let body_choices: Vec<Value> = choices
-        .into_iter()
-        .enumerate()
-        .map(|(index, choice)| {
-            let finish_reason = choice.finish_reason.map(FinishReason::as_str);
-            match &reply.flavor {
-                Flavor::Chat => json!({
-                    "index": index,
-                    "message": { "role": "assistant", "content": choice.text, "refusal": null },
-                    "logprobs": reply.logprobs.then(|| chat_logprobs(&choice.logprobs)),
-                    "finish_reason": finish_reason,
-                }),
-                Flavor::Completion { echo } => {
+    let response = match &reply.flavor {
+        Flavor::Chat => {
+            let choices = choices
+                .into_iter()
+                .enumerate()
+                .map(|(index, choice)| ChatChoice {
+                    index,
+                    logprobs: reply.logprobs.then(|| chat_logprobs(&choice.logprobs)),
+                    finish_reason: choice.finish_reason.map(FinishReason::as_str),
+                    message: AssistantMessage { role: "assistant", content: choice.text, refusal: None },
+                })
+                .collect();
+            Json(reply.completion("chat.completion", choices, usage)).into_response()
+        }
+        Flavor::Completion { echo } => {
+            let choices = choices
+                .into_iter()
+                .enumerate()
+                .map(|(index, choice)| {
                     let prefix = echo.as_ref().map_or("", |prompts| prompts[index / reply.n].as_str());
-                    json!({
-                        "text": format!("{prefix}{}", choice.text),
-                        "index": index,
-                        "logprobs": reply.logprobs.then(|| completion_logprobs(&choice.logprobs, prefix.len())),
-                        "finish_reason": finish_reason,
-                    })
-                }
-            }
-        })
-        .collect();
-    let object = match reply.flavor {
-        Flavor::Chat => "chat.completion",
-        Flavor::Completion { .. } => "text_completion",
+                    TextChoice {
+                        text: if prefix.is_empty() { choice.text } else { format!("{prefix}{}", choice.text) },
+                        index,
+                        logprobs: reply.logprobs.then(|| completion_logprobs(&choice.logprobs, prefix.len())),
+                        finish_reason: choice.finish_reason.map(FinishReason::as_str),
+                    }
+                })
+                .collect();
+            Json(reply.completion("text_completion", choices, usage)).into_response()
+        }
     };
-    let body = Json(json!({
-        "id": reply.id,
-        "object": object,
-        "created": reply.created,
-        "model": reply.model,
-        "system_fingerprint": null,
-        "choices": body_choices,
-        "usage": usage,
-    }));
-    Ok((body.into_response(), usage))
+    Ok((response, usage))
+}
+
+impl Reply {
+    fn completion<C>(&self, object: &'static str, choices: Vec<C>, usage: UsageOut) -> Completion<C> {
+        Completion { id: self.id.clone(), object, created: self.created, model: self.model.clone(), system_fingerprint: None, choices, usage }
+    }
 }
 
 /// Prompt tokens once per prompt (not once per choice), completion tokens of every choice.
@@ -368,56 +370,46 @@ impl SseState {
         }
     }
 
-    fn chunk(&self, choice: Value) -> Value {
+    /// One SSE chunk of this response holding `choices` (and, with `include_usage`, a
+    /// `usage` that is null until the last chunk).
+    fn write_chunk<C: Serialize>(&self, choices: &[C], usage: Option<UsageOut>, out: &mut String) {
         let object = match self.reply.flavor {
             Flavor::Chat => "chat.completion.chunk",
             Flavor::Completion { .. } => "text_completion",
         };
-        let mut chunk = json!({
-            "id": self.reply.id,
-            "object": object,
-            "created": self.reply.created,
-            "model": self.reply.model,
-            "system_fingerprint": null,
-            "choices": [choice],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
+        let chunk = Chunk {
+            id: &self.reply.id,
+            object,
+            created: self.reply.created,
+            model: &self.reply.model,
+            system_fingerprint: None,
+            choices,
+            usage: self.include_usage.then_some(usage),
+        };
+        write_event(out, &chunk);
     }
 
     fn frame_delta(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob], out: &mut String) {
-        let logprobs_out = |chat: bool| -> Value {
-            if !self.reply.logprobs {
-                Value::Null
-            } else if chat {
-                chat_logprobs(logprobs)
-            } else {
-                completion_logprobs(logprobs, 0)
-            }
-        };
-        let choice = match &self.reply.flavor {
+        let first = !std::mem::replace(&mut self.role_sent[index], true);
+        match &self.reply.flavor {
             Flavor::Chat => {
-                if !self.role_sent[index] {
-                    self.role_sent[index] = true;
-                    let role = json!({ "index": index, "delta": { "role": "assistant", "content": "", "refusal": null }, "logprobs": null, "finish_reason": null });
-                    write_event(out, &self.chunk(role));
+                if first {
+                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None) };
+                    self.write_chunk(&[ChatChunkChoice { index, delta: role, logprobs: None, finish_reason: None }], None, out);
                 }
-                json!({ "index": index, "delta": { "content": text }, "logprobs": logprobs_out(true), "finish_reason": null })
+                let logprobs = self.reply.logprobs.then(|| chat_logprobs(logprobs));
+                let delta = ChatDelta { role: None, content: Some(text), refusal: None };
+                self.write_chunk(&[ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None, out);
             }
             Flavor::Completion { echo } => {
-                let mut text = text.to_string();
-                if !self.role_sent[index] {
-                    self.role_sent[index] = true;
-                    if let Some(prompts) = echo {
-                        text.insert_str(0, &prompts[index / self.reply.n]);
-                    }
-                }
-                json!({ "text": text, "index": index, "logprobs": logprobs_out(false), "finish_reason": null })
+                let logprobs = self.reply.logprobs.then(|| completion_logprobs(logprobs, 0));
+                let text = match echo {
+                    Some(prompts) if first => Cow::Owned(format!("{}{text}", prompts[index / self.reply.n])),
+                    _ => Cow::Borrowed(text),
+                };
+                self.write_chunk(&[TextChunkChoice { text: &text, index, logprobs, finish_reason: None }], None, out);
             }
-        };
-        write_event(out, &self.chunk(choice));
+        }
     }
 
     fn frame_finish(&mut self, index: usize, reason: FinishReason, out: &mut String) {
@@ -425,11 +417,14 @@ impl SseState {
             // A choice that produced no text still opens with its role (or echoed prompt).
             self.frame_delta(index, "", &[], out);
         }
-        let choice = match self.reply.flavor {
-            Flavor::Chat => json!({ "index": index, "delta": {}, "logprobs": null, "finish_reason": reason.as_str() }),
-            Flavor::Completion { .. } => json!({ "text": "", "index": index, "logprobs": null, "finish_reason": reason.as_str() }),
-        };
-        write_event(out, &self.chunk(choice));
+        let finish_reason = Some(reason.as_str());
+        match self.reply.flavor {
+            Flavor::Chat => {
+                let delta = ChatDelta { role: None, content: None, refusal: None };
+                self.write_chunk(&[ChatChunkChoice { index, delta, logprobs: None, finish_reason }], None, out);
+            }
+            Flavor::Completion { .. } => self.write_chunk(&[TextChunkChoice { text: "", index, logprobs: None, finish_reason }], None, out),
+        }
     }
 
     fn finish(&mut self, out: &mut String) {
@@ -438,10 +433,7 @@ impl SseState {
             admission.settle(usage.total_tokens);
         }
         if self.include_usage {
-            let mut chunk = self.chunk(Value::Null);
-            chunk["choices"] = json!([]);
-            chunk["usage"] = json!(usage);
-            write_event(out, &chunk);
+            self.write_chunk::<ChatChunkChoice>(&[], Some(usage), out);
         }
         out.push_str("data: [DONE]\n\n");
         self.done = true;
@@ -455,9 +447,50 @@ impl SseState {
     }
 }
 
-fn write_event(out: &mut String, value: &Value) {
+/// A streamed `chat.completion.chunk` or `text_completion` chunk.
+#[derive(Serialize)]
+struct Chunk<'a, C> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: Option<()>,
+    choices: &'a [C],
+    /// Present only with `stream_options.include_usage`: null, then the totals in the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Option<UsageOut>>,
+}
+
+#[derive(Serialize)]
+struct ChatChunkChoice<'a> {
+    index: usize,
+    delta: ChatDelta<'a>,
+    logprobs: Option<Value>,
+    finish_reason: Option<&'static str>,
+}
+
+/// What a chat chunk adds: the role (first chunk), text, or nothing (the finishing chunk).
+#[derive(Serialize)]
+struct ChatDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<Option<()>>,
+}
+
+#[derive(Serialize)]
+struct TextChunkChoice<'a> {
+    text: &'a str,
+    index: usize,
+    logprobs: Option<Value>,
+    finish_reason: Option<&'static str>,
+}
+
+fn write_event(out: &mut String, value: &impl Serialize) {
     out.push_str("data: ");
-    out.push_str(&value.to_string());
+    out.push_str(&serde_json::to_string(value).expect("response chunks serialize"));
     out.push_str("\n\n");
 }
 
