@@ -91,10 +91,10 @@ impl Jobs {
         // Listen before publishing: a fast worker may answer before the publish ack arrives.
         self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, next_seq: 0, text: String::new(), tokens: 0 });
         let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
+        // No `Nats-Msg-Id`: this publish is never retried, so the stream's duplicate tracking
+        // (an entry per job for two minutes) would buy nothing here.
         let published = async {
-            self.js.publish_with_headers(subject::job(kind, model), headers, payload.into()).await?.await?;
+            self.js.publish(subject::job(kind, model), payload.into()).await?.await?;
             Ok::<_, async_nats::jetstream::context::PublishError>(())
         };
         if let Err(e) = published.await {

@@ -53,11 +53,12 @@ fn main() -> anyhow::Result<()> {
     if let Command::Generate(args) = cli.command {
         return switchyard_torch::run_generate(args);
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    let runtime = runtime.enable_all().build()?;
+    // One thread means one: the current-thread scheduler, without the work-stealing machinery.
+    let runtime = match cli.threads {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(threads) => tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?,
+        None => tokio::runtime::Runtime::new()?,
+    };
     runtime.block_on(async move {
         let shutdown = shutdown_on_signal();
         match cli.command {

@@ -644,6 +644,7 @@ impl Stack {
         };
         let name = format!("worker-{n}-{}", args.first().copied().unwrap_or("none"));
         let mut command = switchyard_command(&switchyard_bin(), &self.nats_url(), &self.redis_url(), &self.options.env);
+        single_threaded(&mut command, &self.options.env);
         command.arg("worker").args(args);
         self.servers.spawn(&name, command)
     }
@@ -808,6 +809,9 @@ async fn start_api(
     let bin = switchyard_bin();
     start_http_process(dir, logs, http, name, "/ready", |port| {
         let mut command = switchyard_command(&bin, nats_url, redis_url, &options.env);
+        if name == "api" {
+            single_threaded(&mut command, &options.env);
+        }
         command.args(["api", "--listen", &format!("127.0.0.1:{port}")]);
         command.args(["--nats-url", nats_url, "--redis-url", redis_url]);
         command.args(["--queue-timeout", &duration_arg(options.queue_timeout)]);
@@ -851,6 +855,15 @@ fn print_logs(logs: &LogList, lines: usize) {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The first api and every worker run on one thread, as `switchyard dev` runs them on a small
+/// machine; api replicas and the scheduler keep the default (a thread per core), so both
+/// runtimes are under test. A test's own `SWITCHYARD_THREADS` wins.
+fn single_threaded(command: &mut Command, env: &[(String, String)]) {
+    if !env.iter().any(|(key, _)| key == "SWITCHYARD_THREADS") {
+        command.env("SWITCHYARD_THREADS", "1");
+    }
 }
 
 fn switchyard_command(bin: &Path, nats_url: &str, redis_url: &str, env: &[(String, String)]) -> Command {
