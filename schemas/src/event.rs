@@ -39,8 +39,10 @@ impl Versioned for StreamEvent {
     }
 }
 
+/// Adjacently tagged (`{"type": "delta", "data": {…}}`): a reader learns the variant before its
+/// fields, so decoding never buffers the event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventBody {
     /// A worker took the job. `attempt` is 1 on first delivery.
     Started { worker_id: String, attempt: u32, prompt_tokens: Option<u32> },

@@ -62,8 +62,9 @@ impl Versioned for JobEnvelope {
 }
 
 /// What to run. One job is always one sequence: the api fans `n > 1` out into `n` jobs.
+/// Adjacently tagged like [`crate::EventBody`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum JobRequest {
     /// `/v1/chat/completions`: the worker renders the model's chat template.
     Chat { messages: Vec<ChatMessage>, params: SamplingParams },
