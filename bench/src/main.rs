@@ -63,7 +63,7 @@ struct EchoOptions {
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     key_limits: Vec<String>,
     /// Environment for a part of the bench's own stack, `PART:NAME=VALUE` (PART: api, worker,
-    /// nats, redis, scheduler, all), e.g. `--env api:TOKIO_WORKER_THREADS=1 --env nats:GOMAXPROCS=1`.
+    /// nats, redis, scheduler, all), e.g. `--env api:SWITCHYARD_THREADS=2 --env nats:GOMAXPROCS=2`.
     #[arg(long, value_parser = parse_env)]
     env: Vec<(String, String, String)>,
     /// Start every part with a thread per core (each part's default on a machine of its own)
