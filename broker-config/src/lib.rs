@@ -65,7 +65,7 @@ pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, B
 /// benchmark). Each part's own default — a thread per core — suits a machine of its own; five
 /// processes that each start a thread per core on a small machine spend their time handing work
 /// between threads and waking each other (bench/README.md: on 2 cores, one thread each took
-/// the echo round trip from 0.66 to 0.46 ms p50 and 64 clients from 13.9k to 16.7k requests/s).
+/// the echo round trip from 0.58 to 0.41 ms p50 and 64 clients from 18.6k to 21.6k requests/s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedMachine {
     /// Runtime threads of each Switchyard part (`SWITCHYARD_THREADS`).
