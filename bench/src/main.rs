@@ -62,6 +62,13 @@ struct EchoOptions {
     /// runs the rate-limit script in Redis, e.g. `--key-limits=--rpm=100000000,--tpm=1000000000`.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     key_limits: Vec<String>,
+    /// `policy` phase: the limits of its rate-limited key (high enough that nothing is refused).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, default_value = "--rpm=100000000,--tpm=1000000000")]
+    policy_limits: Vec<String>,
+    /// `policy` phase: the requests of each setting are sent in this many rounds, the settings
+    /// taking turns, so a change in the machine's state affects them alike.
+    #[arg(long, default_value_t = 10)]
+    policy_rounds: usize,
     /// Environment for a part of the bench's own stack, `PART:NAME=VALUE` (PART: api, worker,
     /// nats, redis, scheduler, all), e.g. `--env api:SWITCHYARD_THREADS=2 --env nats:GOMAXPROCS=2`.
     #[arg(long, value_parser = parse_env)]
@@ -112,7 +119,8 @@ struct EchoOptions {
     /// Phases to run: a, b, c, d, floor (GET /health: the HTTP layer alone), and for
     /// investigation: probe (the api's work before a job is queued, and the transport floors
     /// now), sweep (requests/s at several concurrencies), trace (per-hop timing of one
-    /// request, from a NATS monitor).
+    /// request, from a NATS monitor), policy (what API keys, rate limits and validation add to
+    /// (a): `--requests` per setting against a second, `--no-auth` api on the same stack).
     #[arg(long, value_delimiter = ',', default_value = "floor,a,b,c,d")]
     only: Vec<String>,
     /// Concurrency levels of the `sweep` phase (requests/s and latency at each), run for
@@ -362,6 +370,43 @@ async fn bench(options: &EchoOptions, url: &str, mut stack: Option<&mut (Stack, 
             })
             .await?;
         report.load = Some(r);
+    }
+
+    if wants("policy") {
+        let Some((stack, _)) = stack.as_deref_mut() else {
+            bail!("the policy phase starts a second api on the bench's own stack: run it without --url");
+        };
+        let Some(key) = stack.api_key.clone() else {
+            bail!("the policy phase compares API keys with --no-auth: run it without --no-auth");
+        };
+        let open_url = stack.add_api("api-no-auth", &["--no-auth"])?;
+        let limited_key = stack.add_key(&options.policy_limits)?;
+        let settings = [
+            ("`--no-auth`".to_string(), Target::parse(&open_url, None)?),
+            ("API key, no limits".to_string(), Target::parse(url, Some(&key))?),
+            (format!("API key with limits `{}`", options.policy_limits.join(" ")), Target::parse(url, Some(&limited_key))?),
+        ];
+        wait_until_serving(&settings[0].1, Some(stack)).await?;
+        let rounds = options.policy_rounds.max(1);
+        let per_round = options.requests.div_ceil(rounds);
+        let expected = options.message.clone();
+        let samples = accounting
+            .phase(&format!("policy: {} × 3 settings × {per_round} non-stream chat, concurrency 1", rounds), async {
+                let mut samples = vec![Vec::new(); settings.len()];
+                for _ in 0..rounds {
+                    for ((_, target), samples) in settings.iter().zip(&mut samples) {
+                        let l = sequential(target, Method::POST, "/v1/chat/completions", &chat, options.warmup.min(50), per_round, |body| {
+                            check_completion(body, &expected)
+                        })
+                        .await?;
+                        samples.extend(l);
+                    }
+                }
+                let n = (rounds * settings.len() * (per_round + options.warmup.min(50))) as u64;
+                Ok((samples, n))
+            })
+            .await?;
+        report.policy = settings.into_iter().map(|(name, _)| name).zip(samples.into_iter().map(Stats::of)).collect();
     }
 
     if wants("sweep") {
@@ -741,6 +786,8 @@ struct Report {
     sweep: Vec<(usize, LoadResult)>,
     trace: Option<trace::TraceReport>,
     probe: Vec<(String, Stats)>,
+    /// `policy`: (a) per api setting, `--no-auth` first.
+    policy: Vec<(String, Stats)>,
 }
 
 fn ms(d: Duration) -> String {
@@ -916,6 +963,23 @@ impl Report {
             line("|---|---|---|---|".into());
             for (name, s) in &self.probe {
                 line(format!("| {name} | {} | {} | {} |", ms(s.p50), ms(s.p90), ms(s.p99)));
+            }
+        }
+        if let Some((_, open)) = self.policy.first() {
+            line(String::new());
+            line("### What API keys, rate limits and validation add (non-stream chat, concurrency 1, settings taking turns)".into());
+            line(String::new());
+            line("| api setting | p50 | p99 | added p50 | added p99 | target |".into());
+            line("|---|---|---|---|---|---|".into());
+            let added = |a: Duration, b: Duration| format!("{:+.3} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0);
+            for (i, (name, s)) in self.policy.iter().enumerate() {
+                let (added_p50, added_p99, target) = if i == 0 {
+                    ("—".to_string(), "—".to_string(), String::new())
+                } else {
+                    let ok = s.p50.saturating_sub(open.p50) <= Duration::from_micros(100);
+                    (added(s.p50, open.p50), added(s.p99, open.p99), format!("≤ +0.1 ms {}", verdict(ok)))
+                };
+                line(format!("| {name} | {} | {} | {added_p50} | {added_p99} | {target} |", ms(s.p50), ms(s.p99)));
             }
         }
         if let Some(t) = &self.trace {

@@ -46,7 +46,7 @@ pub async fn transport(nats_url: &str, redis_url: Option<&str>, warmup: usize, n
     let mut samples = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t0 = Instant::now();
-        a.request("sybench.probe.rr", payload.clone()).await?;
+        a.request("sybench.probe.rr", payload.clone()).await.context("core NATS request/reply probe")?;
         if i >= warmup {
             samples.push(t0.elapsed());
         }

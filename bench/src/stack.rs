@@ -34,6 +34,9 @@ pub struct Stack {
     nats_store: Option<PathBuf>,
     /// Switchyard parts first (stopped first), then the brokers.
     parts: Vec<Proc>,
+    switchyard: PathBuf,
+    /// The environment every api of this stack starts with.
+    api_env: Vec<(String, String)>,
     brokers: Vec<Proc>,
     keep_dir: bool,
 }
@@ -71,27 +74,38 @@ impl Stack {
         };
         std::fs::create_dir_all(&nats_store)?;
         let shared = switchyard_broker::SharedMachine::this_machine();
+        let env_of = |part: &str| -> Vec<(String, String)> {
+            let share = match part {
+                _ if options.thread_per_core => None,
+                "nats" => shared.nats_env(),
+                "redis" => None,
+                _ => shared.part_env(),
+            };
+            let share = share.map(|(name, value)| (name.to_string(), value));
+            let given = options.env.iter().filter(|(p, _, _)| p == part || p == "all").map(|(_, name, value)| (name.clone(), value.clone()));
+            share.into_iter().chain(given).collect()
+        };
         let env = |part: &str, command: &mut Command| {
-            if !options.thread_per_core {
-                match part {
-                    "nats" => command.envs(shared.nats_env()),
-                    "redis" => command,
-                    _ => command.envs(shared.part_env()),
-                };
-            }
-            for (p, name, value) in &options.env {
-                if p == part || p == "all" {
-                    command.env(name, value);
-                }
-            }
+            command.envs(env_of(part));
         };
         let [api_port, nats_port, redis_port, scheduler_port] = free_ports()?;
         let host = "127.0.0.1";
         let nats_url = format!("nats://{host}:{nats_port}");
         let redis_url = format!("redis://{host}:{redis_port}");
         let api_url = format!("http://{host}:{api_port}");
-        let mut stack =
-            Stack { api_url, nats_url, redis_url, api_key: None, dir: dir.clone(), nats_store: options.nats_store.as_ref().map(|_| nats_store.clone()), parts: Vec::new(), brokers: Vec::new(), keep_dir: false };
+        let mut stack = Stack {
+            api_url,
+            nats_url,
+            redis_url,
+            api_key: None,
+            dir: dir.clone(),
+            nats_store: options.nats_store.as_ref().map(|_| nats_store.clone()),
+            parts: Vec::new(),
+            switchyard: options.switchyard.clone(),
+            api_env: env_of("api"),
+            brokers: Vec::new(),
+            keep_dir: false,
+        };
         let result = (|| {
             let mut nats = Command::new(&nats_bin);
             nats.args(["-js", "-a", host, "-p", &nats_port.to_string(), "-sd"]).arg(&nats_store);
@@ -136,6 +150,26 @@ impl Stack {
             return Err(e);
         }
         Ok(stack)
+    }
+
+    /// Starts one more api on this stack's NATS and Redis (e.g. a `--no-auth` one beside the
+    /// keyed one, for comparing them in one run) and returns its URL once it listens.
+    pub fn add_api(&mut self, name: &str, args: &[&str]) -> anyhow::Result<String> {
+        let [port, ..] = free_ports()?;
+        let mut api = Command::new(&self.switchyard);
+        api.arg("api")
+            .args(["--nats-url", &self.nats_url, "--redis-url", &self.redis_url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(self.api_env.iter().cloned());
+        self.parts.push(spawn(name, &mut api, &self.dir)?);
+        wait_for_port(port, name, &self.dir)?;
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Creates one more API key for user `bench` (`switchyard keys create` with `key_args`).
+    pub fn add_key(&self, key_args: &[String]) -> anyhow::Result<String> {
+        create_key(&self.switchyard, &["--nats-url", &self.nats_url, "--redis-url", &self.redis_url], key_args)
     }
 
     /// Every process of the stack, for CPU accounting.

@@ -53,8 +53,9 @@ fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
-#[tokio::test]
-async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
+/// Starts `switchyard dev` on free ports with a temporary home; returns it, the home and the
+/// ports (api, nats, redis, scheduler).
+fn start_dev() -> (Dev, tempfile::TempDir, [u16; 4]) {
     let home = tempfile::tempdir().expect("temporary home");
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let [api, nats, redis, scheduler] = ports;
@@ -83,15 +84,25 @@ async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::null());
-    let mut dev = Dev { child: command.spawn().expect("starting switchyard dev"), out };
+    (Dev { child: command.spawn().expect("starting switchyard dev"), out }, home, ports)
+}
 
-    let key = eventually(Duration::from_secs(120), "switchyard dev to print its API key", || {
+/// The API key `switchyard dev` prints once the stack is up.
+async fn printed_key(dev: &Dev) -> String {
+    eventually(Duration::from_secs(120), "switchyard dev to print its API key", || {
         let printed = dev.output();
         async move {
             printed.lines().find_map(|line| line.trim().strip_prefix("api key").map(|rest| rest.split_whitespace().next().unwrap_or("").to_string()))
         }
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
+    let (mut dev, home, ports) = start_dev();
+    let [api, ..] = ports;
+    let key = printed_key(&dev).await;
     let printed = dev.output();
     assert!(key.starts_with("sy-"), "the dev key: {printed}");
     assert!(printed.contains(&format!("http://127.0.0.1:{api}/v1")), "{printed}");
@@ -122,4 +133,16 @@ async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
     for port in ports {
         assert!(!listening(port), "port {port} still served after Ctrl-C: a part outlived dev");
     }
+}
+
+/// A second Ctrl-C exits at once (no drain), and still leaves no part running.
+#[tokio::test]
+async fn a_second_ctrl_c_leaves_no_part_behind() {
+    let (mut dev, _home, ports) = start_dev();
+    printed_key(&dev).await;
+    dev.interrupt();
+    std::thread::sleep(Duration::from_millis(100));
+    dev.interrupt();
+    dev.wait(Duration::from_secs(30)).unwrap_or_else(|| panic!("switchyard dev did not exit on a second Ctrl-C: {}", dev.output()));
+    eventually(Duration::from_secs(10), "every part to die with dev", || async { ports.iter().all(|port| !listening(*port)).then_some(()) }).await;
 }
