@@ -93,6 +93,7 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         nats,
         redis,
     });
+    let gate = state.gate.clone();
     let app = routes::router(state, options.body_limit).layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -103,5 +104,9 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         });
     tracing::info!(listen = %options.listen, instance, replies = %subject::replies_of(&instance), "api ready");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    // Rate-limit corrections still waiting for a next admission that will not come.
+    if let Err(e) = gate.flush_settlements().await {
+        tracing::warn!(error = %e, "sending the last rate-limit corrections failed; concurrency slots free themselves when they expire");
+    }
     Ok(())
 }

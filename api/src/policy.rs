@@ -112,6 +112,11 @@ impl Gate {
         Ok(Caller { key: Some(key) })
     }
 
+    /// Sends the rate-limit corrections still waiting to ride along with an admission.
+    pub async fn flush_settlements(&self) -> Result<(), switchyard_broker::BrokerError> {
+        self.limiter.flush().await
+    }
+
     /// Charges a request against every limit that applies to it, or refuses it with 429.
     pub async fn admit(self: &Arc<Self>, caller: &Caller, card: &ModelCard, estimated_tokens: u32) -> Result<Admission, ApiError> {
         let member = ulid::Ulid::new().to_string();

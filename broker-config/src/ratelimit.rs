@@ -244,7 +244,7 @@ impl RateLimiter {
         });
     }
 
-    /// Sends the corrections still waiting (tests, shutdown).
+    /// Sends the corrections still waiting (at shutdown).
     pub async fn flush(&self) -> Result<(), BrokerError> {
         let mut corrections = self.corrections.lock().unwrap();
         if corrections.count == 0 {

@@ -109,6 +109,12 @@ async fn concurrency_slots_are_freed_by_settle() {
     // Freed by the next admission, which carries the correction ahead of its own check.
     limiter.settle(&conc, "a", 0);
     assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, None);
+    // Freed at once by a flush (an api shutting down).
+    limiter.settle(&conc, "c", 0);
+    limiter.flush().await.unwrap();
+    let running: usize = redis::cmd("ZCARD").arg("rl:conc").query_async(&mut raw).await.unwrap();
+    assert_eq!(running, 1, "only b still holds a slot after the flush");
+    assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, None);
     // Freed without any further admission too, shortly after.
     limiter.settle(&conc, "b", 0);
     tokio::time::sleep(SETTLE_DELAY * 10).await;
