@@ -42,7 +42,7 @@ pub async fn transport(nats_url: &str, redis_url: Option<&str>, warmup: usize, n
             }
         })
     };
-    b.flush().await?;
+    switchyard_broker::sync_with_server(&b).await?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let t0 = Instant::now();

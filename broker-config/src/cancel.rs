@@ -15,7 +15,7 @@ pub async fn cancel_job(redis: &ConnectionManager, nats: &async_nats::Client, jo
     let _: () = redis.clone().set_ex(keys::cancel(job_id), 1u8, FLAG_TTL_SECS).await?;
     nats.publish(subject::cancel(job_id), Default::default())
         .await
-        .map_err(|e| BrokerError::JetStream(format!("announcing cancellation: {e}")))?;
+        .map_err(|e| BrokerError::Nats(format!("announcing cancellation: {e}")))?;
     Ok(())
 }
 

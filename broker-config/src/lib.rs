@@ -29,6 +29,8 @@ pub enum BrokerError {
     JetStreamOff(String),
     #[error("JetStream request failed: {0}")]
     JetStream(String),
+    #[error("NATS request failed: {0}")]
+    Nats(String),
     #[error("cannot connect to Redis at {url}: {source}")]
     RedisConnect { url: String, source: redis::RedisError },
     #[error("Redis request failed: {0}")]
@@ -48,6 +50,22 @@ pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, B
         .connect(url)
         .await
         .map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
+}
+
+/// Returns once the NATS server has processed everything `client` sent before, subscriptions
+/// included (`Client::flush` only writes the socket). It sends itself a message on a fresh
+/// inbox and waits for it to come back: the server handles a connection's messages in order.
+pub async fn sync_with_server(client: &async_nats::Client) -> Result<(), BrokerError> {
+    use futures::StreamExt;
+    let fail = |e: &dyn std::fmt::Display| BrokerError::Nats(format!("round trip to the server: {e}"));
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.map_err(|e| fail(&e))?;
+    client.publish(inbox, Default::default()).await.map_err(|e| fail(&e))?;
+    match tokio::time::timeout(Duration::from_secs(5), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(fail(&"the connection closed")),
+        Err(_) => Err(fail(&"no answer within 5 s")),
+    }
 }
 
 /// Connects to Redis through a connection manager, which reconnects by itself.

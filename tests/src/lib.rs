@@ -1008,7 +1008,7 @@ impl ReplyTap {
     async fn new(client: async_nats::Client) -> ReplyTap {
         let subscriber = client.subscribe("sy.reply.>").await.expect("subscribing to sy.reply.>");
         // The subscription must be in place on the server before the test publishes anything.
-        client.flush().await.expect("flushing the subscription");
+        switchyard_broker::sync_with_server(&client).await.expect("a round trip to nats-server");
         ReplyTap { subscriber, pending: VecDeque::new(), seen: Vec::new(), _client: client }
     }
 

@@ -128,7 +128,8 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     info!(worker_id = %id, slots, models = ?models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker ready");
 
     let mut cancels = nats.subscribe(subject::CANCEL_ALL).await?;
-    nats.flush().await?;
+    // Every job published after this baseline is one whose cancellation we will hear.
+    switchyard_broker::sync_with_server(&nats).await?;
     read_cancel_baseline(&worker, &js).await;
     let watcher = {
         let worker = worker.clone();
