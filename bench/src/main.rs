@@ -93,10 +93,10 @@ struct EchoOptions {
     #[arg(long, default_value_t = 500)]
     warmup: usize,
     /// (d): how long the concurrent clients run, measured.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = switchyard_broker::parse_duration)]
     duration: Duration,
     /// (d): how long the concurrent clients run before measuring.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = switchyard_broker::parse_duration)]
     warmup_duration: Duration,
     /// (d): concurrent clients, one keep-alive connection each.
     #[arg(long, default_value_t = 64)]
@@ -127,7 +127,7 @@ struct EchoOptions {
     /// `--sweep-duration` each.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128,256")]
     sweep: Vec<usize>,
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = switchyard_broker::parse_duration)]
     sweep_duration: Duration,
     /// Threads of the bench client's runtime (1: a current-thread runtime, the least it can
     /// take from a 2-core machine).
@@ -790,6 +790,11 @@ struct Report {
     policy: Vec<(String, Stats)>,
 }
 
+/// A markdown section heading and the head of its table.
+fn table_head(title: &str, columns: &[&str]) -> String {
+    format!("\n### {title}\n\n| {} |\n|{}", columns.join(" | "), "---|".repeat(columns.len()))
+}
+
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms < 10.0 { format!("{ms:.3} ms") } else { format!("{ms:.1} ms") }
@@ -946,31 +951,22 @@ impl Report {
             }
         }
         if !self.sweep.is_empty() {
-            line(String::new());
-            line("### Concurrency sweep (non-stream chat)".into());
-            line(String::new());
-            line("| clients | requests/s | p50 | p99 | errors |".into());
-            line("|---|---|---|---|---|".into());
+            line(table_head("Concurrency sweep (non-stream chat)", &["clients", "requests/s", "p50", "p99", "errors"]));
             for (c, l) in &self.sweep {
                 line(format!("| {c} | {} | {} | {} | {} |", thousands(l.rate()), ms(l.latency.p50), ms(l.latency.p99), l.errors + l.non_200));
             }
         }
         if !self.probe.is_empty() {
-            line(String::new());
-            line("### Probes: the api before a job is queued, and the transport alone (concurrency 1)".into());
-            line(String::new());
-            line("| probe | p50 | p90 | p99 |".into());
-            line("|---|---|---|---|".into());
+            line(table_head("Probes: the api before a job is queued, and the transport alone (concurrency 1)", &["probe", "p50", "p90", "p99"]));
             for (name, s) in &self.probe {
                 line(format!("| {name} | {} | {} | {} |", ms(s.p50), ms(s.p90), ms(s.p99)));
             }
         }
         if let Some((_, open)) = self.policy.first() {
-            line(String::new());
-            line("### What API keys, rate limits and validation add (non-stream chat, concurrency 1, settings taking turns)".into());
-            line(String::new());
-            line("| api setting | p50 | p99 | added p50 | added p99 | target |".into());
-            line("|---|---|---|---|---|---|".into());
+            line(table_head(
+                "What API keys, rate limits and validation add (non-stream chat, concurrency 1, settings taking turns)",
+                &["api setting", "p50", "p99", "added p50", "added p99", "target"],
+            ));
             let added = |a: Duration, b: Duration| format!("{:+.3} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0);
             for (i, (name, s)) in self.policy.iter().enumerate() {
                 let (added_p50, added_p99, target) = if i == 0 {
@@ -986,12 +982,13 @@ impl Report {
             line(t.render());
         }
         if !cpu.is_empty() && cpu[0].per_process.len() > 1 {
-            line(String::new());
-            line("### CPU time per phase (user+system, from /proc/PID/stat; 10 ms resolution)".into());
-            line(String::new());
             let names: Vec<&str> = cpu[0].per_process.iter().map(|(n, _)| n.as_str()).collect();
-            line(format!("| phase | wall | requests | {} | total | total µs/request | cores busy (ours / whole machine) |", names.join(" | ")));
-            line(format!("|---|---|---|{}---|---|---|", "---|".repeat(names.len())));
+            let columns: Vec<&str> = ["phase", "wall", "requests"]
+                .into_iter()
+                .chain(names.iter().copied())
+                .chain(["total", "total µs/request", "cores busy (ours / whole machine)"])
+                .collect();
+            line(table_head("CPU time per phase (user+system, from /proc/PID/stat; 10 ms resolution)", &columns));
             for row in cpu {
                 let total: Duration = row.per_process.iter().map(|(_, d)| *d).sum();
                 let per = |d: Duration| if row.requests > 0 { format!("{:.0} µs/req", d.as_secs_f64() * 1e6 / row.requests as f64) } else { ms(d) };
@@ -1008,11 +1005,8 @@ impl Report {
                     row.machine.as_secs_f64() / row.wall.as_secs_f64().max(1e-9)
                 ));
             }
-            line(String::new());
-            line("### Context switches per request (all threads of each process)".into());
-            line(String::new());
-            line(format!("| phase | {} |", names.join(" | ")));
-            line(format!("|---|{}", "---|".repeat(names.len())));
+            let columns: Vec<&str> = ["phase"].into_iter().chain(names.iter().copied()).collect();
+            line(table_head("Context switches per request (all threads of each process)", &columns));
             for row in cpu {
                 let cells: Vec<String> =
                     row.switches.iter().map(|s| if row.requests > 0 { format!("{:.1}", *s as f64 / row.requests as f64) } else { s.to_string() }).collect();
@@ -1056,21 +1050,6 @@ fn parse_env(text: &str) -> Result<(String, String, String), String> {
         return Err(format!("unknown part {part:?} (api, worker, nats, redis, scheduler, all)"));
     }
     Ok((part.to_string(), name.to_string(), value.to_string()))
-}
-
-/// `250ms`, `2s`, `1.5s`, `2m`, or bare seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (try 500ms, 10s, 1m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit in {text:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]

@@ -155,15 +155,14 @@ pub struct RateLimiter {
 #[derive(Default)]
 struct Corrections {
     pipe: redis::Pipeline,
-    count: usize,
     /// A task will send them after [`SETTLE_DELAY`] unless an admission takes them first.
     flush_scheduled: bool,
 }
 
 impl Corrections {
-    fn take(&mut self) -> redis::Pipeline {
-        self.count = 0;
-        std::mem::take(&mut self.pipe)
+    /// The waiting corrections, if there are any.
+    fn take(&mut self) -> Option<redis::Pipeline> {
+        (!self.pipe.is_empty()).then(|| std::mem::take(&mut self.pipe))
     }
 }
 
@@ -184,7 +183,7 @@ impl RateLimiter {
         for limit in limits {
             evalsha.arg(limit.kind.as_str()).arg(limit.limit).arg(limit.cost);
         }
-        let mut pipe = self.corrections.lock().unwrap().take();
+        let mut pipe = self.corrections.lock().unwrap().take().unwrap_or_default();
         pipe.add_command(evalsha.clone());
         let mut redis = self.redis.clone();
         let out: Vec<i64> = match pipe.query_async::<(Vec<i64>,)>(&mut redis).await {
@@ -207,7 +206,7 @@ impl RateLimiter {
     /// within [`SETTLE_DELAY`]. Call it inside a Tokio runtime.
     pub fn settle(&self, limits: &[Limit], member: &str, token_delta: i64) {
         let mut corrections = self.corrections.lock().unwrap();
-        let before = corrections.count;
+        let before = corrections.pipe.len();
         for limit in limits {
             match limit.kind {
                 LimitKind::TokensPerMinute if token_delta != 0 => {
@@ -219,11 +218,10 @@ impl RateLimiter {
                 LimitKind::Concurrent => {
                     corrections.pipe.zrem(&limit.key, member).ignore();
                 }
-                _ => continue,
+                _ => {}
             }
-            corrections.count += 1;
         }
-        if corrections.count == before || corrections.flush_scheduled {
+        if corrections.pipe.len() == before || corrections.flush_scheduled {
             return;
         }
         corrections.flush_scheduled = true;
@@ -233,11 +231,9 @@ impl RateLimiter {
             let pipe = {
                 let mut pending = pending.lock().unwrap();
                 pending.flush_scheduled = false;
-                if pending.count == 0 {
-                    return;
-                }
                 pending.take()
             };
+            let Some(pipe) = pipe else { return };
             if let Err(e) = pipe.query_async::<()>(&mut redis).await {
                 tracing::warn!(error = %e, "settling rate-limit charges failed; concurrency slots free themselves when they expire");
             }
@@ -246,12 +242,7 @@ impl RateLimiter {
 
     /// Sends the corrections still waiting (at shutdown).
     pub async fn flush(&self) -> Result<(), BrokerError> {
-        let mut corrections = self.corrections.lock().unwrap();
-        if corrections.count == 0 {
-            return Ok(());
-        }
-        let pipe = corrections.take();
-        drop(corrections);
+        let Some(pipe) = self.corrections.lock().unwrap().take() else { return Ok(()) };
         let () = pipe.query_async(&mut self.redis.clone()).await?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 use switchyard_schemas::{EventBody, FinishReason};
 use switchyard_tests::openai::{Endpoint, assert_usage, chat_request, check_completion, check_stream, words};
 use switchyard_tests::sse::SseReader;
-use switchyard_tests::{Proc, Stack, eventually};
+use switchyard_tests::{Proc, ReplyTap, Stack, eventually};
 
 const CHAT: &str = "/v1/chat/completions";
 
@@ -142,6 +142,21 @@ async fn job_of_a_killed_worker_completes_on_another_without_loss_or_duplication
     drop(b);
 }
 
+/// Waits for `job_id`'s last event: it must end as cancelled, well before its 60 tokens.
+async fn assert_stopped_early(tap: &mut ReplyTap, job_id: &str) {
+    let done = tap
+        .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
+        .await
+        .unwrap_or_else(|| panic!("the worker never ended the job: {:?}", tap.seen()));
+    match done.body {
+        EventBody::Done { finish_reason, usage } => {
+            assert_eq!(finish_reason, FinishReason::Cancelled, "the job must end as cancelled");
+            assert!(usage.completion_tokens < 40, "generation went on after the client left: {usage:?} of 60 tokens");
+        }
+        other => panic!("expected Done {{ Cancelled }}, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn client_disconnect_stops_generation_on_the_worker() {
     let stack = Stack::start().await;
@@ -158,17 +173,7 @@ async fn client_disconnect_stops_generation_on_the_worker() {
     };
     drop(reader);
 
-    let done = tap
-        .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
-        .await
-        .unwrap_or_else(|| panic!("the worker never ended the job: {:?}", tap.seen()));
-    match done.body {
-        EventBody::Done { finish_reason, usage } => {
-            assert_eq!(finish_reason, FinishReason::Cancelled, "the job must end as cancelled");
-            assert!(usage.completion_tokens < 40, "generation went on after the client left: {usage:?} of 60 tokens");
-        }
-        other => panic!("expected Done {{ Cancelled }}, got {other:?}"),
-    }
+    assert_stopped_early(&mut tap, &job_id).await;
 }
 
 /// Not only streams: a client that gives up on a non-streamed request cancels its job too.
@@ -192,17 +197,7 @@ async fn client_disconnect_cancels_a_non_streamed_job() {
         }
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let done = tap
-        .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
-        .await
-        .unwrap_or_else(|| panic!("the worker never ended the job: {:?}", tap.seen()));
-    match done.body {
-        EventBody::Done { finish_reason, usage } => {
-            assert_eq!(finish_reason, FinishReason::Cancelled, "the job must end as cancelled");
-            assert!(usage.completion_tokens < 40, "generation went on after the client left: {usage:?} of 60 tokens");
-        }
-        other => panic!("expected Done {{ Cancelled }}, got {other:?}"),
-    }
+    assert_stopped_early(&mut tap, &job_id).await;
 }
 
 #[tokio::test]
