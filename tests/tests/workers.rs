@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchyard_schemas::{EventBody, FinishReason};
+use switchyard_schemas::{EventBody, FinishReason, StreamEvent, encode};
 use switchyard_tests::openai::{Endpoint, assert_usage, chat_request, check_completion, check_stream, words};
 use switchyard_tests::sse::SseReader;
 use switchyard_tests::{Proc, ReplyTap, Stack, eventually};
@@ -263,4 +263,49 @@ async fn a_job_cancelled_while_queued_is_skipped_when_pulled() {
     tap.drain(Duration::from_millis(200)).await;
     let started = tap.started_by();
     assert_eq!(started.len(), 1, "only the long job may start: {:?}", tap.seen());
+}
+
+/// A job that fails every delivery (here: its only one, `--max-deliver 1`, whose worker is
+/// SIGKILLed) ends as an error for the waiting client — never silently — and is kept in the
+/// dead letters.
+#[tokio::test]
+async fn a_job_that_fails_every_delivery_ends_as_an_error_and_a_dead_letter() {
+    let stack = Stack::start().await;
+    let (worker, _) = stack.ready_worker(&["echo", "--delay", "100ms", "--ack-wait", "1s", "--max-deliver", "1"], "echo").await;
+    let mut tap = stack.tap_replies().await;
+
+    let doomed = chat_request("echo", &words("doomed", 60));
+    let ((status, body), ()) = tokio::join!(stack.post_json(CHAT, &doomed), async {
+        tap.wait_for(Duration::from_secs(10), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the job started");
+        worker.sigkill();
+    });
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "max_deliveries_exceeded", "{body}");
+
+    let js = async_nats::jetstream::new(stack.nats_client().await);
+    let mut dead = js.get_stream(switchyard_schemas::subject::DEAD_LETTER_STREAM).await.expect("the dead-letter stream");
+    assert_eq!(dead.info().await.expect("its state").state.messages, 1, "the job is kept in the dead letters");
+}
+
+/// Events lost between worker and api (a sequence number skipped) end the stream with a
+/// `stream_gap` error event, never with silently incomplete text.
+#[tokio::test]
+async fn a_sequence_gap_ends_the_stream_with_an_error() {
+    let stack = Stack::start().await;
+    let (_worker, _) = stack.ready_worker(&["echo", "--delay", "50ms"], "echo").await;
+    let mut tap = stack.tap_replies().await;
+
+    let mut reader = stack.post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": words("gap", 60) }], "stream": true })).await;
+    let started = tap.wait_for(Duration::from_secs(10), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the job started");
+    let reply_subject = tap.seen().iter().find(|(_, e)| e.job_id == started.job_id).expect("the job's reply subject").0.clone();
+    // A message far ahead of the next one expected: the ones in between were "lost".
+    let skipped = StreamEvent::single(started.job_id.clone(), 1000, EventBody::Delta { text: "out of order".into(), tokens: 1, logprobs: Vec::new() });
+    let nats = stack.nats_client().await;
+    nats.publish(reply_subject, encode(&skipped).unwrap().into()).await.unwrap();
+    nats.flush().await.unwrap();
+
+    let events = tokio::time::timeout(Duration::from_secs(10), reader.rest()).await.expect("the stream ends");
+    let error = events.last().and_then(|e| e.get("error")).unwrap_or_else(|| panic!("the stream ends with an error event: {events:?}"));
+    assert_eq!(error["code"], "stream_gap", "{events:?}");
+    assert!(!reader.raw.contains("out of order"), "text after the gap must not reach the client: {}", reader.raw);
 }
