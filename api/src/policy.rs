@@ -6,8 +6,17 @@
 //! the request (the key's requests/tokens per minute and concurrency, and the model's per-key
 //! limits) atomically in Redis, shared by all replicas. Without Redis there is no admission:
 //! the api answers 503 rather than count per process.
+//!
+//! Admission need not delay the work, though. When this replica last saw a key far from all
+//! of its limits, the request's jobs are published while Redis decides
+//! ([`Gate::admit_and_dispatch`]); a refusal then cancels them before any output reaches the
+//! client. Redis still decides every request, so limits stay exact across replicas; what a
+//! wrong guess costs is a job started and cancelled at once. Near a limit, after a refusal,
+//! or when Redis failed, admission comes first, so a client over its limit never gets work
+//! started.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +25,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use futures::StreamExt;
 use switchyard_broker::apikeys::{ApiKeys, hash_secret};
-use switchyard_broker::ratelimit::{Decision, Limit, LimitKind, RateLimiter};
+use switchyard_broker::ratelimit::{Decision, Limit, LimitKind, LimitState, RateLimiter};
 use switchyard_schemas::{ApiKeyRecord, ModelCard, keys, now_ms, subject};
 
 use crate::error::ApiError;
@@ -25,10 +34,20 @@ use crate::routes::AppState;
 /// How long a key record is trusted without asking Redis again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// How long what this replica learned of a key's limits is good for judging the next request.
+/// Time only refills limits; what it cannot see is other replicas' use, which the
+/// [`far_from_limit`] margin absorbs.
+const HEADROOM_TTL: Duration = Duration::from_secs(10);
+
+/// Headroom entries kept before stale ones are swept.
+const HEADROOM_ENTRIES: usize = 10_000;
+
 pub struct Gate {
     keys: ApiKeys,
     limiter: RateLimiter,
     cache: Mutex<HashMap<String, (Arc<ApiKeyRecord>, Instant)>>,
+    /// Per key and model: the limits' state after this replica's last admission, and when.
+    headroom: Mutex<HashMap<String, (Vec<LimitState>, Instant)>>,
     no_auth: bool,
     /// A concurrency slot left by a crashed replica frees itself after this long.
     concurrency_ttl: Duration,
@@ -57,6 +76,7 @@ impl Gate {
             keys: ApiKeys::new(redis.clone()),
             limiter: RateLimiter::new(redis),
             cache: Mutex::new(HashMap::new()),
+            headroom: Mutex::new(HashMap::new()),
             no_auth,
             concurrency_ttl,
         })
@@ -117,43 +137,107 @@ impl Gate {
         self.limiter.flush().await
     }
 
-    /// Charges a request against every limit that applies to it, or refuses it with 429.
-    pub async fn admit(self: &Arc<Self>, caller: &Caller, card: &ModelCard, estimated_tokens: u32) -> Result<Admission, ApiError> {
+    /// Charges a request against every limit that applies to it (or refuses it with 429) and
+    /// runs `dispatch`, which starts the request's jobs: both at once when this replica last
+    /// saw the key far from its limits, otherwise admission first. A refusal drops what
+    /// `dispatch` returned, which must cancel the work (as dropping a `JobHandle` does); so
+    /// `dispatch` must start nothing that cannot be taken back.
+    pub async fn admit_and_dispatch<T>(
+        self: &Arc<Self>,
+        caller: &Caller,
+        card: &ModelCard,
+        estimated_tokens: u32,
+        dispatch: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<(Admission, T), ApiError> {
         let member = ulid::Ulid::new().to_string();
         let Some(key) = &caller.key else {
-            return Ok(Admission::free(self.clone(), member));
+            return Ok((Admission::free(self.clone(), member), dispatch.await?));
         };
-        let mut limits = Vec::new();
-        let mut add = |kind, scope: String, limit: Option<u32>, cost: u32| {
-            if let Some(limit) = limit {
-                let what = match kind {
-                    LimitKind::RequestsPerMinute => "req",
-                    LimitKind::TokensPerMinute => "tok",
-                    LimitKind::Concurrent => "conc",
-                };
-                limits.push(Limit { kind, key: keys::rate_limit(what, &scope), limit, cost });
-            }
-        };
-        let model_scope = format!("{}:{}", key.id, card.name);
-        add(LimitKind::RequestsPerMinute, key.id.clone(), key.limits.rpm, 1);
-        add(LimitKind::TokensPerMinute, key.id.clone(), key.limits.tpm, estimated_tokens);
-        add(LimitKind::Concurrent, key.id.clone(), key.max_concurrent, 1);
-        add(LimitKind::RequestsPerMinute, model_scope.clone(), card.limits.rpm, 1);
-        add(LimitKind::TokensPerMinute, model_scope, card.limits.tpm, estimated_tokens);
+        let scope = format!("{}:{}", key.id, card.name);
+        let limits = limits_of(key, card, &scope, estimated_tokens);
         if limits.is_empty() {
-            return Ok(Admission::free(self.clone(), member));
+            return Ok((Admission::free(self.clone(), member), dispatch.await?));
         }
-        let decision = self
-            .limiter
-            .admit(&limits, &member, self.concurrency_ttl.as_millis() as u64)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("The rate limiter is unavailable (Redis did not answer: {e}); no request is admitted without it.")))?;
+        let (admission, work) = if self.far_from_limits(&scope, &limits) {
+            tokio::join!(self.admit(limits, member, &scope, &card.name), dispatch)
+        } else {
+            let admission = self.admit(limits, member, &scope, &card.name).await?;
+            (Ok(admission), dispatch.await)
+        };
+        let admission = admission?;
+        match work {
+            Ok(work) => Ok((admission, work)),
+            // Nothing was produced: nothing to charge.
+            Err(error) => {
+                admission.settle(0);
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether this replica's last admission for `scope` left every limit with room for this
+    /// request and a margin to spare.
+    fn far_from_limits(&self, scope: &str, limits: &[Limit]) -> bool {
+        let headroom = self.headroom.lock().unwrap();
+        let Some((states, at)) = headroom.get(scope) else { return false };
+        at.elapsed() < HEADROOM_TTL
+            && states.len() == limits.len()
+            && limits.iter().zip(states).all(|(limit, state)| far_from_limit(limit, state))
+    }
+
+    async fn admit(self: &Arc<Self>, limits: Vec<Limit>, member: String, scope: &str, model: &str) -> Result<Admission, ApiError> {
+        let decision = self.limiter.admit(&limits, &member, self.concurrency_ttl.as_millis() as u64).await;
+        let mut headroom = self.headroom.lock().unwrap();
+        match &decision {
+            Ok(Decision { refused: None, states, .. }) => {
+                if headroom.len() >= HEADROOM_ENTRIES {
+                    headroom.retain(|_, (_, at)| at.elapsed() < HEADROOM_TTL);
+                }
+                headroom.insert(scope.to_string(), (states.clone(), Instant::now()));
+            }
+            _ => {
+                headroom.remove(scope);
+            }
+        }
+        drop(headroom);
+        let decision = decision.map_err(|e| {
+            ApiError::Unavailable(format!("The rate limiter is unavailable (Redis did not answer: {e}); no request is admitted without it."))
+        })?;
         let headers = rate_headers(&limits, &decision);
         if let Some(refused) = decision.refused {
-            return Err(refusal(&limits[refused], &decision, headers, &card.name));
+            return Err(refusal(&limits[refused], &decision, headers, model));
         }
-        Ok(Admission { gate: self.clone(), limits, member, charged: estimated_tokens, headers, settled: false })
+        let charged = limits.iter().find(|limit| limit.kind == LimitKind::TokensPerMinute).map_or(0, |limit| limit.cost);
+        Ok(Admission { gate: self.clone(), limits, member, charged, headers, settled: false })
     }
+}
+
+/// Every limit that applies to a request of `key` on the model of `card`, in a fixed order.
+fn limits_of(key: &ApiKeyRecord, card: &ModelCard, model_scope: &str, estimated_tokens: u32) -> Vec<Limit> {
+    let mut limits = Vec::new();
+    let mut add = |kind, scope: &str, limit: Option<u32>, cost: u32| {
+        if let Some(limit) = limit {
+            let what = match kind {
+                LimitKind::RequestsPerMinute => "req",
+                LimitKind::TokensPerMinute => "tok",
+                LimitKind::Concurrent => "conc",
+            };
+            limits.push(Limit { kind, key: keys::rate_limit(what, scope), limit, cost });
+        }
+    };
+    add(LimitKind::RequestsPerMinute, &key.id, key.limits.rpm, 1);
+    add(LimitKind::TokensPerMinute, &key.id, key.limits.tpm, estimated_tokens);
+    add(LimitKind::Concurrent, &key.id, key.max_concurrent, 1);
+    add(LimitKind::RequestsPerMinute, model_scope, card.limits.rpm, 1);
+    add(LimitKind::TokensPerMinute, model_scope, card.limits.tpm, estimated_tokens);
+    limits
+}
+
+/// Whether a limit last seen at `state` would still pass this request with a quarter of the
+/// limit to spare: that much use by other replicas (or by this replica's requests in flight)
+/// within [`HEADROOM_TTL`] is what it takes for a request dispatched early to be refused.
+fn far_from_limit(limit: &Limit, state: &LimitState) -> bool {
+    state.remaining - limit.cost as i64 >= (limit.limit as i64 / 4).max(1)
 }
 
 fn incorrect_key(secret: &str) -> ApiError {

@@ -10,13 +10,16 @@ use crate::BrokerError;
 /// How long a cancel flag outlives the job's request; longer than any job waits in the queue.
 const FLAG_TTL_SECS: u64 = 24 * 3600;
 
-/// Marks `job_id` cancelled and tells the workers.
+/// Marks `job_id` cancelled and tells the workers. Each half is tried even if the other
+/// fails: with Redis down, the announcement still stops a running job (and workers remember
+/// it for a job they pull later).
 pub async fn cancel_job(redis: &ConnectionManager, nats: &async_nats::Client, job_id: &str) -> Result<(), BrokerError> {
-    let _: () = redis.clone().set_ex(keys::cancel(job_id), 1u8, FLAG_TTL_SECS).await?;
-    nats.publish(subject::cancel(job_id), Default::default())
-        .await
-        .map_err(|e| BrokerError::Nats(format!("announcing cancellation: {e}")))?;
-    Ok(())
+    let mut redis = redis.clone();
+    let flag = redis.set_ex::<_, _, ()>(keys::cancel(job_id), 1u8, FLAG_TTL_SECS);
+    let announcement = nats.publish(subject::cancel(job_id), Default::default());
+    let (flag, announcement) = tokio::join!(flag, announcement);
+    announcement.map_err(|e| BrokerError::Nats(format!("announcing cancellation: {e}")))?;
+    Ok(flag?)
 }
 
 /// Whether `job_id` was cancelled.

@@ -16,6 +16,9 @@ pub fn cancel(job_id: &str) -> String {
     format!("sy:cancel:{job_id}")
 }
 
+/// `SCAN` pattern matching every job's cancellation flag.
+pub const CANCEL_FLAGS: &str = "sy:cancel:*";
+
 /// Set of every API key id.
 pub const API_KEYS: &str = "sy:apikeys";
 

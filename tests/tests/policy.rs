@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use switchyard_broker::apikeys::{ApiKeys, KeySpec};
-use switchyard_schemas::{ApiKeyRecord, RateLimits, now_ms};
+use switchyard_schemas::{ApiKeyRecord, RateLimits, keys, now_ms};
 use switchyard_tests::openai::{Endpoint, chat_request, check_completion, check_stream, completion_request, words};
 use switchyard_tests::{Stack, assert_openai_error, eventually};
 
@@ -262,6 +262,61 @@ async fn two_replicas_share_one_requests_per_minute_limit() {
     let ok = statuses.iter().filter(|(_, s)| *s == 200).count();
     let limited = statuses.iter().filter(|(_, s)| *s == 429).count();
     assert_eq!((ok, limited), (10, 20), "exactly the 10 requests of the RPM limit pass across both replicas: {statuses:?}");
+}
+
+/// A replica that last saw the key far from its limit publishes the job while Redis decides;
+/// when Redis refuses (another replica used the rest meanwhile) the client gets the 429 and
+/// the job is cancelled.
+#[tokio::test]
+async fn a_job_dispatched_while_redis_decides_is_cancelled_when_refused() {
+    let stack = Stack::builder().with_auth().start().await;
+    let replica = stack.api_replica().await;
+    let worker = stack.worker(&["echo", "--delay", "50ms"]);
+    stack.worker_id(&worker).await;
+    let (key, _) = cli_key(&stack, &["--user", "u", "--rpm", "16"]);
+    let (here, there) = (stack.api_url(CHAT), replica.url(CHAT));
+    for models_url in [stack.api_url("/v1/models"), replica.url("/v1/models")] {
+        eventually(Duration::from_secs(60), &format!("echo listed at {models_url}"), || async {
+            let reply = call(stack.http(), &models_url, Some(&key), None, Duration::from_secs(10)).await;
+            reply.body["data"].as_array().is_some_and(|data| data.iter().any(|m| m["id"] == "echo")).then_some(())
+        })
+        .await;
+    }
+    let send = |url: String, text: &'static str| {
+        let (http, key) = (stack.http().clone(), key.clone());
+        async move { call(&http, &url, Some(&key), Some(&chat_request("echo", text)), Duration::from_secs(60)).await }
+    };
+
+    // This replica sees 15 of 16 left; the other then takes 15 of them.
+    let first = send(here.clone(), "one").await;
+    assert_eq!((first.status, first.header_u64("x-ratelimit-remaining-requests")), (200, 15), "{}", first.body);
+    for i in 0..15 {
+        let reply = send(there.clone(), "elsewhere").await;
+        assert_eq!(reply.status, 200, "request {i} on the other replica: {}", reply.body);
+    }
+    let redis = stack.redis_conn().await;
+    let flags = || {
+        let mut redis = redis.clone();
+        async move { redis::cmd("KEYS").arg(keys::CANCEL_FLAGS).query_async::<Vec<String>>(&mut redis).await.expect("KEYS") }
+    };
+    assert!(flags().await.is_empty(), "no job was cancelled yet");
+
+    // This replica still believes the key far from its limit: the job goes out with the
+    // admission, Redis refuses it, and the job is cancelled rather than answered.
+    let refused = send(here.clone(), "a long answer that will never be seen by anyone").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.error()["code"], "rate_limit_exceeded", "{}", refused.body);
+    assert_eq!(refused.header_u64("x-ratelimit-remaining-requests"), 0);
+    eventually(Duration::from_secs(5), "the job dispatched before the refusal to be cancelled", || async {
+        (flags().await.len() == 1).then_some(())
+    })
+    .await;
+
+    // Near its limit, this replica now asks Redis first: nothing more is dispatched.
+    let refused = send(here, "again").await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(flags().await.len(), 1, "a request refused before dispatch leaves no job to cancel");
 }
 
 #[tokio::test]

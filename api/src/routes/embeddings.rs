@@ -27,8 +27,9 @@ pub async fn embeddings(
     let model = state.model_for(&caller, &request.model, ModelKind::Embedding).await?;
     let input = validate::embedding(&request, &state.limits)?;
     let count = input.len();
-    let admission = state.gate.admit(&caller, &model.card, estimate_tokens(input.iter().map(String::len).sum(), 0)).await?;
-    let mut handle = state.jobs.submit(&request.model, JobRequest::Embedding { input }).await?;
+    let estimate = estimate_tokens(input.iter().map(String::len).sum(), 0);
+    let submit = state.jobs.submit(&request.model, JobRequest::Embedding { input });
+    let (admission, mut handle) = state.gate.admit_and_dispatch(&caller, &model.card, estimate, submit).await?;
     let mut vectors: Vec<Option<Vec<f32>>> = vec![None; count];
     let usage = loop {
         match handle.next_output().await? {

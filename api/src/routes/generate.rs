@@ -14,7 +14,7 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelKind, TokenLogprob, Usage};
+use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelCard, ModelKind, TokenLogprob, Usage};
 
 use super::{AppState, estimate_tokens};
 use crate::policy::{Admission, Caller};
@@ -70,9 +70,9 @@ pub async fn chat_completions(
     let reply = Reply { id: format!("chatcmpl-{}", ulid::Ulid::new()), model: model_name, created: now_secs(), flavor: Flavor::Chat, n: n as usize, logprobs: params.logprobs };
     let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
     let estimate = estimate_tokens(prompt_chars, params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)).saturating_mul(n);
-    let admission = state.gate.admit(&caller, &model.card, estimate).await?;
     let jobs = (0..n).map(|i| JobRequest::Chat { messages: messages.clone(), params: choice_params(&params, i) }).collect();
-    run(state, reply, jobs, stream, include_usage, admission).await
+    let to_admit = ToAdmit { caller, card: model.card, estimate };
+    run(state, reply, jobs, stream, include_usage, to_admit).await
 }
 
 #[utoipa::path(post, path = "/v1/completions", tag = "generation", request_body = CompletionRequest,
@@ -93,14 +93,14 @@ pub async fn completions(
         .iter()
         .map(|prompt| estimate_tokens(prompt.len(), params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)).saturating_mul(n))
         .fold(0u32, u32::saturating_add);
-    let admission = state.gate.admit(&caller, &model.card, estimate).await?;
     let jobs = prompts
         .iter()
         .flat_map(|prompt| (0..n).map(|i| JobRequest::Completion { prompt: prompt.clone(), params: choice_params(&params, i) }))
         .collect();
     let flavor = Flavor::Completion { echo: echo.then_some(prompts) };
     let reply = Reply { id: format!("cmpl-{}", ulid::Ulid::new()), model: model_name, created: now_secs(), flavor, n: n as usize, logprobs: params.logprobs };
-    run(state, reply, jobs, stream, include_usage, admission).await
+    let to_admit = ToAdmit { caller, card: model.card, estimate };
+    run(state, reply, jobs, stream, include_usage, to_admit).await
 }
 
 /// Completion tokens charged up front when a request sets no `max_tokens` (corrected to the
@@ -115,15 +115,23 @@ fn choice_params(params: &switchyard_schemas::SamplingParams, i: u32) -> switchy
     params
 }
 
+/// Who asks, for which model, at what estimated token cost: what admission needs.
+struct ToAdmit {
+    caller: Caller,
+    card: ModelCard,
+    estimate: u32,
+}
+
 async fn run(
     state: AppState,
     reply: Reply,
     jobs: Vec<JobRequest>,
     stream: bool,
     include_usage: bool,
-    admission: Admission,
+    to_admit: ToAdmit,
 ) -> Result<Response, ApiError> {
-    let handles = futures::future::try_join_all(jobs.into_iter().map(|job| state.jobs.submit(&reply.model, job))).await?;
+    let submit = futures::future::try_join_all(jobs.into_iter().map(|job| state.jobs.submit(&reply.model, job)));
+    let (admission, handles) = state.gate.admit_and_dispatch(&to_admit.caller, &to_admit.card, to_admit.estimate, submit).await?;
     let headers = admission.headers().clone();
     let response = if stream {
         respond_stream(reply, handles, include_usage, admission).await?
