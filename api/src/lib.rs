@@ -12,6 +12,7 @@ pub mod directory;
 pub mod error;
 pub mod extract;
 pub mod jobs;
+pub mod lease;
 pub mod openai;
 pub mod openapi;
 pub mod policy;

@@ -7,13 +7,9 @@
 //! limits) atomically in Redis, shared by all replicas. Without Redis there is no admission:
 //! the api answers 503 rather than count per process.
 //!
-//! Admission need not delay the work, though. When this replica last saw a key far from all
-//! of its limits, the request's jobs are published while Redis decides
-//! ([`Gate::admit_and_dispatch`]); a refusal then cancels them before any output reaches the
-//! client. Redis still decides every request, so limits stay exact across replicas; what a
-//! wrong guess costs is a job started and cancelled at once. Near a limit, after a refusal,
-//! or when Redis failed, admission comes first, so a client over its limit never gets work
-//! started.
+//! Admission need not cost a round trip per request, though: a busy key far from its limits
+//! is served from capacity reserved in Redis ahead of time, and near a limit a request's jobs
+//! may be published while Redis decides (see [`crate::lease`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,25 +25,21 @@ use switchyard_broker::ratelimit::{Decision, Limit, LimitKind, LimitState, RateL
 use switchyard_schemas::{ApiKeyRecord, ModelCard, keys, now_ms, subject};
 
 use crate::error::ApiError;
+use crate::lease::{self, Draw, LEASE_TTL, Lease, Plan, Scope};
 use crate::routes::AppState;
 
 /// How long a key record is trusted without asking Redis again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 
-/// How long what this replica learned of a key's limits is good for judging the next request.
-/// Time only refills limits; what it cannot see is other replicas' use, which the
-/// [`far_from_limit`] margin absorbs.
-const HEADROOM_TTL: Duration = Duration::from_secs(10);
-
-/// Headroom entries kept before stale ones are swept.
-const HEADROOM_ENTRIES: usize = 10_000;
+/// Scopes (key and model) remembered before stale ones are swept.
+const SCOPES_KEPT: usize = 10_000;
 
 pub struct Gate {
     keys: ApiKeys,
     limiter: RateLimiter,
     cache: Mutex<HashMap<String, (Arc<ApiKeyRecord>, Instant)>>,
-    /// Per key and model: the limits' state after this replica's last admission, and when.
-    headroom: Mutex<HashMap<String, (Vec<LimitState>, Instant)>>,
+    /// Per key and model (`key_id:model`): what this replica knows of the limits, and its lease.
+    scopes: Mutex<HashMap<String, Scope>>,
     no_auth: bool,
     /// A concurrency slot left by a crashed replica frees itself after this long.
     concurrency_ttl: Duration,
@@ -76,7 +68,7 @@ impl Gate {
             keys: ApiKeys::new(redis.clone()),
             limiter: RateLimiter::new(redis),
             cache: Mutex::new(HashMap::new()),
-            headroom: Mutex::new(HashMap::new()),
+            scopes: Mutex::new(HashMap::new()),
             no_auth,
             concurrency_ttl,
         })
@@ -132,16 +124,22 @@ impl Gate {
         Ok(Caller { key: Some(key) })
     }
 
-    /// Sends the rate-limit corrections still waiting to ride along with an admission.
+    /// Gives back what every lease left, and sends the rate-limit corrections still waiting
+    /// to ride along with an admission (at shutdown).
     pub async fn flush_settlements(&self) -> Result<(), switchyard_broker::BrokerError> {
+        let leases: Vec<Lease> = self.scopes.lock().unwrap().values_mut().filter_map(|scope| scope.end(None)).collect();
+        for lease in leases {
+            self.give_back(lease);
+        }
         self.limiter.flush().await
     }
 
     /// Charges a request against every limit that applies to it (or refuses it with 429) and
-    /// runs `dispatch`, which starts the request's jobs: both at once when this replica last
-    /// saw the key far from its limits, otherwise admission first. A refusal drops what
-    /// `dispatch` returned, which must cancel the work (as dropping a `JobHandle` does); so
-    /// `dispatch` must start nothing that cannot be taken back.
+    /// runs `dispatch`, which starts the request's jobs. A request served from a lease costs no
+    /// round trip; otherwise both run at once when this replica last saw the key far from its
+    /// limits, and admission comes first when not. A refusal drops what `dispatch` returned,
+    /// which must cancel the work (as dropping a `JobHandle` does); so `dispatch` must start
+    /// nothing that cannot be taken back.
     pub async fn admit_and_dispatch<T>(
         self: &Arc<Self>,
         caller: &Caller,
@@ -158,57 +156,124 @@ impl Gate {
         if limits.is_empty() {
             return Ok((Admission::free(self.clone(), member), dispatch.await?));
         }
-        let (admission, work) = if self.far_from_limits(&scope, &limits) {
-            tokio::join!(self.admit(limits, member, &scope, &card.name), dispatch)
-        } else {
-            let admission = self.admit(limits, member, &scope, &card.name).await?;
-            (Ok(admission), dispatch.await)
+        let plan = match self.draw_from_lease(&scope, &limits, member.clone(), estimated_tokens) {
+            Ok(admission) => return with_work(admission, dispatch.await),
+            Err(plan) => plan,
         };
-        let admission = admission?;
-        match work {
-            Ok(work) => Ok((admission, work)),
-            // Nothing was produced: nothing to charge.
-            Err(error) => {
-                admission.settle(0);
-                Err(error)
-            }
+        let admit = self.admit(&scope, limits, plan.reserve, member, &card.name, estimated_tokens);
+        if plan.overlap {
+            let (admission, work) = tokio::join!(admit, dispatch);
+            with_work(admission?, work)
+        } else {
+            let admission = admit.await?;
+            with_work(admission, dispatch.await)
         }
     }
 
-    /// Whether this replica's last admission for `scope` left every limit with room for this
-    /// request and a margin to spare.
-    fn far_from_limits(&self, scope: &str, limits: &[Limit]) -> bool {
-        let headroom = self.headroom.lock().unwrap();
-        let Some((states, at)) = headroom.get(scope) else { return false };
-        at.elapsed() < HEADROOM_TTL
-            && states.len() == limits.len()
-            && limits.iter().zip(states).all(|(limit, state)| far_from_limit(limit, state))
+    /// Admits the request from its scope's lease, or says how to ask Redis.
+    fn draw_from_lease(self: &Arc<Self>, scope: &str, limits: &[Limit], member: String, estimated_tokens: u32) -> Result<Admission, Plan> {
+        let mut scopes = self.scopes.lock().unwrap();
+        let Some(known) = scopes.get_mut(scope) else { return Err(Scope::default().plan(limits)) };
+        match known.draw(limits, estimated_tokens) {
+            Draw::Served { limits, states } => {
+                let headers = rate_headers(&limits, &states);
+                return Ok(Admission { gate: self.clone(), limits, member, charged: estimated_tokens, headers, settled: false });
+            }
+            Draw::Ended(lease) => self.give_back(lease),
+            Draw::NoLease => {}
+        }
+        Err(known.plan(limits))
     }
 
-    async fn admit(self: &Arc<Self>, limits: Vec<Limit>, member: String, scope: &str, model: &str) -> Result<Admission, ApiError> {
-        let decision = self.limiter.admit(&limits, &member, self.concurrency_ttl.as_millis() as u64).await;
-        let mut headroom = self.headroom.lock().unwrap();
-        match &decision {
-            Ok(Decision { refused: None, states, .. }) => {
-                if headroom.len() >= HEADROOM_ENTRIES {
-                    headroom.retain(|_, (_, at)| at.elapsed() < HEADROOM_TTL);
+    /// Asks Redis to admit the request, reserving `reserve` requests' worth when above 1 (and
+    /// the request alone if that does not fit).
+    async fn admit(
+        self: &Arc<Self>,
+        scope: &str,
+        limits: Vec<Limit>,
+        mut reserve: u32,
+        member: String,
+        model: &str,
+        estimated_tokens: u32,
+    ) -> Result<Admission, ApiError> {
+        let asked_for_lease = reserve > 1;
+        let (charged, decision) = loop {
+            let charged: Arc<[Limit]> = limits.iter().map(|limit| lease::reserved(limit, reserve)).collect();
+            let hold = if reserve > 1 { LEASE_TTL } else { Duration::ZERO };
+            let decision = self.limiter.admit(&charged, &member, hold.as_millis() as u64, self.concurrency_ttl.as_millis() as u64).await;
+            match decision {
+                // The lease did not fit; this request alone may.
+                Ok(Decision { refused: Some(_), .. }) if reserve > 1 => reserve = 1,
+                decision => break (charged, decision),
+            }
+        };
+        let (states, replaced) = {
+            let mut scopes = self.scopes.lock().unwrap();
+            if scopes.len() >= SCOPES_KEPT {
+                scopes.retain(|_, known| !known.is_stale());
+            }
+            let known = scopes.entry(scope.to_string()).or_default();
+            if asked_for_lease {
+                known.lease_answered();
+            }
+            match &decision {
+                Ok(Decision { refused: None, states, .. }) => {
+                    let (states, replaced) = known.admitted(states.clone(), &charged, reserve, &member, estimated_tokens);
+                    (Some(states), replaced)
                 }
-                headroom.insert(scope.to_string(), (states.clone(), Instant::now()));
+                _ => {
+                    known.forget();
+                    (None, None)
+                }
             }
-            _ => {
-                headroom.remove(scope);
-            }
+        };
+        if let Some(replaced) = replaced {
+            self.give_back(replaced);
         }
-        drop(headroom);
         let decision = decision.map_err(|e| {
             ApiError::Unavailable(format!("The rate limiter is unavailable (Redis did not answer: {e}); no request is admitted without it."))
         })?;
-        let headers = rate_headers(&limits, &decision);
-        if let Some(refused) = decision.refused {
-            return Err(refusal(&limits[refused], &decision, headers, model));
+        let Some(states) = states else {
+            let refused = decision.refused.expect("a decision without states refused the request");
+            let headers = rate_headers(&charged, &decision.states);
+            return Err(refusal(&charged[refused], &decision, headers, model));
+        };
+        if reserve > 1 {
+            self.end_lease_when_due(scope, &member);
         }
-        let charged = limits.iter().find(|limit| limit.kind == LimitKind::TokensPerMinute).map_or(0, |limit| limit.cost);
-        Ok(Admission { gate: self.clone(), limits, member, charged, headers, settled: false })
+        let headers = rate_headers(&charged, &states);
+        Ok(Admission { gate: self.clone(), limits: charged, member, charged: estimated_tokens, headers, settled: false })
+    }
+
+    /// Gives back what the lease made under `member` left once it has expired, unless it has
+    /// ended before.
+    fn end_lease_when_due(self: &Arc<Self>, scope: &str, member: &str) {
+        let (gate, scope, member) = (Arc::downgrade(self), scope.to_string(), member.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(LEASE_TTL).await;
+            let Some(gate) = gate.upgrade() else { return };
+            let lease = gate.scopes.lock().unwrap().get_mut(&scope).and_then(|known| known.end(Some(&member)));
+            if let Some(lease) = lease {
+                gate.give_back(lease);
+            }
+        });
+    }
+
+    fn give_back(&self, lease: Lease) {
+        let (requests, tokens) = lease.unused();
+        self.limiter.return_unused(&lease.limits, &lease.member, requests, tokens);
+    }
+}
+
+/// The admission and the work it admitted; a request whose work could not start is charged
+/// nothing.
+fn with_work<T>(admission: Admission, work: Result<T, ApiError>) -> Result<(Admission, T), ApiError> {
+    match work {
+        Ok(work) => Ok((admission, work)),
+        Err(error) => {
+            admission.settle(0);
+            Err(error)
+        }
     }
 }
 
@@ -231,13 +296,6 @@ fn limits_of(key: &ApiKeyRecord, card: &ModelCard, model_scope: &str, estimated_
     add(LimitKind::RequestsPerMinute, model_scope, card.limits.rpm, 1);
     add(LimitKind::TokensPerMinute, model_scope, card.limits.tpm, estimated_tokens);
     limits
-}
-
-/// Whether a limit last seen at `state` would still pass this request with a quarter of the
-/// limit to spare: that much use by other replicas (or by this replica's requests in flight)
-/// within [`HEADROOM_TTL`] is what it takes for a request dispatched early to be refused.
-fn far_from_limit(limit: &Limit, state: &LimitState) -> bool {
-    state.remaining - limit.cost as i64 >= (limit.limit as i64 / 4).max(1)
 }
 
 fn incorrect_key(secret: &str) -> ApiError {
@@ -263,14 +321,14 @@ fn refusal(limit: &Limit, decision: &Decision, mut headers: HeaderMap, model: &s
 }
 
 /// OpenAI's `x-ratelimit-*` headers for the key's own request and token limits.
-fn rate_headers(limits: &[Limit], decision: &Decision) -> HeaderMap {
+fn rate_headers(limits: &[Limit], states: &[LimitState]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut set = |name: &'static str, value: String| {
         if !headers.contains_key(name) {
             headers.insert(name, HeaderValue::from_str(&value).expect("ASCII header value"));
         }
     };
-    for (limit, state) in limits.iter().zip(&decision.states) {
+    for (limit, state) in limits.iter().zip(states) {
         let suffix = match limit.kind {
             LimitKind::RequestsPerMinute => "requests",
             LimitKind::TokensPerMinute => "tokens",
@@ -304,8 +362,9 @@ fn go_duration(ms: u64) -> String {
 /// and frees the concurrency slot; a request refused before any output settles at zero.
 pub struct Admission {
     gate: Arc<Gate>,
-    limits: Vec<Limit>,
+    limits: Arc<[Limit]>,
     member: String,
+    /// Tokens charged for this request (the estimate).
     charged: u32,
     headers: HeaderMap,
     settled: bool,
@@ -313,7 +372,7 @@ pub struct Admission {
 
 impl Admission {
     fn free(gate: Arc<Gate>, member: String) -> Self {
-        Admission { gate, limits: Vec::new(), member, charged: 0, headers: HeaderMap::new(), settled: true }
+        Admission { gate, limits: Arc::new([]), member, charged: 0, headers: HeaderMap::new(), settled: true }
     }
 
     /// The `x-ratelimit-*` headers to send with the response.

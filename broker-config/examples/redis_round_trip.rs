@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         for n in 0..ROUNDS {
             let member = format!("m{n}");
             let start = after_idle(gap);
-            limiter.admit(&limits, &member, 60_000).await?;
+            limiter.admit(&limits, &member, 0, 60_000).await?;
             admit_times.push(start.elapsed());
             limiter.settle(&limits, &member, -200);
         }

@@ -10,11 +10,18 @@
 //! * Concurrent requests: a sorted set of running request ids, each with an expiry so a
 //!   crashed api replica cannot leak slots forever.
 //!
+//! A request may also reserve capacity for the ones after it (`cost` above 1: that many
+//! window entries, that many tokens), which the caller hands out without asking Redis and
+//! gives back unused with [`RateLimiter::return_unused`]. Reserved window entries are dated at
+//! the end of the reservation (`hold_ms`), so however late within it a reserved request is
+//! served, it counts for a full 60 s from then or later: no 60 s span sees more than the limit.
+//!
 //! Settling costs no round trip of its own: corrections wait (at most [`SETTLE_DELAY`]) for
 //! the next admission of this replica and go in the same pipeline, ahead of its script, so
 //! a slot freed here is free for the next request here. A busy replica thus makes one Redis
 //! round trip per request, not two.
 
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,12 +79,13 @@ const ADMIT: &str = r#"
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local conc_ttl = tonumber(ARGV[3])
+local hold = tonumber(ARGV[4])
 local n = #KEYS
 local states = {}
 local refused, retry = 0, 0
 -- Check every limit first; charge only if all pass.
 for i = 1, n do
-  local kind, limit, cost = ARGV[3 + 3*i - 2], tonumber(ARGV[3 + 3*i - 1]), tonumber(ARGV[3 + 3*i])
+  local kind, limit, cost = ARGV[4 + 3*i - 2], tonumber(ARGV[4 + 3*i - 1]), tonumber(ARGV[4 + 3*i])
   local key = KEYS[i]
   local remaining, reset = 0, 0
   if kind == "window" then
@@ -111,11 +119,21 @@ for i = 1, n do
 end
 if refused == 0 then
   for i = 1, n do
-    local kind, limit, cost = ARGV[3 + 3*i - 2], tonumber(ARGV[3 + 3*i - 1]), tonumber(ARGV[3 + 3*i])
+    local kind, limit, cost = ARGV[4 + 3*i - 2], tonumber(ARGV[4 + 3*i - 1]), tonumber(ARGV[4 + 3*i])
     local key = KEYS[i]
     if kind == "window" then
-      redis.call("ZADD", key, now, member)
-      redis.call("PEXPIRE", key, 60000)
+      if cost == 1 then
+        redis.call("ZADD", key, now + hold, member)
+      else
+        -- A reservation: one entry per request, named as `reserved_member` names them.
+        local entries = {}
+        for j = 1, cost do
+          entries[2*j - 1] = now + hold
+          entries[2*j] = member .. ":" .. j
+        end
+        redis.call("ZADD", key, unpack(entries))
+      end
+      redis.call("PEXPIRE", key, 60000 + hold)
       if states[i][2] == 0 then states[i][2] = 60000 end
     elseif kind == "bucket" then
       local tokens = states[n + i] - cost
@@ -145,6 +163,20 @@ const BUCKET_TTL_MS: i64 = 120_000;
 /// serving a request every few milliseconds wakes for it only now and then.
 pub const SETTLE_DELAY: Duration = Duration::from_millis(20);
 
+/// The window entry of request `j` (from 1) of a reservation made under `member`; the admit
+/// script names them the same way.
+pub fn reserved_member(member: &str, j: u32) -> String {
+    format!("{member}:{j}")
+}
+
+/// Gives `tokens` back to a token bucket (negative: charges them), for its next charge to fold in.
+fn refund(pipe: &mut redis::Pipeline, bucket: &str, tokens: i64) {
+    pipe.hincr(bucket, "adj", tokens).ignore();
+    // Same lifetime as a charged bucket (the admit script), so a correction to a bucket that
+    // expired meanwhile does not linger either.
+    pipe.pexpire(bucket, BUCKET_TTL_MS).ignore();
+}
+
 pub struct RateLimiter {
     redis: ConnectionManager,
     admit: redis::Script,
@@ -171,15 +203,17 @@ impl RateLimiter {
         Self { redis, admit: redis::Script::new(ADMIT), corrections: Arc::default() }
     }
 
-    /// Checks and charges `limits` for one request identified by `member`. Concurrency slots
-    /// expire after `concurrency_ttl_ms` if never settled.
-    pub async fn admit(&self, limits: &[Limit], member: &str, concurrency_ttl_ms: u64) -> Result<Decision, BrokerError> {
+    /// Checks and charges `limits` for one request identified by `member` (or for a
+    /// reservation, when a window's cost is above 1: see [`reserved_member`]). Window entries
+    /// are dated `hold_ms` ahead; concurrency slots expire after `concurrency_ttl_ms` if never
+    /// settled.
+    pub async fn admit(&self, limits: &[Limit], member: &str, hold_ms: u64, concurrency_ttl_ms: u64) -> Result<Decision, BrokerError> {
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg(self.admit.get_hash()).arg(limits.len());
         for limit in limits {
             evalsha.arg(&limit.key);
         }
-        evalsha.arg(now_ms()).arg(member).arg(concurrency_ttl_ms);
+        evalsha.arg(now_ms()).arg(member).arg(concurrency_ttl_ms).arg(hold_ms);
         for limit in limits {
             evalsha.arg(limit.kind.as_str()).arg(limit.limit).arg(limit.cost);
         }
@@ -205,22 +239,41 @@ impl RateLimiter {
     /// refunds) and frees the request's concurrency slots — with the next admission, or
     /// within [`SETTLE_DELAY`]. Call it inside a Tokio runtime.
     pub fn settle(&self, limits: &[Limit], member: &str, token_delta: i64) {
+        self.correct(|pipe| {
+            for limit in limits {
+                match limit.kind {
+                    LimitKind::TokensPerMinute if token_delta != 0 => refund(pipe, &limit.key, -token_delta),
+                    LimitKind::Concurrent => {
+                        pipe.zrem(&limit.key, member).ignore();
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Gives back what a reservation made under `member` did not use: the window entries
+    /// numbered `unused_requests` and `unused_tokens` tokens. Sent like [`Self::settle`].
+    pub fn return_unused(&self, limits: &[Limit], member: &str, unused_requests: RangeInclusive<u32>, unused_tokens: u32) {
+        self.correct(|pipe| {
+            for limit in limits {
+                match limit.kind {
+                    LimitKind::RequestsPerMinute if !unused_requests.is_empty() => {
+                        let entries: Vec<String> = unused_requests.clone().map(|j| reserved_member(member, j)).collect();
+                        pipe.zrem(&limit.key, entries).ignore();
+                    }
+                    LimitKind::TokensPerMinute if unused_tokens > 0 => refund(pipe, &limit.key, unused_tokens as i64),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Queues the corrections `add` writes, and makes sure they are sent within [`SETTLE_DELAY`].
+    fn correct(&self, add: impl FnOnce(&mut redis::Pipeline)) {
         let mut corrections = self.corrections.lock().unwrap();
         let before = corrections.pipe.len();
-        for limit in limits {
-            match limit.kind {
-                LimitKind::TokensPerMinute if token_delta != 0 => {
-                    corrections.pipe.hincr(&limit.key, "adj", -token_delta).ignore();
-                    // Same lifetime as a charged bucket (the admit script), so a correction to a
-                    // bucket that expired meanwhile does not linger either.
-                    corrections.pipe.pexpire(&limit.key, BUCKET_TTL_MS).ignore();
-                }
-                LimitKind::Concurrent => {
-                    corrections.pipe.zrem(&limit.key, member).ignore();
-                }
-                _ => {}
-            }
-        }
+        add(&mut corrections.pipe);
         if corrections.pipe.len() == before || corrections.flush_scheduled {
             return;
         }

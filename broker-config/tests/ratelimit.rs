@@ -4,7 +4,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use switchyard_broker::apikeys::{ApiKeys, KeySpec, hash_secret};
-use switchyard_broker::ratelimit::{Limit, LimitKind, RateLimiter, SETTLE_DELAY};
+use switchyard_broker::ratelimit::{Limit, LimitKind, RateLimiter, SETTLE_DELAY, reserved_member};
 
 struct Redis(Child, u16);
 
@@ -43,7 +43,7 @@ async fn requests_per_minute_let_exactly_the_limit_through() {
     let limits = [limit(LimitKind::RequestsPerMinute, "rl:req", 5, 1)];
     let mut allowed = 0;
     for i in 0..12 {
-        let decision = limiter.admit(&limits, &format!("r{i}"), 60_000).await.unwrap();
+        let decision = limiter.admit(&limits, &format!("r{i}"), 0, 60_000).await.unwrap();
         if decision.refused.is_none() {
             allowed += 1;
             assert_eq!(decision.states[0].remaining, 5 - allowed);
@@ -61,24 +61,24 @@ async fn a_refused_limit_charges_nothing_else() {
     let limiter = RateLimiter::new(redis);
     let tokens = limit(LimitKind::TokensPerMinute, "rl:tok", 100, 80);
     let requests = limit(LimitKind::RequestsPerMinute, "rl:req", 10, 1);
-    let first = limiter.admit(&[requests.clone(), tokens.clone()], "a", 60_000).await.unwrap();
+    let first = limiter.admit(&[requests.clone(), tokens.clone()], "a", 0, 60_000).await.unwrap();
     assert_eq!(first.refused, None);
     assert_eq!(first.states[1].remaining, 20);
-    let second = limiter.admit(&[requests.clone(), tokens.clone()], "b", 60_000).await.unwrap();
+    let second = limiter.admit(&[requests.clone(), tokens.clone()], "b", 0, 60_000).await.unwrap();
     assert_eq!(second.refused, Some(1), "the token bucket refuses");
     // The refused request did not use up a request slot.
-    let probe = limiter.admit(&[requests.clone()], "c", 60_000).await.unwrap();
+    let probe = limiter.admit(&[requests.clone()], "c", 0, 60_000).await.unwrap();
     assert_eq!(probe.states[0].remaining, 8);
     // 20 tokens left: a 60-token request is refused until the first request is corrected to
     // its real usage (30 instead of 80), which refunds 50.
     let bigger = limit(LimitKind::TokensPerMinute, "rl:tok", 100, 60);
-    assert_eq!(limiter.admit(&[bigger.clone()], "d", 60_000).await.unwrap().refused, Some(0));
+    assert_eq!(limiter.admit(&[bigger.clone()], "d", 0, 60_000).await.unwrap().refused, Some(0));
     limiter.settle(&[tokens.clone()], "a", 30 - 80);
-    let third = limiter.admit(&[bigger], "d", 60_000).await.unwrap();
+    let third = limiter.admit(&[bigger], "d", 0, 60_000).await.unwrap();
     assert_eq!(third.refused, None, "{third:?}");
     assert!((10..=12).contains(&third.states[0].remaining), "{third:?}");
     // A cost above the whole limit can never pass.
-    let huge = limiter.admit(&[limit(LimitKind::TokensPerMinute, "rl:tok2", 100, 101)], "e", 60_000).await.unwrap();
+    let huge = limiter.admit(&[limit(LimitKind::TokensPerMinute, "rl:tok2", 100, 101)], "e", 0, 60_000).await.unwrap();
     assert_eq!((huge.refused, huge.retry_after_ms), (Some(0), None));
 }
 
@@ -89,11 +89,11 @@ async fn a_refund_never_fills_a_bucket_past_its_limit() {
     let tokens = limit(LimitKind::TokensPerMinute, "rl:tok3", 100, 10);
     // A refund for a bucket that expired (or was never charged here): the bucket is full anyway.
     limiter.settle(&[tokens.clone()], "a", -500);
-    let admitted = limiter.admit(&[tokens.clone()], "b", 60_000).await.unwrap();
+    let admitted = limiter.admit(&[tokens.clone()], "b", 0, 60_000).await.unwrap();
     assert_eq!((admitted.refused, admitted.states[0].remaining), (None, 90), "{admitted:?}");
     // An under-estimate is charged on top at the next admission.
     limiter.settle(&[tokens.clone()], "b", 40);
-    let next = limiter.admit(&[tokens], "c", 60_000).await.unwrap();
+    let next = limiter.admit(&[tokens], "c", 0, 60_000).await.unwrap();
     assert!((40..=41).contains(&next.states[0].remaining), "90 - 40 - 10 (plus a little refill): {next:?}");
 }
 
@@ -103,23 +103,57 @@ async fn concurrency_slots_are_freed_by_settle() {
     let mut raw = redis.clone();
     let limiter = RateLimiter::new(redis);
     let conc = [limit(LimitKind::Concurrent, "rl:conc", 2, 1)];
-    assert_eq!(limiter.admit(&conc, "a", 60_000).await.unwrap().refused, None);
-    assert_eq!(limiter.admit(&conc, "b", 60_000).await.unwrap().refused, None);
-    assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, Some(0));
+    assert_eq!(limiter.admit(&conc, "a", 0, 60_000).await.unwrap().refused, None);
+    assert_eq!(limiter.admit(&conc, "b", 0, 60_000).await.unwrap().refused, None);
+    assert_eq!(limiter.admit(&conc, "c", 0, 60_000).await.unwrap().refused, Some(0));
     // Freed by the next admission, which carries the correction ahead of its own check.
     limiter.settle(&conc, "a", 0);
-    assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, None);
+    assert_eq!(limiter.admit(&conc, "c", 0, 60_000).await.unwrap().refused, None);
     // Freed at once by a flush (an api shutting down).
     limiter.settle(&conc, "c", 0);
     limiter.flush().await.unwrap();
     let running: usize = redis::cmd("ZCARD").arg("rl:conc").query_async(&mut raw).await.unwrap();
     assert_eq!(running, 1, "only b still holds a slot after the flush");
-    assert_eq!(limiter.admit(&conc, "c", 60_000).await.unwrap().refused, None);
+    assert_eq!(limiter.admit(&conc, "c", 0, 60_000).await.unwrap().refused, None);
     // Freed without any further admission too, shortly after.
     limiter.settle(&conc, "b", 0);
     tokio::time::sleep(SETTLE_DELAY * 10).await;
     let running: usize = redis::cmd("ZCARD").arg("rl:conc").query_async(&mut raw).await.unwrap();
     assert_eq!(running, 1, "only c still holds a slot");
+}
+
+#[tokio::test]
+async fn a_reservation_is_charged_whole_dated_ahead_and_returned_in_part() {
+    let (_server, redis) = redis().await;
+    let mut raw = redis.clone();
+    let limiter = RateLimiter::new(redis);
+    // Reserve 8 requests and 800 tokens, held for 250 ms.
+    let reserve = [limit(LimitKind::RequestsPerMinute, "rl:req4", 12, 8), limit(LimitKind::TokensPerMinute, "rl:tok4", 1000, 800)];
+    let before = switchyard_schemas::now_ms();
+    let decision = limiter.admit(&reserve, "lease", 250, 60_000).await.unwrap();
+    assert_eq!(decision.refused, None, "{decision:?}");
+    assert_eq!((decision.states[0].remaining, decision.states[1].remaining), (4, 200), "{decision:?}");
+    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE").arg("rl:req4").arg(0).arg(-1).arg("WITHSCORES").query_async(&mut raw).await.unwrap();
+    let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+    let expected: Vec<String> = (1..=8).map(|j| reserved_member("lease", j)).collect();
+    assert_eq!(names.len(), 8, "{entries:?}");
+    assert!(expected.iter().all(|name| names.contains(&name.as_str())), "{entries:?}");
+    assert!(entries.iter().all(|(_, at)| *at as u64 >= before + 250), "dated at the end of the hold: {entries:?} (asked at {before})");
+
+    // A second reservation no longer fits the window (nor the bucket).
+    assert_eq!(limiter.admit(&reserve, "lease2", 250, 60_000).await.unwrap().refused, Some(0));
+
+    // Three were used: five entries and 500 tokens go back.
+    limiter.return_unused(&reserve, "lease", 4..=8, 500);
+    limiter.flush().await.unwrap();
+    let left: Vec<String> = redis::cmd("ZRANGE").arg("rl:req4").arg(0).arg(-1).query_async(&mut raw).await.unwrap();
+    let mut left = left;
+    left.sort();
+    assert_eq!(left, expected[..3], "the used entries stay");
+    let one = [limit(LimitKind::RequestsPerMinute, "rl:req4", 12, 1), limit(LimitKind::TokensPerMinute, "rl:tok4", 1000, 100)];
+    let after = limiter.admit(&one, "next", 0, 60_000).await.unwrap();
+    assert_eq!(after.states[0].remaining, 8, "12 − 3 used − this one: {after:?}");
+    assert!((600..=602).contains(&after.states[1].remaining), "1000 − 300 used − 100 (plus a little refill): {after:?}");
 }
 
 #[tokio::test]

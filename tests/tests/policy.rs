@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use switchyard_broker::apikeys::{ApiKeys, KeySpec};
@@ -121,6 +122,25 @@ async fn wait_listed(stack: &Stack, key: &str, models: &[&str]) {
     .await;
 }
 
+/// Waits until `echo` is listed at every one of `models_urls` (each api replica's `/v1/models`).
+async fn wait_listed_at(stack: &Stack, models_urls: &[String], key: &str) {
+    for models_url in models_urls {
+        eventually(Duration::from_secs(60), &format!("echo listed at {models_url}"), || async {
+            let reply = call(stack.http(), models_url, Some(key), None, Duration::from_secs(10)).await;
+            reply.body["data"].as_array().is_some_and(|data| data.iter().any(|m| m["id"] == "echo")).then_some(())
+        })
+        .await;
+    }
+}
+
+/// How many times Redis has run the rate-limit script (`EVALSHA`) so far.
+async fn admissions_in_redis(stack: &Stack) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut stack.redis_conn().await).await.expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().expect("a call count"))
+}
+
 /// `XXms`, `X.Ys`, `XmYs`: OpenAI's `x-ratelimit-reset-*` durations.
 fn assert_go_duration(value: &str, what: &str) {
     let ok = if let Some(ms) = value.strip_suffix("ms") {
@@ -226,13 +246,7 @@ async fn two_replicas_share_one_requests_per_minute_limit() {
     let (key, _) = cli_key(&stack, &["--user", "u", "--rpm", "10"]);
     // Both replicas know the model before the burst (listing costs no rate limit).
     let urls = [stack.api_url(CHAT), replica.url(CHAT)];
-    for models_url in [stack.api_url("/v1/models"), replica.url("/v1/models")] {
-        eventually(Duration::from_secs(60), &format!("echo listed at {models_url}"), || async {
-            let reply = call(stack.http(), &models_url, Some(&key), None, Duration::from_secs(10)).await;
-            reply.body["data"].as_array().is_some_and(|data| data.iter().any(|m| m["id"] == "echo")).then_some(())
-        })
-        .await;
-    }
+    wait_listed_at(&stack, &[stack.api_url("/v1/models"), replica.url("/v1/models")], &key).await;
 
     // 30 requests alternating between the replicas, in three concurrent waves of ten.
     let mut statuses = Vec::new();
@@ -264,6 +278,71 @@ async fn two_replicas_share_one_requests_per_minute_limit() {
     assert_eq!((ok, limited), (10, 20), "exactly the 10 requests of the RPM limit pass across both replicas: {statuses:?}");
 }
 
+/// A key sending requests back to back, far from its limits, is served from leases: a Redis
+/// admission reserves the next requests too, and what a lease leaves is given back.
+#[tokio::test]
+async fn a_busy_key_is_served_from_leases_and_every_request_is_counted() {
+    let stack = Stack::builder().with_auth().start().await;
+    let worker = stack.worker(&["echo"]);
+    stack.worker_id(&worker).await;
+    let (key, id) = cli_key(&stack, &["--user", "busy", "--rpm", "6400", "--tpm", "100000000"]);
+    wait_listed(&stack, &key, &["echo"]).await;
+
+    let before = admissions_in_redis(&stack).await;
+    for i in 1..=100 {
+        let reply = post(&stack, Some(&key), CHAT, &chat_request("echo", "back to back")).await;
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
+        assert_eq!(reply.header_u64("x-ratelimit-remaining-requests"), 6400 - i, "request {i} counts down like any other");
+    }
+    let admissions = admissions_in_redis(&stack).await - before;
+    assert!(admissions <= 20, "100 requests took {admissions} admissions in Redis; leases should have served most of them");
+
+    // Once the last lease has expired, the window holds exactly the 100 requests served.
+    let window = keys::rate_limit("req", &id);
+    eventually(Duration::from_secs(5), "the unused part of the last lease to be given back", || async {
+        let entries: u64 = redis::cmd("ZCARD").arg(&window).query_async(&mut stack.redis_conn().await).await.expect("ZCARD");
+        (entries == 100).then_some(())
+    })
+    .await;
+}
+
+/// Leases never let two replicas exceed a limit together, and what they hold back near the
+/// limit is given back: the limit is reached exactly.
+#[tokio::test]
+async fn leases_on_two_replicas_reach_a_limit_exactly() {
+    let stack = Stack::builder().with_auth().start().await;
+    let replica = stack.api_replica().await;
+    let worker = stack.worker(&["echo"]);
+    stack.worker_id(&worker).await;
+    let (key, _) = cli_key(&stack, &["--user", "burst", "--rpm", "640"]);
+    wait_listed_at(&stack, &[stack.api_url("/v1/models"), replica.url("/v1/models")], &key).await;
+    let urls = [stack.api_url(CHAT), replica.url(CHAT)];
+    let send = |i: usize| {
+        let (http, key, url) = (stack.http().clone(), key.clone(), urls[i % 2].clone());
+        async move { call(&http, &url, Some(&key), Some(&chat_request("echo", "burst")), Duration::from_secs(60)).await }
+    };
+
+    // 900 requests, 16 at a time, alternating between the replicas.
+    let replies: Vec<Reply> = futures::stream::iter((0..900).map(send)).buffer_unordered(16).collect().await;
+    for reply in &replies {
+        assert!(reply.status == 200 || reply.status == 429, "only 200 or 429 expected, got {}: {}", reply.status, reply.body);
+    }
+    let mut ok = replies.iter().filter(|reply| reply.status == 200).count();
+    assert!(ok <= 640, "{ok} requests passed a limit of 640 requests per minute");
+
+    // What leases held back is free again once they have expired.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for i in 0.. {
+        let reply = send(i).await;
+        if reply.status == 429 {
+            break;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        ok += 1;
+    }
+    assert_eq!(ok, 640, "exactly the limit passes in the minute");
+}
+
 /// A replica that last saw the key far from its limit publishes the job while Redis decides;
 /// when Redis refuses (another replica used the rest meanwhile) the client gets the 429 and
 /// the job is cancelled.
@@ -275,13 +354,7 @@ async fn a_job_dispatched_while_redis_decides_is_cancelled_when_refused() {
     stack.worker_id(&worker).await;
     let (key, _) = cli_key(&stack, &["--user", "u", "--rpm", "16"]);
     let (here, there) = (stack.api_url(CHAT), replica.url(CHAT));
-    for models_url in [stack.api_url("/v1/models"), replica.url("/v1/models")] {
-        eventually(Duration::from_secs(60), &format!("echo listed at {models_url}"), || async {
-            let reply = call(stack.http(), &models_url, Some(&key), None, Duration::from_secs(10)).await;
-            reply.body["data"].as_array().is_some_and(|data| data.iter().any(|m| m["id"] == "echo")).then_some(())
-        })
-        .await;
-    }
+    wait_listed_at(&stack, &[stack.api_url("/v1/models"), replica.url("/v1/models")], &key).await;
     let send = |url: String, text: &'static str| {
         let (http, key) = (stack.http().clone(), key.clone());
         async move { call(&http, &url, Some(&key), Some(&chat_request("echo", text)), Duration::from_secs(60)).await }
