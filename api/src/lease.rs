@@ -87,15 +87,14 @@ impl Scope {
     /// Admits the request from this scope's lease if it fits.
     pub fn draw(&mut self, limits: &[Limit], estimated_tokens: u32) -> Draw {
         let Some(lease) = &mut self.lease else { return Draw::NoLease };
-        let fits = lease.expires > Instant::now()
-            && lease.served < lease.requests
-            && lease.tokens_used.saturating_add(estimated_tokens) <= lease.tokens
-            && same_limits(&lease.limits, limits);
+        let tokens_fit = lease.tokens_used.saturating_add(estimated_tokens) <= lease.tokens
+            || !lease.limits.iter().any(|limit| limit.kind == LimitKind::TokensPerMinute);
+        let fits = lease.expires > Instant::now() && lease.served < lease.requests && tokens_fit && same_limits(&lease.limits, limits);
         if !fits {
             return self.end(None).map_or(Draw::NoLease, Draw::Ended);
         }
         lease.served += 1;
-        lease.tokens_used += estimated_tokens;
+        lease.tokens_used = lease.tokens_used.saturating_add(estimated_tokens).min(lease.tokens);
         self.last_request = Some(Instant::now());
         Draw::Served { limits: lease.limits.clone(), states: lease.states_now() }
     }

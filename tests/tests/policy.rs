@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use switchyard_broker::apikeys::{ApiKeys, KeySpec};
 use switchyard_schemas::{ApiKeyRecord, RateLimits, keys, now_ms};
 use switchyard_tests::openai::{Endpoint, chat_request, check_completion, check_stream, completion_request, words};
-use switchyard_tests::{Stack, assert_openai_error, eventually};
+use switchyard_tests::{ApiReplica, Proc, Stack, assert_openai_error, eventually};
 
 const CHAT: &str = "/v1/chat/completions";
 const COMPLETIONS: &str = "/v1/completions";
@@ -122,15 +122,32 @@ async fn wait_listed(stack: &Stack, key: &str, models: &[&str]) {
     .await;
 }
 
-/// Waits until `echo` is listed at every one of `models_urls` (each api replica's `/v1/models`).
-async fn wait_listed_at(stack: &Stack, models_urls: &[String], key: &str) {
-    for models_url in models_urls {
+/// A stack with a second api replica, an echo worker, and a key both replicas list `echo` for.
+struct TwoReplicas {
+    _worker: Proc,
+    _replica: ApiReplica,
+    stack: Stack,
+    key: String,
+    /// The chat URL of each replica.
+    chat: [String; 2],
+}
+
+async fn two_replicas(worker_args: &[&str], key_args: &[&str]) -> TwoReplicas {
+    let stack = Stack::builder().with_auth().start().await;
+    let replica = stack.api_replica().await;
+    let worker = stack.worker(worker_args);
+    stack.worker_id(&worker).await;
+    let (key, _) = cli_key(&stack, key_args);
+    // Both replicas know the model before the test starts (listing costs no rate limit).
+    for models_url in [stack.api_url("/v1/models"), replica.url("/v1/models")] {
         eventually(Duration::from_secs(60), &format!("echo listed at {models_url}"), || async {
-            let reply = call(stack.http(), models_url, Some(key), None, Duration::from_secs(10)).await;
+            let reply = call(stack.http(), &models_url, Some(&key), None, Duration::from_secs(10)).await;
             reply.body["data"].as_array().is_some_and(|data| data.iter().any(|m| m["id"] == "echo")).then_some(())
         })
         .await;
     }
+    let chat = [stack.api_url(CHAT), replica.url(CHAT)];
+    TwoReplicas { _worker: worker, _replica: replica, stack, key, chat }
 }
 
 /// How many times Redis has run the rate-limit script (`EVALSHA`) so far.
@@ -239,14 +256,7 @@ async fn permission_matrix_owner_users_groups_and_strangers() {
 
 #[tokio::test]
 async fn two_replicas_share_one_requests_per_minute_limit() {
-    let stack = Stack::builder().with_auth().start().await;
-    let replica = stack.api_replica().await;
-    let worker = stack.worker(&["echo"]);
-    stack.worker_id(&worker).await;
-    let (key, _) = cli_key(&stack, &["--user", "u", "--rpm", "10"]);
-    // Both replicas know the model before the burst (listing costs no rate limit).
-    let urls = [stack.api_url(CHAT), replica.url(CHAT)];
-    wait_listed_at(&stack, &[stack.api_url("/v1/models"), replica.url("/v1/models")], &key).await;
+    let TwoReplicas { stack, key, chat: urls, .. } = &two_replicas(&["echo"], &["--user", "u", "--rpm", "10"]).await;
 
     // 30 requests alternating between the replicas, in three concurrent waves of ten.
     let mut statuses = Vec::new();
@@ -310,13 +320,7 @@ async fn a_busy_key_is_served_from_leases_and_every_request_is_counted() {
 /// limit is given back: the limit is reached exactly.
 #[tokio::test]
 async fn leases_on_two_replicas_reach_a_limit_exactly() {
-    let stack = Stack::builder().with_auth().start().await;
-    let replica = stack.api_replica().await;
-    let worker = stack.worker(&["echo"]);
-    stack.worker_id(&worker).await;
-    let (key, _) = cli_key(&stack, &["--user", "burst", "--rpm", "640"]);
-    wait_listed_at(&stack, &[stack.api_url("/v1/models"), replica.url("/v1/models")], &key).await;
-    let urls = [stack.api_url(CHAT), replica.url(CHAT)];
+    let TwoReplicas { stack, key, chat: urls, .. } = &two_replicas(&["echo"], &["--user", "burst", "--rpm", "640"]).await;
     let send = |i: usize| {
         let (http, key, url) = (stack.http().clone(), key.clone(), urls[i % 2].clone());
         async move { call(&http, &url, Some(&key), Some(&chat_request("echo", "burst")), Duration::from_secs(60)).await }
@@ -348,13 +352,7 @@ async fn leases_on_two_replicas_reach_a_limit_exactly() {
 /// the job is cancelled.
 #[tokio::test]
 async fn a_job_dispatched_while_redis_decides_is_cancelled_when_refused() {
-    let stack = Stack::builder().with_auth().start().await;
-    let replica = stack.api_replica().await;
-    let worker = stack.worker(&["echo", "--delay", "50ms"]);
-    stack.worker_id(&worker).await;
-    let (key, _) = cli_key(&stack, &["--user", "u", "--rpm", "16"]);
-    let (here, there) = (stack.api_url(CHAT), replica.url(CHAT));
-    wait_listed_at(&stack, &[stack.api_url("/v1/models"), replica.url("/v1/models")], &key).await;
+    let TwoReplicas { stack, key, chat: [here, there], .. } = &two_replicas(&["echo", "--delay", "50ms"], &["--user", "u", "--rpm", "16"]).await;
     let send = |url: String, text: &'static str| {
         let (http, key) = (stack.http().clone(), key.clone());
         async move { call(&http, &url, Some(&key), Some(&chat_request("echo", text)), Duration::from_secs(60)).await }
@@ -386,7 +384,7 @@ async fn a_job_dispatched_while_redis_decides_is_cancelled_when_refused() {
     .await;
 
     // Near its limit, this replica now asks Redis first: nothing more is dispatched.
-    let refused = send(here, "again").await;
+    let refused = send(here.clone(), "again").await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(flags().await.len(), 1, "a request refused before dispatch leaves no job to cancel");
