@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -234,13 +233,7 @@ fn stop_all(procs: &mut Vec<Proc>) {
 
 fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
     let log = File::create(dir.join(format!("{name}.log")))?;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    switchyard_broker::die_with_parent(command);
     let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

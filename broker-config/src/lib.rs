@@ -116,6 +116,28 @@ fn unless_set(name: &'static str, value: usize) -> Option<(&'static str, String)
     std::env::var_os(name).is_none().then(|| (name, value.to_string()))
 }
 
+/// Makes the process `command` starts die (SIGKILL) when the thread that starts it exits, so
+/// that parts started by `switchyard dev`, the benchmark or the tests never outlive a parent
+/// killed without a chance to stop them (a second Ctrl-C, `kill -9`, a killed test binary).
+pub fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and _exit are async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: don't outlive it.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The one duration syntax of every part's flags: `250ms`, `2s`, `5m`, `1h`, `30d`, or bare seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -179,13 +179,7 @@ async fn dev_api_key(home: &Path, redis_url: &str) -> anyhow::Result<String> {
 fn spawn(name: &str, command: &mut Command, logs: &Path) -> anyhow::Result<Part> {
     let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
     // A second Ctrl-C exits `dev` at once; its parts must not outlive it.
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    switchyard_broker::die_with_parent(command.as_std_mut());
     let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -27,9 +27,14 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
+    /// Message `seq` of a job, holding `events` in order.
+    pub fn new(job_id: impl Into<String>, seq: u64, events: Vec<EventBody>) -> Self {
+        Self { v: crate::WIRE_VERSION, job_id: job_id.into(), seq, events }
+    }
+
     /// A message of a single event.
     pub fn single(job_id: impl Into<String>, seq: u64, body: EventBody) -> Self {
-        Self { v: crate::WIRE_VERSION, job_id: job_id.into(), seq, events: vec![body] }
+        Self::new(job_id, seq, vec![body])
     }
 }
 

@@ -210,20 +210,7 @@ impl Proc {
         // The child gets SIGKILL when the thread that spawned it exits: a test binary killed
         // from outside leaves nothing behind. (So spawn from the test's thread or a runtime
         // worker, never from a `spawn_blocking` thread, which may exit while the test runs.)
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died between fork and prctl: don't outlive it.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        switchyard_broker::die_with_parent(&mut command);
         let child = command.spawn().unwrap_or_else(|e| panic!("spawning {name} ({:?}): {e}", command.get_program()));
         logs.lock().unwrap().push((name.to_string(), log.clone()));
         Proc { name: name.to_string(), pid: child.id(), child: Mutex::new(child), status: Mutex::new(None), log, _dir: dir.clone() }

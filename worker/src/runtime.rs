@@ -150,7 +150,7 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
             loop {
                 ticker.tick().await;
                 worker.running.keep_alive(&worker.nats).await;
-                if worker.running.baseline_stale(worker.nats.statistics().connects.load(Ordering::SeqCst)) {
+                if worker.running.baseline_stale(worker.nats_connects()) {
                     read_cancel_baseline(&worker, &js).await;
                 }
             }
@@ -316,7 +316,7 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stre
     let job_id = envelope.id.clone();
     let cancel = CancellationToken::new();
     let pulled = Pulled { job_id: &job_id, attempt, stream_seq, created_ms: envelope.created_ms };
-    let connects = worker.nats.statistics().connects.load(Ordering::SeqCst);
+    let connects = worker.nats_connects();
     // Registered before anything else: a cancel announced from here on fires `cancel`.
     let heard = worker.running.start(&pulled, connects, cancel.clone(), ack_subject);
     let _unregister = Unregister { worker, job_id: &job_id };
@@ -392,9 +392,17 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stre
     }
 }
 
+impl Worker {
+    /// How many times the NATS client has connected: a change means announcements sent while
+    /// it was away were never heard.
+    fn nats_connects(&self) -> u64 {
+        self.nats.statistics().connects.load(Ordering::SeqCst)
+    }
+}
+
 /// Reads which jobs were published before this worker could hear their cancellation.
 async fn read_cancel_baseline(worker: &Worker, js: &jetstream::Context) {
-    let connects = worker.nats.statistics().connects.load(Ordering::SeqCst);
+    let connects = worker.nats_connects();
     let last_seq = match js.get_stream(subject::JOBS_STREAM).await {
         Ok(mut stream) => stream.info().await.map(|info| info.state.last_sequence).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

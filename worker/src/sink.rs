@@ -7,7 +7,7 @@
 //! is never held back, because nothing waits for more to arrive.
 
 use async_nats::Subject;
-use switchyard_schemas::{EventBody, StreamEvent, TokenLogprob, WIRE_VERSION, encode};
+use switchyard_schemas::{EventBody, StreamEvent, TokenLogprob, encode};
 use tokio::sync::mpsc;
 
 /// A message stops taking further events at about this size, well below NATS's default
@@ -70,7 +70,7 @@ pub(crate) async fn publish(nats: &async_nats::Client, job_id: &str, reply_to: S
                 events.push(unmerged);
             }
         }
-        let message = StreamEvent { v: WIRE_VERSION, job_id: job_id.to_string(), seq, events };
+        let message = StreamEvent::new(job_id, seq, events);
         seq += 1;
         match encode(&message) {
             Ok(bytes) => {
