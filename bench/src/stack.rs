@@ -290,16 +290,9 @@ fn find_tool(name: &str, given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_path_buf());
     }
-    let local = repo_root().join(".switchyard/bin").join(name);
-    if local.exists() {
-        return Ok(local);
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.exists())
-        .with_context(|| format!("{name} not found in {} or on PATH (run scripts/setup.sh)", local.display()))
+    let setup_bin = repo_root().join(".switchyard/bin");
+    switchyard_broker::find_executable(name, &setup_bin)
+        .with_context(|| format!("{name} not found in {} or on PATH (run scripts/setup.sh)", setup_bin.join(name).display()))
 }
 
 pub fn repo_root() -> PathBuf {

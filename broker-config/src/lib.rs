@@ -116,6 +116,17 @@ fn unless_set(name: &'static str, value: usize) -> Option<(&'static str, String)
     std::env::var_os(name).is_none().then(|| (name, value.to_string()))
 }
 
+/// Program `name` (nats-server, redis-server) from `setup_bin`, where `scripts/setup.sh`
+/// installs what the machine lacks, else from `PATH`.
+pub fn find_executable(name: &str, setup_bin: &std::path::Path) -> Option<std::path::PathBuf> {
+    let local = setup_bin.join(name);
+    if local.exists() {
+        return Some(local);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.exists())
+}
+
 /// Makes the process `command` starts die (SIGKILL) when the thread that starts it exits, so
 /// that parts started by `switchyard dev`, the benchmark or the tests never outlive a parent
 /// killed without a chance to stop them (a second Ctrl-C, `kill -9`, a killed test binary).

@@ -220,16 +220,9 @@ async fn stop_all(parts: &mut Vec<Part>) {
 
 /// `nats-server` / `redis-server` from PATH, or from `.switchyard/bin` where setup puts them.
 fn find_tool(name: &str, home: &Path) -> anyhow::Result<PathBuf> {
-    let local = home.join("bin").join(name);
-    if local.exists() {
-        return Ok(local);
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.exists())
-        .with_context(|| format!("{name} not found on PATH or in {}: run scripts/setup.sh", home.join("bin").display()))
+    let setup_bin = home.join("bin");
+    switchyard_broker::find_executable(name, &setup_bin)
+        .with_context(|| format!("{name} not found on PATH or in {}: run scripts/setup.sh", setup_bin.display()))
 }
 
 /// A file of the repository, for a binary run from the repository root or its target folder.
