@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use switchyard_schemas::{
-    ErrorCode, EventBody, JobEnvelope, JobRequest, OUT_OF_BAND_SEQ, ResumeState, StreamEvent, WIRE_VERSION, decode, encode,
+    ErrorCode, EventBody, JobEnvelope, JobRequest, Lane, OUT_OF_BAND_SEQ, ResumeState, StreamEvent, WIRE_VERSION, decode, encode,
     now_ms, subject,
 };
 use tokio::sync::mpsc;
@@ -79,7 +79,7 @@ impl Jobs {
             kind,
             model: model.to_string(),
             request,
-            priority: 0,
+            lane: Lane::Interactive,
             deadline_ms: Some(now_ms() + self.idle_timeout.as_millis() as u64 + self.queue_timeout.as_millis() as u64),
             reply_to: subject::reply(&self.instance, &id),
             resume_to: subject::resume(&self.instance, &id),
@@ -94,7 +94,7 @@ impl Jobs {
         // No `Nats-Msg-Id`: this publish is never retried, so the stream's duplicate tracking
         // (an entry per job for two minutes) would buy nothing here.
         let published = async {
-            self.js.publish(subject::job(kind, model), payload.into()).await?.await?;
+            self.js.publish(subject::job(Lane::Interactive, kind, model), payload.into()).await?.await?;
             Ok::<_, async_nats::jetstream::context::PublishError>(())
         };
         if let Err(e) = published.await {

@@ -1,7 +1,8 @@
 //! JetStream layout for jobs.
 //!
 //! `SY_JOBS` is a work-queue stream over `sy.job.>`: a job stays until one worker acknowledges
-//! it. Each (kind, model) has one durable pull consumer that all its workers share, so JetStream
+//! it. Each lane of each (kind, model) has one durable pull consumer that all its workers share
+//! (the interactive and the batch lane are two consumers on disjoint subjects), so JetStream
 //! hands each job to exactly one of them and redelivers it when that worker dies (its ack wait
 //! lapses without an in-progress ack). After `max_deliver` attempts JetStream gives up and
 //! publishes an advisory; the scheduler turns that into an error event and a dead letter.
@@ -9,7 +10,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use switchyard_schemas::{JobKind, subject};
+use switchyard_schemas::{JobKind, Lane, subject};
 
 use crate::BrokerError;
 
@@ -60,14 +61,15 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BrokerError> 
     Ok(())
 }
 
-/// Creates or updates the shared durable consumer of (`kind`, `model`).
+/// Creates or updates the shared durable consumer of `lane` of (`kind`, `model`).
 pub async fn ensure_consumer(
     js: &jetstream::Context,
+    lane: Lane,
     kind: JobKind,
     model: &str,
     policy: QueuePolicy,
 ) -> Result<consumer::PullConsumer, BrokerError> {
-    let name = subject::job_consumer(kind, model);
+    let name = subject::job_consumer(lane, kind, model);
     let stream = js
         .get_stream(subject::JOBS_STREAM)
         .await
@@ -75,7 +77,7 @@ pub async fn ensure_consumer(
     stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(name.clone()),
-            filter_subject: subject::job(kind, model),
+            filter_subject: subject::job(lane, kind, model),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: policy.ack_wait,
             max_deliver: policy.max_deliver,

@@ -64,7 +64,8 @@ pub async fn run_scheduler(options: SchedulerOptions, shutdown: CancellationToke
     switchyard_broker::jobs::ensure_streams(&js).await?;
     let counters = Arc::new(Counters::default());
 
-    let advisories = nats.subscribe(subject::MAX_DELIVERIES_ADVISORY).await?;
+    // One queue group for every scheduler replica: each advisory is handled once.
+    let advisories = nats.queue_subscribe(subject::MAX_DELIVERIES_ADVISORY, subject::SCHEDULER_GROUP.into()).await?;
     let dead_letters = tokio::spawn(dead_letter_loop(js.clone(), nats.clone(), advisories, counters.clone()));
     let reaper = tokio::spawn(reap_loop(Registry::new(redis), options.reap_interval, options.model_retention, counters.clone()));
 

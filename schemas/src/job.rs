@@ -28,6 +28,31 @@ impl JobKind {
     }
 }
 
+/// Which queue of its model a job waits in. Each lane has its own subject and durable consumer
+/// ([`crate::subject::job`], [`crate::subject::job_consumer`]); a worker fills its slots from
+/// `Interactive` first and gives `Batch` jobs only the slots it can spare, so queued batch work
+/// never delays a request someone is waiting for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// A client is waiting on the answer (the synchronous HTTP routes, direct publishers).
+    #[default]
+    Interactive,
+    /// Nobody is waiting right now: batch lines and `/v1/jobs`.
+    Batch,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Interactive, Lane::Batch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Interactive => "interactive",
+            Lane::Batch => "batch",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobEnvelope {
     /// Wire version ([`crate::WIRE_VERSION`]).
@@ -38,9 +63,9 @@ pub struct JobEnvelope {
     /// The model name as the client spelled it (not the subject token).
     pub model: String,
     pub request: JobRequest,
-    /// Higher runs first where a queue can reorder; 0 is normal.
+    /// The lane it was published on; the subject says the same.
     #[serde(default)]
-    pub priority: u8,
+    pub lane: Lane,
     /// Unix ms after which nobody waits for the answer: a worker skips the job.
     #[serde(default)]
     pub deadline_ms: Option<u64>,

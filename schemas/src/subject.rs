@@ -5,7 +5,7 @@
 //! `[A-Za-z0-9_-]` and `~XX` escapes (UTF-8 bytes in upper-case hex); [`decode_token`]
 //! reverses it. The mapping is injective because `~` itself is escaped.
 
-use crate::job::JobKind;
+use crate::job::{JobKind, Lane};
 
 /// The work-queue stream that holds every job until a worker acknowledges it.
 pub const JOBS_STREAM: &str = "SY_JOBS";
@@ -19,6 +19,12 @@ pub const DEAD_LETTER_SUBJECTS: &str = "sy.dead.>";
 pub const API_KEY_REVOKED: &str = "sy.apikey.revoked";
 /// Cancellation announcements, one subject per job.
 pub const CANCEL_ALL: &str = "sy.cancel.*";
+/// Object store bucket of uploaded and generated files (`/v1/files`); the object name is the file id.
+pub const FILES_BUCKET: &str = "SY_FILES";
+/// Key-value bucket of batch records (`/v1/batches`), keyed by batch id.
+pub const BATCHES_BUCKET: &str = "SY_BATCHES";
+/// Key-value bucket of batch line results, keyed by [`batch_result_key`]; written once per line.
+pub const BATCH_RESULTS_BUCKET: &str = "SY_BATCH_RESULTS";
 
 /// Turns any string into a valid subject token / consumer-name fragment.
 pub fn encode_token(name: &str) -> String {
@@ -55,19 +61,32 @@ pub fn decode_token(token: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Subject a job for `model` of `kind` is published on: `sy.job.<kind>.<model token>`.
-pub fn job(kind: JobKind, model: &str) -> String {
-    format!("sy.job.{}.{}", kind.as_str(), encode_token(model))
+/// Subject a job for `model` of `kind` waits on in `lane`: `sy.job.<lane>.<kind>.<model token>`.
+pub fn job(lane: Lane, kind: JobKind, model: &str) -> String {
+    format!("sy.job.{}.{}.{}", lane.as_str(), kind.as_str(), encode_token(model))
 }
 
-/// Durable pull consumer shared by every worker of (`kind`, `model`).
-pub fn job_consumer(kind: JobKind, model: &str) -> String {
-    format!("sy-{}-{}", kind.as_str(), encode_token(model))
+/// Durable pull consumer of one lane of (`kind`, `model`), shared by every worker of the model:
+/// `sy-<lane>-<kind>-<model token>`. These names are stable: an autoscaler (KEDA's NATS
+/// JetStream scaler) watches a lane's lag through them.
+pub fn job_consumer(lane: Lane, kind: JobKind, model: &str) -> String {
+    format!("sy-{}-{}-{}", lane.as_str(), kind.as_str(), encode_token(model))
 }
 
 /// Subject a dead job is kept under: `sy.dead.<kind>.<model token>`.
 pub fn dead_letter(kind: JobKind, model: &str) -> String {
     format!("sy.dead.{}.{}", kind.as_str(), encode_token(model))
+}
+
+/// Key of the result of line `line` (0-based) of batch `batch_id`: `<batch id>.<line>`. Batch
+/// ids are Switchyard's own (`batch_` and a UUID), already valid key tokens.
+pub fn batch_result_key(batch_id: &str, line: u64) -> String {
+    format!("{batch_id}.{line}")
+}
+
+/// Every result key of one batch (a key-value watch filter).
+pub fn batch_results_of(batch_id: &str) -> String {
+    format!("{batch_id}.*")
 }
 
 /// Wildcard an api instance subscribes to once, to receive the events of all its jobs.
@@ -100,6 +119,9 @@ pub fn job_id_of(subject: &str) -> Option<String> {
     decode_token(subject.rsplit('.').next()?)
 }
 
+/// Queue group of every scheduler replica: a message on its subscriptions reaches one replica.
+pub const SCHEDULER_GROUP: &str = "sy-scheduler";
+
 /// JetStream's advisory when a consumer gives up on a message after MaxDeliver attempts.
 pub const MAX_DELIVERIES_ADVISORY: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SY_JOBS.*";
 
@@ -119,10 +141,12 @@ mod tests {
 
     #[test]
     fn subjects_have_one_token_per_part() {
-        let subject = job(JobKind::Chat, "Qwen/Qwen2.5-0.5B");
-        assert_eq!(subject, "sy.job.chat.Qwen~2FQwen2~2E5-0~2E5B");
+        let subject = job(Lane::Interactive, JobKind::Chat, "Qwen/Qwen2.5-0.5B");
+        assert_eq!(subject, "sy.job.interactive.chat.Qwen~2FQwen2~2E5-0~2E5B");
+        assert_eq!(job(Lane::Batch, JobKind::Embedding, "m"), "sy.job.batch.embedding.m");
+        assert_eq!(job_consumer(Lane::Batch, JobKind::Chat, "m"), "sy-batch-chat-m");
         assert_eq!(job_id_of(&reply("api-1", "01J")), Some("01J".into()));
-        assert!(!job_consumer(JobKind::Embedding, "a/b.c").contains(['.', '/', '*', '>', ' ']));
+        assert!(!job_consumer(Lane::Interactive, JobKind::Embedding, "a/b.c").contains(['.', '/', '*', '>', ' ']));
     }
 
     #[test]

@@ -29,14 +29,14 @@ fn committed_json_schema_is_current() {
 
 #[test]
 fn envelopes_round_trip_and_newer_versions_are_rejected() {
-    use switchyard_schemas::{JobKind, JobRequest, SamplingParams, WIRE_VERSION};
+    use switchyard_schemas::{JobKind, JobRequest, Lane, SamplingParams, WIRE_VERSION};
     let mut job = JobEnvelope {
         v: WIRE_VERSION,
         id: "01JOB".into(),
         kind: JobKind::Chat,
         model: "Qwen/Qwen2.5-0.5B".into(),
         request: JobRequest::Completion { prompt: "hi".into(), params: SamplingParams::default() },
-        priority: 0,
+        lane: Lane::Batch,
         deadline_ms: None,
         reply_to: "sy.reply.a.01JOB".into(),
         resume_to: "sy.resume.a.01JOB".into(),

@@ -9,16 +9,16 @@ use futures::StreamExt;
 pub use switchyard_broker::parse_duration;
 use switchyard_broker::{cancel, jobs, registry::Registry};
 use switchyard_schemas::{
-    ErrorCode, EventBody, JobEnvelope, ModelCard, Permissions, RateLimits, ResumeState, StreamEvent, WIRE_VERSION, WorkerRecord, decode,
+    ErrorCode, EventBody, JobEnvelope, Lane, ModelCard, Permissions, RateLimits, ResumeState, StreamEvent, WIRE_VERSION, WorkerRecord, decode,
     encode, now_ms, subject,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backend::{Backend, BackendError, Job};
 use crate::running::{Heard, Pulled, RunningJobs};
+use crate::slots::{Slot, Slots};
 use crate::sink::{self, EventSink};
 
 /// Flags every worker shares, whatever its backend.
@@ -33,6 +33,11 @@ pub struct RuntimeOptions {
     /// Jobs this worker runs at once; it never pulls more than it has free slots for.
     #[arg(long, env = "SWITCHYARD_SLOTS")]
     pub slots: Option<u32>,
+    /// Slots never given to batch jobs (batch lines, `/v1/jobs`), so an interactive request
+    /// always finds one. Default: 1, or 0 on a one-slot worker (which then takes a batch job
+    /// only when no interactive job is waiting). A reserve of all slots takes no batch work.
+    #[arg(long, env = "SWITCHYARD_BATCH_RESERVE")]
+    pub batch_reserve: Option<u32>,
     /// How often the worker refreshes its registry entry; it expires after three missed beats.
     #[arg(long, env = "SWITCHYARD_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -98,7 +103,9 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     let policy = jobs::QueuePolicy { ack_wait: options.ack_wait, max_deliver: options.max_deliver };
     let mut consumers = Vec::new();
     for card in &models {
-        consumers.push(jobs::ensure_consumer(&js, card.kind.job_kind(), &card.name, policy).await?);
+        for lane in Lane::ALL {
+            consumers.push((lane, jobs::ensure_consumer(&js, lane, card.kind.job_kind(), &card.name, policy).await?));
+        }
     }
 
     let worker = Arc::new(Worker {
@@ -125,7 +132,7 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
         heartbeat_ms: now_ms(),
     };
     registry.heartbeat(&record, options.heartbeat * 3).await?;
-    info!(worker_id = %id, slots, models = ?models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker ready");
+    info!(worker_id = %id, slots, batch_reserve = options.batch_reserve, models = ?models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker ready");
 
     let mut cancels = nats.subscribe(subject::CANCEL_ALL).await?;
     // Every job published after this baseline is one whose cancellation we will hear.
@@ -176,13 +183,14 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
         })
     };
 
-    let slots_free = Arc::new(Semaphore::new(slots as usize));
+    let reserve = options.batch_reserve.unwrap_or(if slots > 1 { 1 } else { 0 });
+    let slots_free = Slots::new(slots as usize, reserve as usize);
     let jobs = TaskTracker::new();
-    let share = (slots as usize / consumers.len()).max(1);
+    let share = (slots as usize / models.len()).max(1);
     let pullers: Vec<_> = consumers
         .into_iter()
-        .map(|consumer| {
-            tokio::spawn(pull_jobs(worker.clone(), consumer, slots_free.clone(), share, jobs.clone(), shutdown.clone()))
+        .map(|(lane, consumer)| {
+            tokio::spawn(pull_jobs(worker.clone(), lane, consumer, slots_free.clone(), share, jobs.clone(), shutdown.clone()))
         })
         .collect();
 
@@ -207,27 +215,25 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     Ok(())
 }
 
-/// Pulls jobs for one consumer, never more than there are free slots for.
+/// Pulls jobs for one lane of one model, never more than that lane has free slots for.
 async fn pull_jobs(
     worker: Arc<Worker>,
+    lane: Lane,
     consumer: PullConsumer,
-    slots_free: Arc<Semaphore>,
+    slots_free: Arc<Slots>,
     share: usize,
     jobs: TaskTracker,
     shutdown: CancellationToken,
 ) {
     let keepalive_every = worker.options.ack_wait / 3;
     while !shutdown.is_cancelled() {
-        // Wait until a slot is free without taking it: the other consumers of this worker may be
-        // waiting for it too, and a slot held by an idle pull request would starve them.
-        let free = tokio::select! {
-            permit = slots_free.acquire() => {
-                drop(permit);
-                slots_free.available_permits()
-            }
+        // Wait until a slot is open to this lane without taking it: the other consumers of this
+        // worker may be waiting for it too, and a slot held by an idle pull request would starve them.
+        let open = tokio::select! {
+            open = slots_free.wait_open(lane) => open,
             _ = shutdown.cancelled() => return,
         };
-        let wanted = free.clamp(1, share);
+        let wanted = open.clamp(1, share);
         let batch = consumer.batch().max_messages(wanted).expires(Duration::from_secs(2)).messages().await;
         let mut batch = match batch {
             Ok(batch) => batch,
@@ -241,10 +247,10 @@ async fn pull_jobs(
             let next = tokio::select! { next = batch.next() => next, _ = shutdown.cancelled() => None };
             match next {
                 Some(Ok(message)) => {
-                    // With one consumer a slot is always free here. With several, another model's
-                    // job may have taken it since the pull: at most one job per other consumer
-                    // waits here, kept alive, instead of being pulled while nothing is free.
-                    let Some(slot) = slot_for(&slots_free, &message, keepalive_every, &shutdown).await else { break };
+                    // With one consumer a slot is always free here. With several (lanes, models),
+                    // another's job may have taken it since the pull: the few jobs pulled that way
+                    // wait here, kept alive, instead of being pulled while nothing is free.
+                    let Some(slot) = slot_for(&slots_free, lane, &message, keepalive_every, &shutdown).await else { break };
                     jobs.spawn(handle_job(worker.clone(), message, slot));
                 }
                 Some(Err(e)) => {
@@ -260,14 +266,17 @@ async fn pull_jobs(
 /// A slot for a pulled job, keeping the job alive in JetStream while every slot is busy.
 /// On shutdown the job goes back to the queue and `None` is returned.
 async fn slot_for(
-    slots_free: &Arc<Semaphore>,
+    slots_free: &Arc<Slots>,
+    lane: Lane,
     message: &jetstream::Message,
     keepalive_every: Duration,
     shutdown: &CancellationToken,
-) -> Option<OwnedSemaphorePermit> {
+) -> Option<Slot> {
+    let take = slots_free.take(lane);
+    tokio::pin!(take);
     loop {
         tokio::select! {
-            permit = slots_free.clone().acquire_owned() => return Some(permit.expect("semaphore never closes")),
+            slot = &mut take => return Some(slot),
             _ = tokio::time::sleep(keepalive_every) => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
@@ -280,7 +289,7 @@ async fn slot_for(
 }
 
 /// Runs one delivered job from decode to ack.
-async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: OwnedSemaphorePermit) {
+async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: Slot) {
     let envelope: JobEnvelope = match decode(&message.payload) {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -291,7 +300,7 @@ async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: Own
         }
     };
     let (attempt, stream_seq) = message.info().map(|info| (info.delivered as u32, info.stream_sequence)).unwrap_or((1, 0));
-    let span = info_span!("job", job_id = %envelope.id, model = %envelope.model, attempt);
+    let span = info_span!("job", job_id = %envelope.id, model = %envelope.model, lane = envelope.lane.as_str(), attempt);
     worker.busy.fetch_add(1, Ordering::Relaxed);
     let job_id = envelope.id.clone();
     let outcome = run_job(&worker, envelope, attempt, stream_seq, message.reply.clone()).instrument(span).await;
