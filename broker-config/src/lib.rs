@@ -6,12 +6,14 @@
 //! * [`cancel`]: job cancellation flags in Redis, announced on NATS.
 //! * [`apikeys`]: API keys (stored as hashes) and their revocation.
 //! * [`ratelimit`]: requests/tokens per minute and concurrency, shared by every api replica.
+//! * [`files`]: the bodies and records of `/v1/files` in the JetStream object store.
 //!
 //! The configuration files for the servers themselves (`nats-server.conf`, `redis.conf`) sit
 //! beside this crate. Names of subjects and keys come from `switchyard-schemas`.
 
 pub mod apikeys;
 pub mod cancel;
+pub mod files;
 pub mod jobs;
 pub mod ratelimit;
 pub mod registry;
