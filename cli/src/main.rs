@@ -1,6 +1,7 @@
 //! `switchyard`: the one operator binary. Each subcommand runs one part (`api`, `worker`,
 //! `scheduler`), or the whole stack on this machine (`dev`).
 
+mod batch;
 mod dev;
 mod keys;
 mod worker;
@@ -34,6 +35,8 @@ enum Command {
     Worker(worker::WorkerCommand),
     /// Create, list and revoke API keys.
     Keys(keys::KeysCommand),
+    /// Submit, follow, list, cancel and download batches on any OpenAI-compatible api.
+    Batch(batch::BatchCommand),
     /// Run the scheduler (dead letters, registry reaping).
     Scheduler(switchyard_scheduler::SchedulerOptions),
     /// Load a local model folder and print the completion of one prompt (no NATS or Redis).
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             Command::Worker(command) => worker::run(command, shutdown).await,
             Command::Scheduler(options) => switchyard_scheduler::run_scheduler(options, shutdown).await,
             Command::Keys(command) => keys::run(command).await,
+            Command::Batch(command) => batch::run(command, shutdown).await,
             #[cfg(feature = "torch")]
             Command::Generate(_) => unreachable!("handled before the runtime starts"),
         }
