@@ -1,0 +1,102 @@
+//! The two failures this crate decides, in OpenAI's terms: [`Invalid`], a request refused
+//! before any job runs, and [`JobFailure`], a job that ended with an `error` event. Each has
+//! its HTTP status and OpenAI's error body, so the api and the scheduler's batch output lines
+//! report them alike.
+
+use switchyard_schemas::ErrorCode;
+
+use crate::response::ErrorResponse;
+
+/// A request that cannot be served as sent: 400, `invalid_request_error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub message: String,
+    /// The offending parameter (`messages[0].role`), when one is to blame.
+    pub param: Option<String>,
+    /// A more precise reason than the type, such as `context_length_exceeded`.
+    pub code: Option<&'static str>,
+}
+
+impl Invalid {
+    /// A request refused because of `param`.
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid { message: message.into(), param: Some(param.into()), code: None }
+    }
+
+    /// A request refused as a whole (broken JSON), naming no parameter.
+    pub fn unnamed(message: impl Into<String>) -> Self {
+        Invalid { message: message.into(), param: None, code: None }
+    }
+
+    pub fn status(&self) -> u16 {
+        400
+    }
+
+    pub fn body(&self) -> ErrorResponse {
+        ErrorResponse::new(self.message.clone(), "invalid_request_error", self.param.clone(), self.code)
+    }
+}
+
+/// A job's `error` event, as the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobFailure {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The prompt's parameter (`messages`, `prompt`, `input`) when the prompt itself is at
+    /// fault (too long for the model's context).
+    pub param: Option<String>,
+}
+
+impl JobFailure {
+    /// The failure a job reported; `prompt_param` names the request's prompt (see
+    /// [`Reply::prompt_param`](crate::plan::Reply::prompt_param)).
+    pub fn new(code: ErrorCode, message: String, prompt_param: &str) -> Self {
+        let param = (code == ErrorCode::ContextLengthExceeded).then(|| prompt_param.to_string());
+        JobFailure { code, message, param }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self.code {
+            ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded => 400,
+            ErrorCode::DeadlineExceeded => 504,
+            ErrorCode::StreamGap | ErrorCode::MaxDeliveriesExceeded => 502,
+            ErrorCode::Cancelled | ErrorCode::BackendError => 500,
+        }
+    }
+
+    pub fn body(&self) -> ErrorResponse {
+        let kind = match self.code {
+            ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded => "invalid_request_error",
+            _ => "server_error",
+        };
+        ErrorResponse::new(self.message.clone(), kind, self.param.clone(), Some(self.code.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prompt_too_long_names_the_prompt() {
+        let failure = JobFailure::new(ErrorCode::ContextLengthExceeded, "too long".into(), "messages");
+        assert_eq!(failure.status(), 400);
+        let body = serde_json::to_value(failure.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({ "error": { "message": "too long", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded" } })
+        );
+    }
+
+    #[test]
+    fn worker_failures_are_server_errors() {
+        let failure = JobFailure::new(ErrorCode::MaxDeliveriesExceeded, "gave up".into(), "prompt");
+        assert_eq!(failure.status(), 502);
+        let body = serde_json::to_value(failure.body()).unwrap();
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["param"], serde_json::Value::Null);
+        assert_eq!(body["error"]["code"], "max_deliveries_exceeded");
+    }
+}

@@ -1,0 +1,324 @@
+//! OpenAI's response bodies, as Switchyard answers them: what the handlers serialize and what
+//! the OpenAPI document describes are the same types.
+//!
+//! Floats reach the wire widened to `f64` (`0.1f32` is written `0.10000000149011612`), as the
+//! api has always written them.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Serialize, Serializer};
+use switchyard_schemas::{ModelCard, ModelKind, TokenLogprob};
+use utoipa::ToSchema;
+
+/// `usage` in every response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct UsageOut {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl UsageOut {
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    }
+}
+
+/// `/v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// `list`.
+    pub object: &'static str,
+    pub data: Vec<ModelObject>,
+}
+
+impl ModelList {
+    pub fn new(data: Vec<ModelObject>) -> Self {
+        ModelList { object: "list", data }
+    }
+}
+
+/// One entry of `/v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelObject {
+    pub id: String,
+    /// `model`.
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: String,
+    /// Switchyard extensions: what the model does and how large its context is.
+    pub kind: &'static str,
+    pub context_length: Option<u32>,
+    pub live_workers: usize,
+}
+
+impl ModelObject {
+    pub fn new(card: ModelCard, live_workers: usize) -> Self {
+        ModelObject {
+            id: card.name,
+            object: "model",
+            created: card.created,
+            owned_by: card.owned_by,
+            kind: match card.kind {
+                ModelKind::Chat => "chat",
+                ModelKind::Embedding => "embedding",
+                ModelKind::Tool => "tool",
+            },
+            context_length: card.context_length,
+            live_workers,
+        }
+    }
+}
+
+/// A non-streamed `/v1/chat/completions` answer (`choices` of [`ChatChoice`]) or
+/// `/v1/completions` answer (`choices` of [`TextChoice`]).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Completion<C> {
+    pub id: String,
+    /// `chat.completion` (streamed chunks: `chat.completion.chunk`) or `text_completion`.
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    /// Always null; present because OpenAI's clients expect the field.
+    #[schema(value_type = Option<String>)]
+    pub system_fingerprint: Option<()>,
+    pub choices: Vec<C>,
+    pub usage: UsageOut,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    /// Present (not null) when the request set `logprobs: true`.
+    pub logprobs: Option<ChatLogprobs>,
+    /// `stop`, `length`, `cancelled`.
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    /// `assistant`.
+    pub role: &'static str,
+    pub content: String,
+    #[schema(value_type = Option<String>)]
+    pub refusal: Option<()>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TextChoice {
+    pub text: String,
+    pub index: usize,
+    /// Present (not null) when the request set `logprobs`.
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A chat choice's `logprobs`: one entry per generated token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    /// Always null.
+    #[schema(value_type = Option<Vec<ChatTokenLogprob>>)]
+    pub refusal: Option<()>,
+}
+
+impl ChatLogprobs {
+    pub fn new(logprobs: &[TokenLogprob]) -> Self {
+        let content = logprobs
+            .iter()
+            .map(|lp| ChatTokenLogprob {
+                token: lp.token.clone(),
+                logprob: lp.logprob.into(),
+                bytes: lp.bytes.clone(),
+                top_logprobs: lp
+                    .top
+                    .iter()
+                    .map(|t| TopLogprobOut { token: t.token.clone(), logprob: t.logprob.into(), bytes: t.bytes.clone() })
+                    .collect(),
+            })
+            .collect();
+        ChatLogprobs { content, refusal: None }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    /// The token's UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position, as many as `top_logprobs` asked for.
+    pub top_logprobs: Vec<TopLogprobOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopLogprobOut {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+}
+
+/// A legacy completion choice's `logprobs`: parallel lists, one entry per token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f64>,
+    /// The most likely alternatives at each position, token to logprob.
+    pub top_logprobs: Vec<BTreeMap<String, f64>>,
+    /// Where each token starts in the choice's `text`.
+    pub text_offset: Vec<usize>,
+}
+
+impl CompletionLogprobs {
+    /// `first_offset`: where the first token starts in `text` (after an echoed prompt).
+    pub fn new(logprobs: &[TokenLogprob], first_offset: usize) -> Self {
+        let text_offset = logprobs
+            .iter()
+            .scan(first_offset, |offset, lp| {
+                let start = *offset;
+                *offset += lp.token.len();
+                Some(start)
+            })
+            .collect();
+        CompletionLogprobs {
+            tokens: logprobs.iter().map(|lp| lp.token.clone()).collect(),
+            token_logprobs: logprobs.iter().map(|lp| lp.logprob.into()).collect(),
+            top_logprobs: logprobs.iter().map(|lp| lp.top.iter().map(|t| (t.token.clone(), t.logprob.into())).collect()).collect(),
+            text_offset,
+        }
+    }
+}
+
+/// One server-sent event of a streamed response: `data` is a JSON [`Chunk`]
+/// (`chat.completion.chunk` / `text_completion`), an [`ErrorResponse`], or `[DONE]`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamEvent {
+    pub data: String,
+    #[serde(default)]
+    pub event: Option<String>,
+}
+
+/// A streamed `chat.completion.chunk` (`choices` of [`ChatChunkChoice`]) or `text_completion`
+/// chunk (`choices` of [`TextChunkChoice`]).
+#[derive(Debug, Serialize)]
+pub struct Chunk<'a, C> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: &'a str,
+    pub system_fingerprint: Option<()>,
+    pub choices: &'a [C],
+    /// Present only with `stream_options.include_usage`: null, then the totals in the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageOut>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChunkChoice<'a> {
+    pub index: usize,
+    pub delta: ChatDelta<'a>,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// What a chat chunk adds: the role (first chunk), text, or nothing (the finishing chunk).
+#[derive(Debug, Serialize)]
+pub struct ChatDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Option<()>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextChunkChoice<'a> {
+    pub text: &'a str,
+    pub index: usize,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// `/v1/embeddings`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingList {
+    /// `list`.
+    pub object: &'static str,
+    pub data: Vec<EmbeddingObject>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingObject {
+    /// `embedding`.
+    pub object: &'static str,
+    pub index: usize,
+    /// A list of floats, or base64 of little-endian f32 with `encoding_format: base64`.
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(#[serde(serialize_with = "widened")] Vec<f32>),
+    Base64(String),
+}
+
+impl EmbeddingVector {
+    /// Base64 of the vector's little-endian f32s, what the OpenAI SDKs ask for by default.
+    pub fn base64(vector: &[f32]) -> Self {
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+fn widened<S: Serializer>(vector: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(vector.iter().map(|&x| f64::from(x)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// Every error, whatever the status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorObject,
+}
+
+impl ErrorResponse {
+    pub fn new(message: String, kind: &'static str, param: Option<String>, code: Option<&'static str>) -> Self {
+        ErrorResponse { error: ErrorObject { message, kind, param, code } }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    pub message: String,
+    /// `invalid_request_error`, `server_error`, or the rate limit's kind.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_are_written_as_a_json_value_of_them_writes_them() {
+        let vector = vec![0.1f32, -1.5, 3.3e-7, f32::NAN];
+        let typed = serde_json::to_string(&EmbeddingVector::Float(vector.clone())).unwrap();
+        assert_eq!(typed, serde_json::json!(vector).to_string());
+        let logprob = TokenLogprob { token: "a".into(), logprob: -0.1, bytes: vec![97], top: vec![] };
+        let typed = serde_json::to_value(ChatLogprobs::new(std::slice::from_ref(&logprob))).unwrap();
+        assert_eq!(typed["content"][0]["logprob"], serde_json::json!(logprob.logprob));
+    }
+}

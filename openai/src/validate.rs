@@ -1,0 +1,251 @@
+//! Checks every request before anything is queued, and turns OpenAI parameters into the
+//! job's [`SamplingParams`]. Each error names the offending `param`.
+
+use switchyard_schemas::{ChatMessage, ModelCard, ModelKind, SamplingParams};
+
+use crate::error::Invalid;
+use crate::request::{ChatCompletionRequest, ChatMessageIn, CompletionRequest, EmbeddingInput, MessageContent, Prompt};
+
+/// Limits an operator can set. Serializable: a batch keeps the limits of the api that
+/// accepted it, so its lines are held to what its interactive requests would be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Largest `n` (choices per request).
+    pub max_n: u32,
+    /// Largest number of embedding inputs per request.
+    pub max_embedding_inputs: usize,
+}
+
+/// Refuses a model (named `name` in the request) that does not serve `kind`, the kind of the
+/// endpoint asked.
+pub fn serves(name: &str, card: &ModelCard, kind: ModelKind) -> Result<(), Invalid> {
+    if card.kind == kind {
+        return Ok(());
+    }
+    let served = match card.kind {
+        ModelKind::Chat => "text generation (/v1/chat/completions, /v1/completions)",
+        ModelKind::Embedding => "embeddings (/v1/embeddings)",
+        ModelKind::Tool => "tool calls",
+    };
+    Err(Invalid::new("model", format!("The model `{name}` serves {served}, not this endpoint.")))
+}
+
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+/// Parameters shared by chat and completions, checked once.
+struct Common {
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    n: Option<u32>,
+    stop: Vec<String>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    seed: Option<u64>,
+    max_tokens_param: &'static str,
+}
+
+fn check_common(common: Common, limits: &Limits, card: &ModelCard) -> Result<(SamplingParams, u32), Invalid> {
+    if let Some(max_tokens) = common.max_tokens {
+        if max_tokens < 1 {
+            return Err(Invalid::new(
+                common.max_tokens_param,
+                format!("Invalid '{}': {max_tokens} is less than the minimum of 1.", common.max_tokens_param),
+            ));
+        }
+        if let Some(context) = card.context_length
+            && max_tokens > context
+        {
+            return Err(Invalid {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, you requested {max_tokens} tokens for the completion alone. Please reduce the length of the messages or completion."
+                ),
+                param: Some(common.max_tokens_param.into()),
+                code: Some("context_length_exceeded"),
+            });
+        }
+    }
+    in_range("temperature", common.temperature, 0.0, 2.0)?;
+    if let Some(top_p) = common.top_p
+        && !(top_p > 0.0 && top_p <= 1.0)
+    {
+        return Err(Invalid::new("top_p", format!("Invalid 'top_p': {top_p} is not in (0, 1].")));
+    }
+    if common.top_k == Some(0) {
+        return Err(Invalid::new("top_k", "Invalid 'top_k': must be at least 1."));
+    }
+    in_range("presence_penalty", common.presence_penalty, -2.0, 2.0)?;
+    in_range("frequency_penalty", common.frequency_penalty, -2.0, 2.0)?;
+    let n = common.n.unwrap_or(1);
+    if n < 1 || n > limits.max_n {
+        return Err(Invalid::new("n", format!("Invalid 'n': {n} is not between 1 and {}.", limits.max_n)));
+    }
+    if common.stop.len() > 4 {
+        return Err(Invalid::new("stop", format!("Invalid 'stop': at most 4 sequences are allowed, got {}.", common.stop.len())));
+    }
+    if common.stop.iter().any(String::is_empty) {
+        return Err(Invalid::new("stop", "Invalid 'stop': stop sequences must not be empty."));
+    }
+    let params = SamplingParams {
+        max_tokens: common.max_tokens,
+        temperature: common.temperature,
+        top_p: common.top_p,
+        top_k: common.top_k,
+        seed: common.seed,
+        stop: common.stop,
+        stop_token_ids: Vec::new(),
+        presence_penalty: common.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: common.frequency_penalty.unwrap_or(0.0),
+        logprobs: false,
+        top_logprobs: 0,
+    };
+    Ok((params, n))
+}
+
+fn in_range(param: &'static str, value: Option<f32>, min: f32, max: f32) -> Result<(), Invalid> {
+    match value {
+        Some(v) if !(min..=max).contains(&v) => Err(Invalid::new(param, format!("Invalid '{param}': {v} is not between {min} and {max}."))),
+        _ => Ok(()),
+    }
+}
+
+/// A chat request's messages, sampling parameters and `n`, checked against `card`.
+pub fn chat(request: ChatCompletionRequest, limits: &Limits, card: &ModelCard) -> Result<(Vec<ChatMessage>, SamplingParams, u32), Invalid> {
+    if request.max_tokens.is_some() && request.max_completion_tokens.is_some() {
+        return Err(Invalid::new("max_tokens", "Set either 'max_tokens' or 'max_completion_tokens', not both."));
+    }
+    let messages = messages(request.messages)?;
+    let (mut params, n) = check_common(
+        Common {
+            max_tokens_param: if request.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" },
+            max_tokens: request.max_completion_tokens.or(request.max_tokens),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            top_k: request.top_k,
+            n: request.n,
+            stop: request.stop.map(|s| s.into_vec()).unwrap_or_default(),
+            presence_penalty: request.presence_penalty,
+            frequency_penalty: request.frequency_penalty,
+            seed: request.seed,
+        },
+        limits,
+        card,
+    )?;
+    params.logprobs = request.logprobs.unwrap_or(false);
+    if let Some(top) = request.top_logprobs {
+        if top > 20 {
+            return Err(Invalid::new("top_logprobs", format!("Invalid 'top_logprobs': {top} is greater than the maximum of 20.")));
+        }
+        if !params.logprobs {
+            return Err(Invalid::new("top_logprobs", "'top_logprobs' requires 'logprobs' to be true."));
+        }
+        params.top_logprobs = top;
+    }
+    Ok((messages, params, n))
+}
+
+fn messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, Invalid> {
+    if messages.is_empty() {
+        return Err(Invalid::new("messages", "'messages' must contain at least one message."));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            if !ROLES.contains(&message.role.as_str()) {
+                return Err(Invalid::new(
+                    format!("messages[{i}].role"),
+                    format!("Invalid 'messages[{i}].role': '{}' is not one of {}.", message.role, ROLES.join(", ")),
+                ));
+            }
+            let content = match message.content {
+                Some(MessageContent::Text(text)) => text,
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.into_iter().enumerate() {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(part)) => text.push_str(&part),
+                            (kind, _) => {
+                                return Err(Invalid::new(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("Content part type '{kind}' is not supported here; only 'text' parts with a 'text' field are."),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+                None if message.role == "assistant" => String::new(),
+                None => {
+                    return Err(Invalid::new(
+                        format!("messages[{i}].content"),
+                        format!("Missing required parameter: 'messages[{i}].content'."),
+                    ));
+                }
+            };
+            Ok(ChatMessage { role: message.role, content, name: message.name })
+        })
+        .collect()
+}
+
+/// A completion request's prompts, sampling parameters and `n`, checked against `card`.
+pub fn completion(request: CompletionRequest, limits: &Limits, card: &ModelCard) -> Result<(Vec<String>, SamplingParams, u32), Invalid> {
+    let prompts = match request.prompt {
+        Prompt::One(prompt) => vec![prompt],
+        Prompt::Many(prompts) if prompts.is_empty() => return Err(Invalid::new("prompt", "'prompt' must not be an empty list.")),
+        Prompt::Many(prompts) => prompts,
+    };
+    let (mut params, n) = check_common(
+        Common {
+            max_tokens_param: "max_tokens",
+            // OpenAI's legacy completions default to 16 tokens.
+            max_tokens: Some(request.max_tokens.unwrap_or(16)),
+            temperature: request.temperature,
+            top_p: request.top_p,
+            top_k: request.top_k,
+            n: request.n,
+            stop: request.stop.map(|s| s.into_vec()).unwrap_or_default(),
+            presence_penalty: request.presence_penalty,
+            frequency_penalty: request.frequency_penalty,
+            seed: request.seed,
+        },
+        limits,
+        card,
+    )?;
+    if prompts.len() as u32 * n > limits.max_n * 16 {
+        return Err(Invalid::new("prompt", "Too many prompts × n in one request."));
+    }
+    if let Some(top) = request.logprobs {
+        if top > 5 {
+            return Err(Invalid::new("logprobs", format!("Invalid 'logprobs': {top} is greater than the maximum of 5.")));
+        }
+        params.logprobs = true;
+        params.top_logprobs = top;
+    }
+    Ok((prompts, params, n))
+}
+
+/// An embeddings request's inputs, checked.
+pub fn embedding(input: EmbeddingInput, dimensions: Option<u32>, limits: &Limits) -> Result<Vec<String>, Invalid> {
+    let input = match input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(texts) => texts,
+        EmbeddingInput::Tokens(_) => {
+            return Err(Invalid::new("input", "'input' must be a string or a list of strings; token arrays are not supported."));
+        }
+    };
+    if input.is_empty() {
+        return Err(Invalid::new("input", "'input' must not be empty."));
+    }
+    if input.len() > limits.max_embedding_inputs {
+        return Err(Invalid::new("input", format!("'input' holds {} items; the maximum is {}.", input.len(), limits.max_embedding_inputs)));
+    }
+    if let Some(i) = input.iter().position(String::is_empty) {
+        return Err(Invalid::new("input", format!("'input[{i}]' is an empty string.")));
+    }
+    if dimensions.is_some() {
+        return Err(Invalid::new("dimensions", "This model does not support specifying dimensions."));
+    }
+    Ok(input)
+}
