@@ -1,17 +1,19 @@
 //! The api's one error type, and the single place it becomes an HTTP status and OpenAI's
-//! error body `{"error": {"message", "type", "param", "code"}}`.
+//! error body `{"error": {"message", "type", "param", "code"}}` ([`ErrorResponse`]). A refused
+//! request and a failed job take their status and body from `switchyard-openai`, as the
+//! scheduler's batch lines do. [`ErrorResponses`] documents the statuses in the OpenAPI document.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-use switchyard_schemas::ErrorCode;
+use switchyard_openai::response::ErrorResponse;
+use switchyard_openai::{Invalid, JobFailure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request is malformed or a parameter is out of range.
-    #[error("{message}")]
-    InvalidRequest { message: String, param: Option<String>, code: Option<&'static str> },
+    #[error(transparent)]
+    InvalidRequest(#[from] Invalid),
     /// Missing, unknown, revoked or expired API key.
     #[error("{0}")]
     Unauthorized(String),
@@ -33,70 +35,52 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     /// The worker reported a failure.
-    #[error("{message}")]
-    Job { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Job(#[from] JobFailure),
     #[error("{0}")]
     Internal(String),
 }
 
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::InvalidRequest { message: message.into(), param: Some(param.into()), code: None }
-    }
-
-    /// A worker's error, with `prompt_param` (`messages` or `prompt`) named where the prompt
-    /// itself is at fault.
-    pub fn from_job(code: ErrorCode, message: String, prompt_param: &str) -> Self {
-        match code {
-            ErrorCode::ContextLengthExceeded => ApiError::InvalidRequest {
-                message,
-                param: Some(prompt_param.into()),
-                code: Some("context_length_exceeded"),
-            },
-            code => ApiError::Job { code, message },
-        }
+        Invalid::new(param, message).into()
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(invalid) => status(invalid.status()),
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Job { code, .. } => match code {
-                ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded => StatusCode::BAD_REQUEST,
-                ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-                ErrorCode::StreamGap | ErrorCode::MaxDeliveriesExceeded => StatusCode::BAD_GATEWAY,
-                ErrorCode::Cancelled | ErrorCode::BackendError => StatusCode::INTERNAL_SERVER_ERROR,
-            },
+            ApiError::Job(failure) => status(failure.status()),
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// OpenAI's `error` object for this error.
-    pub fn body(&self) -> serde_json::Value {
-        let (kind, param, code): (&str, Option<&str>, Option<&str>) = match self {
-            ApiError::InvalidRequest { param, code, .. } => ("invalid_request_error", param.as_deref(), *code),
+    /// OpenAI's error body for this error.
+    pub fn body(&self) -> ErrorResponse {
+        let (kind, param, code): (&'static str, Option<&str>, Option<&'static str>) = match self {
+            ApiError::InvalidRequest(invalid) => return invalid.body(),
+            ApiError::Job(failure) => return failure.body(),
             ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
-            ApiError::RateLimited { kind, .. } => (kind, None, Some("rate_limit_exceeded")),
+            ApiError::RateLimited { kind, .. } => (*kind, None, Some("rate_limit_exceeded")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("unknown_url")),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
             ApiError::NoCapacity(_) => ("server_error", None, Some("model_unavailable")),
             ApiError::Unavailable(_) => ("server_error", None, Some("service_unavailable")),
-            ApiError::Job { code, .. } => match code {
-                ErrorCode::InvalidRequest => ("invalid_request_error", None, Some(code.as_str())),
-                ErrorCode::ContextLengthExceeded => ("invalid_request_error", None, Some(code.as_str())),
-                _ => ("server_error", None, Some(code.as_str())),
-            },
             ApiError::Internal(_) => ("server_error", None, None),
         };
-        json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } })
+        ErrorResponse::new(self.to_string(), kind, param.map(str::to_string), code)
     }
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl IntoResponse for ApiError {
@@ -117,4 +101,28 @@ impl From<switchyard_broker::BrokerError> for ApiError {
     fn from(error: switchyard_broker::BrokerError) -> Self {
         ApiError::Unavailable(format!("The job queue is unavailable: {error}"))
     }
+}
+
+/// The error statuses every `/v1` route may answer with, each in OpenAI's error body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ErrorResponses {
+    /// Malformed JSON, a wrong field type, or a parameter out of range (`param` names it).
+    #[response(status = 400)]
+    BadRequest(ErrorResponse),
+    /// Missing, unknown, revoked or expired API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorResponse),
+    /// Unknown model, or one this key may not use.
+    #[response(status = 404)]
+    NotFound(ErrorResponse),
+    /// Body over the configured limit.
+    #[response(status = 413)]
+    TooLarge(ErrorResponse),
+    /// A rate limit refused the request (`Retry-After`, `x-ratelimit-*` headers).
+    #[response(status = 429)]
+    RateLimited(ErrorResponse),
+    /// No worker took the job in time, or NATS/Redis is unreachable.
+    #[response(status = 503)]
+    Unavailable(ErrorResponse),
 }

@@ -1,23 +1,28 @@
-//! Switchyard's HTTP surface: the OpenAI-compatible routes, SSE, validation, and the
-//! submission of jobs to NATS. It never runs a model.
+//! Switchyard's HTTP surface: the OpenAI-compatible routes, SSE, and the submission of jobs to
+//! NATS. It never runs a model. The OpenAI shapes, the validation of requests and the assembly
+//! of answers are `switchyard-openai`'s, shared with the scheduler.
 //!
 //! * [`routes`]: the router and handlers.
-//! * [`validate`]: request checks before anything is queued.
-//! * [`policy`]: API keys, per-model permissions, distributed rate limits.
+//! * [`openapi`]: the OpenAPI document of the routes.
+//! * [`state`]: what every handler shares.
+//! * [`extract`]: the JSON body extractor that answers like OpenAI.
+//! * [`policy`]: API keys, per-model permissions, distributed rate limits (with [`lease`]).
 //! * [`jobs`]: publishing jobs and routing their events back, with resume and cancellation.
 //! * [`directory`]: the api's copy of the model registry.
 //! * [`error`]: the one error type, mapped to HTTP status and OpenAI's error body in one place.
+//!
+//! Dependencies run one way: `openapi` → `routes` → `state`, `extract` → `policy`, `jobs`,
+//! `directory` → `error`.
 
 pub mod directory;
 pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod lease;
-pub mod openai;
 pub mod openapi;
 pub mod policy;
 pub mod routes;
-pub mod validate;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,14 +32,15 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use switchyard_broker::parse_duration;
 use switchyard_broker::registry::Registry;
+use switchyard_openai::Limits;
 use switchyard_schemas::subject;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
 
 use crate::directory::Directory;
 use crate::jobs::Jobs;
 use crate::policy::Gate;
-use crate::routes::ApiState;
-use crate::validate::Limits;
+use crate::state::ApiState;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiOptions {
@@ -95,7 +101,7 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         redis,
     });
     let gate = state.gate.clone();
-    let app = routes::router(state, options.body_limit).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = routes::router(state, options.body_limit, &openapi::ApiDoc::openapi()).layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?

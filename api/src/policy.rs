@@ -16,8 +16,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use futures::StreamExt;
 use switchyard_broker::apikeys::{ApiKeys, hash_secret};
@@ -26,7 +24,6 @@ use switchyard_schemas::{ApiKeyRecord, ModelCard, keys, now_ms, subject};
 
 use crate::error::ApiError;
 use crate::lease::{self, Draw, LEASE_TTL, Lease, Plan, Scope};
-use crate::routes::AppState;
 
 /// How long a key record is trusted without asking Redis again.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -397,14 +394,6 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.release(0);
-    }
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.gate.authenticate(parts.headers.get(header::AUTHORIZATION)).await
     }
 }
 

@@ -1,0 +1,207 @@
+//! Streamed answers of `/v1/chat/completions` and `/v1/completions`: the jobs' events framed as
+//! SSE chunks exactly as OpenAI frames them, ending in `data: [DONE]`.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::stream::{BoxStream, SelectAll};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use switchyard_openai::response::{ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionLogprobs, TextChunkChoice, UsageOut};
+use switchyard_openai::{Flavor, Generation, JobFailure};
+use switchyard_schemas::{EventBody, FinishReason, TokenLogprob, Usage};
+
+use crate::error::ApiError;
+use crate::jobs::JobHandle;
+use crate::policy::Admission;
+
+type Events = SelectAll<BoxStream<'static, (usize, Result<EventBody, ApiError>)>>;
+
+pub(crate) async fn respond(
+    reply: Generation,
+    handles: Vec<JobHandle>,
+    include_usage: bool,
+    admission: Admission,
+) -> Result<Response, ApiError> {
+    let choices = handles.len();
+    let mut events: Events = futures::stream::select_all(
+        handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event)).boxed()),
+    );
+    // Hold the status line until the first output: an error before any text (queue timeout,
+    // context too long) is still an ordinary HTTP error, not a broken stream.
+    let first = match events.next().await {
+        Some((_, Ok(EventBody::Error { code, message }))) => Err(JobFailure::new(code, message, reply.prompt_param()).into()),
+        Some((_, Err(error))) => Err(error),
+        Some(first) => Ok(first),
+        None => Err(ApiError::Internal("the job ended without output".into())),
+    };
+    let first = match first {
+        Ok(first) => first,
+        // Refused before any output: nothing to charge.
+        Err(error) => {
+            admission.settle(0);
+            return Err(error);
+        }
+    };
+    let state = SseState {
+        reply,
+        include_usage,
+        role_sent: vec![false; choices],
+        usages: vec![Usage::default(); choices],
+        open: choices,
+        done: false,
+        admission: Some(admission),
+    };
+    let pending = futures::stream::iter(std::iter::once(first)).chain(events);
+    let body = sse_body(state, pending.ready_chunks(256));
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(body)).into_response())
+}
+
+struct SseState {
+    reply: Generation,
+    include_usage: bool,
+    role_sent: Vec<bool>,
+    usages: Vec<Usage>,
+    /// Choices still generating.
+    open: usize,
+    done: bool,
+    /// Settled with the real usage when the stream completes.
+    admission: Option<Admission>,
+}
+
+/// Frames events as SSE. Events that are already waiting are written together, and adjacent
+/// deltas of one choice become one chunk, so a slow client costs fewer, larger writes.
+fn sse_body(
+    state: SseState,
+    batches: impl Stream<Item = Vec<(usize, Result<EventBody, ApiError>)>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send {
+    let batches: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(batches);
+    futures::stream::unfold((state, batches), |(mut state, mut batches)| async move {
+        if state.done {
+            return None;
+        }
+        let mut out = String::new();
+        match batches.next().await {
+            Some(batch) => state.frame_batch(batch, &mut out),
+            None => state.finish(&mut out),
+        }
+        Some((Ok(Bytes::from(out)), (state, batches)))
+    })
+}
+
+impl SseState {
+    fn frame_batch(&mut self, batch: Vec<(usize, Result<EventBody, ApiError>)>, out: &mut String) {
+        let mut pending: Option<(usize, String, Vec<TokenLogprob>)> = None;
+        for (index, event) in batch {
+            if let Some((open_index, text, logprobs)) = &mut pending {
+                match &event {
+                    Ok(EventBody::Delta { text: more, logprobs: more_logprobs, .. }) if *open_index == index => {
+                        text.push_str(more);
+                        logprobs.extend(more_logprobs.iter().cloned());
+                        continue;
+                    }
+                    _ => {
+                        let (i, text, logprobs) = pending.take().unwrap();
+                        self.frame_delta(i, &text, &logprobs, out);
+                    }
+                }
+            }
+            match event {
+                Ok(EventBody::Delta { text, logprobs, .. }) => pending = Some((index, text, logprobs)),
+                Ok(EventBody::Done { finish_reason, usage }) => {
+                    self.usages[index] = usage;
+                    self.frame_finish(index, finish_reason, out);
+                    self.open -= 1;
+                    if self.open == 0 {
+                        self.finish(out);
+                        return;
+                    }
+                }
+                Ok(EventBody::Error { code, message }) => {
+                    self.fail(JobFailure::new(code, message, self.reply.prompt_param()).into(), out);
+                    return;
+                }
+                Err(error) => {
+                    self.fail(error, out);
+                    return;
+                }
+                Ok(EventBody::Started { .. } | EventBody::Embeddings { .. }) => {}
+            }
+        }
+        if let Some((i, text, logprobs)) = pending {
+            self.frame_delta(i, &text, &logprobs, out);
+        }
+    }
+
+    /// One SSE chunk of this response holding `choices` (and, with `include_usage`, a
+    /// `usage` that is null until the last chunk).
+    fn write_chunk<C: Serialize>(&self, choices: &[C], usage: Option<UsageOut>, out: &mut String) {
+        write_event(out, &self.reply.chunk(choices, self.include_usage.then_some(usage)));
+    }
+
+    fn frame_delta(&mut self, index: usize, text: &str, logprobs: &[TokenLogprob], out: &mut String) {
+        let first = !std::mem::replace(&mut self.role_sent[index], true);
+        match &self.reply.flavor {
+            Flavor::Chat => {
+                if first {
+                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None) };
+                    self.write_chunk(&[ChatChunkChoice { index, delta: role, logprobs: None, finish_reason: None }], None, out);
+                }
+                let logprobs = self.reply.logprobs.then(|| ChatLogprobs::new(logprobs));
+                let delta = ChatDelta { role: None, content: Some(text), refusal: None };
+                self.write_chunk(&[ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None, out);
+            }
+            Flavor::Completion { .. } => {
+                let logprobs = self.reply.logprobs.then(|| CompletionLogprobs::new(logprobs, 0));
+                let text = match self.reply.echo(index) {
+                    Some(prompt) if first => Cow::Owned(format!("{prompt}{text}")),
+                    _ => Cow::Borrowed(text),
+                };
+                self.write_chunk(&[TextChunkChoice { text: &text, index, logprobs, finish_reason: None }], None, out);
+            }
+        }
+    }
+
+    fn frame_finish(&mut self, index: usize, reason: FinishReason, out: &mut String) {
+        if !self.role_sent[index] {
+            // A choice that produced no text still opens with its role (or echoed prompt).
+            self.frame_delta(index, "", &[], out);
+        }
+        let finish_reason = Some(reason.as_str());
+        match self.reply.flavor {
+            Flavor::Chat => {
+                let delta = ChatDelta { role: None, content: None, refusal: None };
+                self.write_chunk(&[ChatChunkChoice { index, delta, logprobs: None, finish_reason }], None, out);
+            }
+            Flavor::Completion { .. } => self.write_chunk(&[TextChunkChoice { text: "", index, logprobs: None, finish_reason }], None, out),
+        }
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        let usage = self.reply.usage(self.usages.iter().copied());
+        if let Some(admission) = self.admission.take() {
+            admission.settle(usage.total_tokens);
+        }
+        if self.include_usage {
+            self.write_chunk::<ChatChunkChoice>(&[], Some(usage), out);
+        }
+        out.push_str("data: [DONE]\n\n");
+        self.done = true;
+    }
+
+    fn fail(&mut self, error: ApiError, out: &mut String) {
+        tracing::warn!(error = %error, "stream ended with an error");
+        write_event(out, &error.body());
+        out.push_str("data: [DONE]\n\n");
+        self.done = true;
+    }
+}
+
+fn write_event(out: &mut String, value: &impl Serialize) {
+    out.push_str("data: ");
+    out.push_str(&serde_json::to_string(value).expect("response chunks serialize"));
+    out.push_str("\n\n");
+}

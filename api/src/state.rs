@@ -1,0 +1,47 @@
+//! What every handler shares: the job queue, the model directory, the policy gate, the
+//! operator's limits and the broker connections.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use switchyard_openai::Limits;
+
+use crate::directory::{Directory, ModelEntry};
+use crate::error::ApiError;
+use crate::jobs::Jobs;
+use crate::policy::{Caller, Gate};
+
+/// Behind one `Arc`, so that handing it to a request is one count.
+pub type AppState = Arc<ApiState>;
+
+pub struct ApiState {
+    pub jobs: Arc<Jobs>,
+    pub directory: Directory,
+    pub gate: Arc<Gate>,
+    pub limits: Limits,
+    pub nats: async_nats::Client,
+    pub redis: redis::aio::ConnectionManager,
+}
+
+impl ApiState {
+    /// The model a request names, if the caller may use it (otherwise it does not exist, as far
+    /// as this caller can tell). Whether it serves the endpoint is the request's validation.
+    pub async fn model_for(&self, caller: &Caller, name: &str) -> Result<ModelEntry, ApiError> {
+        let entry = self.directory.lookup(name).await?;
+        if !caller.may_use(&entry.card) {
+            return Err(ApiError::ModelNotFound(name.to_string()));
+        }
+        Ok(entry)
+    }
+}
+
+/// A handler's caller, authenticated by the gate from the `Authorization` header.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.gate.authenticate(parts.headers.get(header::AUTHORIZATION)).await
+    }
+}
