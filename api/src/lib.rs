@@ -11,8 +11,8 @@
 //! * [`directory`]: the api's copy of the model registry.
 //! * [`error`]: the one error type, mapped to HTTP status and OpenAI's error body in one place.
 //!
-//! Dependencies run one way: `openapi` → `routes` → `state`, `extract` → `policy`, `jobs`,
-//! `directory` → `error`.
+//! Dependencies run one way: each module uses only modules after it in `openapi`, `routes`,
+//! `state`, `policy` (with `lease`), `jobs`, `directory`, `extract`, `error`.
 
 pub mod directory;
 pub mod error;
