@@ -37,6 +37,12 @@ pub enum ApiError {
     /// The worker reported a failure.
     #[error(transparent)]
     Job(#[from] JobFailure),
+    /// A file, batch or job that does not exist, or is not the caller's.
+    #[error("No such {kind} object: {id}")]
+    NoSuchObject { kind: &'static str, id: String },
+    /// The object is in a state that does not allow this (cancelling a finished batch).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -56,6 +62,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Job(failure) => status(failure.status()),
+            ApiError::NoSuchObject { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,6 +81,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
             ApiError::NoCapacity(_) => ("server_error", None, Some("model_unavailable")),
             ApiError::Unavailable(_) => ("server_error", None, Some("service_unavailable")),
+            ApiError::NoSuchObject { .. } => ("invalid_request_error", Some("id"), None),
+            ApiError::Conflict(_) => ("invalid_request_error", None, None),
             ApiError::Internal(_) => ("server_error", None, None),
         };
         ErrorResponse::new(self.to_string(), kind, param.map(str::to_string), code)
@@ -93,6 +103,17 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::RateLimited { headers, .. } => (status, headers, body).into_response(),
             _ => (status, body).into_response(),
+        }
+    }
+}
+
+impl From<switchyard_client::JobError> for ApiError {
+    fn from(error: switchyard_client::JobError) -> Self {
+        use switchyard_client::JobError;
+        match error {
+            JobError::NotStarted(_) => ApiError::NoCapacity(error.to_string()),
+            JobError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+            JobError::Silent(_) | JobError::Internal(_) => ApiError::Internal(error.to_string()),
         }
     }
 }

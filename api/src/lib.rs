@@ -7,17 +7,19 @@
 //! * [`state`]: what every handler shares.
 //! * [`extract`]: the JSON body extractor that answers like OpenAI.
 //! * [`policy`]: API keys, per-model permissions, distributed rate limits (with [`lease`]).
-//! * [`jobs`]: publishing jobs and routing their events back, with resume and cancellation.
+//! * [`job_store`]: the records of `/v1/jobs` jobs.
 //! * [`directory`]: the api's copy of the model registry.
 //! * [`error`]: the one error type, mapped to HTTP status and OpenAI's error body in one place.
 //!
 //! Dependencies run one way: each module uses only modules after it in `openapi`, `routes`,
-//! `state`, `policy` (with `lease`), `jobs`, `directory`, `extract`, `error`.
+//! `state`, `job_store`, `policy` (with `lease`), `directory`, `extract`, `error`. Jobs are published and
+//! followed with `switchyard-client`; batches are stored for the scheduler with its
+//! `batches::store`.
 
 pub mod directory;
 pub mod error;
 pub mod extract;
-pub mod jobs;
+pub mod job_store;
 pub mod lease;
 pub mod openapi;
 pub mod policy;
@@ -38,9 +40,9 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::directory::Directory;
-use crate::jobs::Jobs;
+use switchyard_client::{JobTimeouts, Jobs};
 use crate::policy::Gate;
-use crate::state::ApiState;
+use crate::state::{ApiState, FilesLimits};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiOptions {
@@ -74,6 +76,18 @@ pub struct ApiOptions {
     /// How often the api refreshes its copy of the model registry.
     #[arg(long, env = "SWITCHYARD_REGISTRY_REFRESH", default_value = "1s", value_parser = parse_duration)]
     pub registry_refresh: Duration,
+    /// Largest file `POST /v1/files` takes, in bytes (OpenAI's limit: 200 MB).
+    #[arg(long, env = "SWITCHYARD_MAX_FILE_BYTES", default_value_t = 200 * 1000 * 1000)]
+    pub max_file_bytes: u64,
+    /// Most requests one batch may have.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_REQUESTS", default_value_t = 50_000)]
+    pub max_batch_requests: u64,
+    /// The `completion_window`s a batch may ask for (OpenAI accepts `24h` only).
+    #[arg(long, env = "SWITCHYARD_BATCH_COMPLETION_WINDOWS", default_value = "24h", value_delimiter = ',')]
+    pub batch_completion_windows: Vec<String>,
+    /// How long `/v1/jobs` jobs, their events and results are kept.
+    #[arg(long, env = "SWITCHYARD_JOB_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub job_retention: Duration,
 }
 
 /// Serves the api until `shutdown` fires.
@@ -81,7 +95,14 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
     let instance = format!("api-{}", ulid::Ulid::new().to_string().to_lowercase());
     let nats = switchyard_broker::connect_nats(&options.nats_url, &instance).await?;
     let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
-    let jobs = Jobs::start(instance.clone(), nats.clone(), redis.clone(), options.queue_timeout, options.idle_timeout).await?;
+    let timeouts = JobTimeouts { queue: options.queue_timeout, idle: options.idle_timeout };
+    let jobs = Jobs::start(instance.clone(), nats.clone(), redis.clone(), timeouts).await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let batch_windows = options
+        .batch_completion_windows
+        .iter()
+        .map(|text| parse_duration(text).map(|window| (text.clone(), window)).map_err(|e| anyhow::anyhow!("--batch-completion-windows {text}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let directory = Directory::new(Registry::new(redis.clone()));
     if let Err(e) = directory.refresh().await {
         tracing::warn!(error = %e, "initial registry read failed");
@@ -97,6 +118,11 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         directory,
         gate,
         limits: Limits { max_n: options.max_n, max_embedding_inputs: options.max_embedding_inputs },
+        files: switchyard_broker::files::FileStore::open(&js).await?,
+        files_limits: FilesLimits { max_file_bytes: options.max_file_bytes, max_batch_requests: options.max_batch_requests },
+        batches: switchyard_scheduler::batches::store::BatchStore::open(&js).await?,
+        batch_windows,
+        async_jobs: job_store::AsyncJobs::open(&js, options.job_retention).await?,
         nats,
         redis,
     });

@@ -7,23 +7,42 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::health::{Health, Readiness};
-use crate::routes::{embeddings, generate, health, models};
+use crate::routes::async_jobs::{CreateJob, JobObject, JobStatus};
+use crate::routes::batches::{CreateBatch, ExpiresAfter};
+use crate::routes::files::{FileDeleted, FileObject, Page};
+use crate::routes::{async_jobs, batches, embeddings, files, generate, health, models};
+use switchyard_scheduler::batches::object::{Batch, BatchError, BatchErrors, BatchStatus, LineError, LineResponse, OutputLine, RequestCounts};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Switchyard", description = "OpenAI-compatible api of Switchyard: chat, completions and embeddings served by workers behind NATS."),
+    info(title = "Switchyard", description = "OpenAI-compatible api of Switchyard: chat, completions and embeddings served by workers behind NATS; files, batches and async jobs run on the same queue."),
     paths(
         models::list,
         models::retrieve,
         generate::chat_completions,
         generate::completions,
         embeddings::embeddings,
+        files::upload,
+        files::list,
+        files::retrieve,
+        files::content,
+        files::delete,
+        batches::create,
+        batches::list,
+        batches::retrieve,
+        batches::cancel,
+        async_jobs::create,
+        async_jobs::retrieve,
+        async_jobs::events,
+        async_jobs::cancel,
         health::health,
         health::ready,
     ),
     components(schemas(
         ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Completion<ChatChoice>, Completion<TextChoice>, EmbeddingList, ModelList,
-        ModelObject, ErrorResponse, ErrorObject, UsageOut, Health, Readiness
+        ModelObject, ErrorResponse, ErrorObject, UsageOut, Health, Readiness, FileObject, FileDeleted, Page<FileObject>, Page<Batch>,
+        CreateBatch, ExpiresAfter, Batch, BatchStatus, BatchErrors, BatchError, RequestCounts, OutputLine, LineResponse, LineError,
+        CreateJob, JobObject, JobStatus
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -10,7 +10,7 @@ use switchyard_openai::Limits;
 
 use crate::directory::{Directory, ModelEntry};
 use crate::error::ApiError;
-use crate::jobs::Jobs;
+use switchyard_client::Jobs;
 use crate::policy::{Caller, Gate};
 
 /// Behind one `Arc`, so that handing it to a request is one count.
@@ -21,11 +21,29 @@ pub struct ApiState {
     pub directory: Directory,
     pub gate: Arc<Gate>,
     pub limits: Limits,
+    pub files: switchyard_broker::files::FileStore,
+    pub files_limits: FilesLimits,
+    pub batches: switchyard_scheduler::batches::store::BatchStore,
+    /// The `completion_window`s a batch may ask for, as written and as durations.
+    pub batch_windows: Vec<(String, std::time::Duration)>,
+    pub async_jobs: crate::job_store::AsyncJobs,
     pub nats: async_nats::Client,
     pub redis: redis::aio::ConnectionManager,
 }
 
+/// How large the files and batches this api takes may be.
+#[derive(Debug, Clone, Copy)]
+pub struct FilesLimits {
+    pub max_file_bytes: u64,
+    pub max_batch_requests: u64,
+}
+
 impl ApiState {
+    /// The card of a model the registry knows, whoever asks (for a job already accepted).
+    pub async fn card_of(&self, name: &str) -> Option<switchyard_schemas::ModelCard> {
+        self.directory.lookup(name).await.ok().map(|entry| entry.card)
+    }
+
     /// The model a request names, if the caller may use it (otherwise it does not exist, as far
     /// as this caller can tell). Whether it serves the endpoint is the request's validation.
     pub async fn model_for(&self, caller: &Caller, name: &str) -> Result<ModelEntry, ApiError> {

@@ -91,3 +91,41 @@ pub async fn ensure_consumer(
         .await
         .map_err(|e| BrokerError::JetStream(format!("creating consumer {name}: {e}")))
 }
+
+/// Creates or updates the stream that keeps the events of jobs that outlive their request
+/// (`/v1/jobs`) for `retention`. Workers publish those events as usual; the stream captures them.
+pub async fn ensure_events_stream(js: &jetstream::Context, retention: Duration) -> Result<(), BrokerError> {
+    js.create_or_update_stream(stream::Config {
+        name: subject::EVENTS_STREAM.into(),
+        subjects: vec![subject::EVENTS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: retention,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::EVENTS_STREAM)))?;
+    Ok(())
+}
+
+/// Every message on `subject` of the events stream so far, in order, decoded.
+pub async fn read_events(js: &jetstream::Context, subject: String) -> Result<Vec<(u64, switchyard_schemas::StreamEvent)>, BrokerError> {
+    use futures::StreamExt;
+    let fail = |e: &dyn std::fmt::Display| BrokerError::JetStream(format!("reading {subject}: {e}"));
+    let stream = js.get_stream(subject::EVENTS_STREAM).await.map_err(|e| fail(&e))?;
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig { filter_subject: subject.clone(), ..Default::default() })
+        .await
+        .map_err(|e| fail(&e))?;
+    let pending = consumer.info().await.map_err(|e| fail(&e))?.num_pending as usize;
+    let mut messages = consumer.messages().await.map_err(|e| fail(&e))?.take(pending);
+    let mut events = Vec::with_capacity(pending);
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| fail(&e))?;
+        let seq = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        if let Ok(event) = switchyard_schemas::decode(&message.payload) {
+            events.push((seq, event));
+        }
+    }
+    Ok(events)
+}

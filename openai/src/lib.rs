@@ -9,9 +9,11 @@
 //! * [`plan`]: a request as jobs ([`plan_chat`], [`plan_completion`], [`plan_embeddings`]) and
 //!   their outputs as the response ([`Reply::assemble`]).
 //! * [`response`]: response bodies, streamed chunks, and OpenAI's error body.
+//! * [`endpoint`]: the endpoints a request can be queued for (batch lines, `/v1/jobs`).
 //! * [`error`]: [`Invalid`] (a refused request) and [`JobFailure`] (a job's `error` event),
 //!   each with its HTTP status and error body.
 
+pub mod endpoint;
 pub mod error;
 pub mod plan;
 pub mod request;

@@ -7,10 +7,17 @@
 //!   work queue. No job ends silently.
 //! * Registry reaping: expired worker entries, and model cards no worker has announced for the
 //!   retention period.
+//! * Batches ([`batches`]): OpenAI's Batch API, from validating the input file to writing
+//!   the output and error files, with lines run as batch-lane jobs.
+//! * Expired files (`/v1/files` with an expiry) are deleted.
+//! * Resume answers for `/v1/jobs` jobs, whose events no api replica follows ([`resume`]).
 //! * Health on HTTP (`GET /health`).
 //!
-//! Every task here is idempotent, so several schedulers can run side by side. Batch jobs will
-//! join this crate as one more task.
+//! Every task here is idempotent or claimed by one replica at a time, so several schedulers
+//! can run side by side and any of them may be killed.
+
+pub mod batches;
+mod resume;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +29,6 @@ use async_nats::jetstream;
 use axum::Json;
 use axum::extract::State;
 use futures::StreamExt;
-use serde_json::{Value, json};
 use switchyard_broker::parse_duration;
 use switchyard_broker::registry::Registry;
 use switchyard_schemas::{ErrorCode, EventBody, JobEnvelope, OUT_OF_BAND_SEQ, StreamEvent, decode, encode, subject};
@@ -47,6 +53,8 @@ pub struct SchedulerOptions {
     /// before it is forgotten (its requests get 404).
     #[arg(long, env = "SWITCHYARD_MODEL_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub model_retention: Duration,
+    #[command(flatten)]
+    pub batches: batches::BatchOptions,
 }
 
 #[derive(Default)]
@@ -58,33 +66,69 @@ struct Counters {
 
 /// Runs the scheduler until `shutdown` fires.
 pub async fn run_scheduler(options: SchedulerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let nats = switchyard_broker::connect_nats(&options.nats_url, "switchyard-scheduler").await?;
+    let instance = format!("scheduler-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let nats = switchyard_broker::connect_nats(&options.nats_url, &instance).await?;
     let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
     let js = jetstream::new(nats.clone());
     switchyard_broker::jobs::ensure_streams(&js).await?;
     let counters = Arc::new(Counters::default());
+    // Batch lines wait in their lane as long as the batch's window lasts; its end cancels them.
+    let timeouts = switchyard_client::JobTimeouts { queue: Duration::from_secs(24 * 3600), idle: options.batches.idle_timeout };
+    let jobs = switchyard_client::Jobs::start(instance.clone(), nats.clone(), redis.clone(), timeouts).await?;
+    let batches = batches::Batches::new(
+        instance.clone(),
+        batches::store::BatchStore::open(&js).await?,
+        batches::store::Results::open(&js).await?,
+        switchyard_broker::files::FileStore::open(&js).await?,
+        jobs,
+        redis.clone(),
+        options.batches.clone(),
+    );
+    let batch_runner = tokio::spawn(batches.clone().run(shutdown.clone()));
+    let resumes = nats.queue_subscribe(subject::DURABLE_RESUMES, subject::SCHEDULER_GROUP.into()).await?;
+    let resumer = tokio::spawn(resume::answer(js.clone(), nats.clone(), resumes));
 
     // One queue group for every scheduler replica: each advisory is handled once.
     let advisories = nats.queue_subscribe(subject::MAX_DELIVERIES_ADVISORY, subject::SCHEDULER_GROUP.into()).await?;
     let dead_letters = tokio::spawn(dead_letter_loop(js.clone(), nats.clone(), advisories, counters.clone()));
     let reaper = tokio::spawn(reap_loop(Registry::new(redis), options.reap_interval, options.model_retention, counters.clone()));
 
-    let app = axum::Router::new().route("/health", axum::routing::get(health)).with_state(counters);
+    let app = axum::Router::new().route("/health", axum::routing::get(health)).with_state(Health { counters, batches });
     let listener = tokio::net::TcpListener::bind(options.listen).await.with_context(|| format!("cannot listen on {}", options.listen))?;
     info!(listen = %options.listen, "scheduler ready");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     dead_letters.abort();
     reaper.abort();
+    batch_runner.abort();
+    resumer.abort();
     Ok(())
 }
 
-async fn health(State(counters): State<Arc<Counters>>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "dead_letters": counters.dead_letters.load(Ordering::Relaxed),
-        "reaped_workers": counters.reaped_workers.load(Ordering::Relaxed),
-        "reaped_models": counters.reaped_models.load(Ordering::Relaxed),
-    }))
+#[derive(Clone)]
+struct Health {
+    counters: Arc<Counters>,
+    batches: Arc<batches::Batches>,
+}
+
+/// What `GET /health` answers: counters since this replica started.
+#[derive(serde::Serialize)]
+struct HealthBody {
+    status: &'static str,
+    dead_letters: u64,
+    reaped_workers: u64,
+    reaped_models: u64,
+    batch_lines_recorded: u64,
+}
+
+async fn health(State(health): State<Health>) -> Json<HealthBody> {
+    let counters = &health.counters;
+    Json(HealthBody {
+        status: "ok",
+        dead_letters: counters.dead_letters.load(Ordering::Relaxed),
+        reaped_workers: counters.reaped_workers.load(Ordering::Relaxed),
+        reaped_models: counters.reaped_models.load(Ordering::Relaxed),
+        batch_lines_recorded: health.batches.lines_done.load(Ordering::Relaxed),
+    })
 }
 
 async fn reap_loop(registry: Registry, every: Duration, retention: Duration, counters: Arc<Counters>) {

@@ -37,3 +37,9 @@ pub fn api_key_id(id: &str) -> String {
 pub fn rate_limit(what: &str, scope: &str) -> String {
     format!("sy:rl:{what}:{scope}")
 }
+
+/// Which scheduler replica runs a batch: its instance name, with a TTL the owner keeps renewing.
+/// When the owner dies the key lapses and another replica takes the batch over.
+pub fn batch_owner(batch_id: &str) -> String {
+    format!("sy:batch-owner:{batch_id}")
+}

@@ -23,8 +23,11 @@ pub const CANCEL_ALL: &str = "sy.cancel.*";
 pub const FILES_BUCKET: &str = "SY_FILES";
 /// Key-value bucket of batch records (`/v1/batches`), keyed by batch id.
 pub const BATCHES_BUCKET: &str = "SY_BATCHES";
-/// Key-value bucket of batch line results, keyed by [`batch_result_key`]; written once per line.
-pub const BATCH_RESULTS_BUCKET: &str = "SY_BATCH_RESULTS";
+/// Stream of batch line results: one message per line on [`batch_result`], written once (a
+/// second write of a line is refused by the stream), read back in bulk to write the output files.
+pub const BATCH_RESULTS_STREAM: &str = "SY_BATCH_RESULTS";
+/// Subjects the batch results stream captures.
+pub const BATCH_RESULTS_SUBJECTS: &str = "sy.result.>";
 
 /// Turns any string into a valid subject token / consumer-name fragment.
 pub fn encode_token(name: &str) -> String {
@@ -78,15 +81,57 @@ pub fn dead_letter(kind: JobKind, model: &str) -> String {
     format!("sy.dead.{}.{}", kind.as_str(), encode_token(model))
 }
 
-/// Key of the result of line `line` (0-based) of batch `batch_id`: `<batch id>.<line>`. Batch
-/// ids are Switchyard's own (`batch_` and a UUID), already valid key tokens.
-pub fn batch_result_key(batch_id: &str, line: u64) -> String {
-    format!("{batch_id}.{line}")
+/// Subject of the result of line `line` (0-based) of batch `batch_id`: `sy.result.<batch>.<line>`.
+pub fn batch_result(batch_id: &str, line: u64) -> String {
+    format!("sy.result.{}.{line}", encode_token(batch_id))
 }
 
-/// Every result key of one batch (a key-value watch filter).
+/// Every result subject of one batch.
 pub fn batch_results_of(batch_id: &str) -> String {
-    format!("{batch_id}.*")
+    format!("sy.result.{}.*", encode_token(batch_id))
+}
+
+/// The line number at the end of a [`batch_result`] subject.
+pub fn batch_line_of(subject: &str) -> Option<u64> {
+    subject.rsplit('.').next()?.parse().ok()
+}
+
+/// Stream of the events of jobs that outlive their request (`/v1/jobs`): a worker's events for
+/// such a job land here instead of on an api's reply subject, so any api replica can read them,
+/// also after the replica that took the job is gone.
+pub const EVENTS_STREAM: &str = "SY_EVENTS";
+/// Subjects the events stream captures.
+pub const EVENTS_SUBJECTS: &str = "sy.events.>";
+/// Key-value bucket of async job records (`/v1/jobs`), keyed by job id.
+pub const ASYNC_JOBS_BUCKET: &str = "SY_ASYNC_JOBS";
+/// Resume requests for jobs whose events go to the events stream, answered by a scheduler
+/// replica from what the stream holds: `sy.resume.durable.<job>.<index>`.
+pub const DURABLE_RESUMES: &str = "sy.resume.durable.*.*";
+
+/// Reply subject of choice `index` of async job `job_id`: `sy.events.<job>.<index>`.
+pub fn events(job_id: &str, index: usize) -> String {
+    format!("sy.events.{}.{index}", encode_token(job_id))
+}
+
+/// Every event subject of async job `job_id`.
+pub fn events_of(job_id: &str) -> String {
+    format!("sy.events.{}.*", encode_token(job_id))
+}
+
+/// Resume subject of choice `index` of async job `job_id`.
+pub fn durable_resume(job_id: &str, index: usize) -> String {
+    format!("sy.resume.durable.{}.{index}", encode_token(job_id))
+}
+
+/// The events subject a [`durable_resume`] subject asks about.
+pub fn events_of_resume(resume_subject: &str) -> Option<String> {
+    let rest = resume_subject.strip_prefix("sy.resume.durable.")?;
+    Some(format!("sy.events.{rest}"))
+}
+
+/// The choice index at the end of an [`events`] subject.
+pub fn event_index_of(subject: &str) -> Option<usize> {
+    subject.rsplit('.').next()?.parse().ok()
 }
 
 /// Wildcard an api instance subscribes to once, to receive the events of all its jobs.

@@ -26,6 +26,7 @@
 //! Every [`Stack`] has its own ports and directories, so tests run in parallel and share
 //! nothing. Run them with `cargo test -p switchyard-tests`.
 
+pub mod batch;
 pub mod openai;
 pub mod sse;
 
@@ -408,6 +409,11 @@ impl StackBuilder {
         self
     }
 
+    pub fn scheduler_arg(mut self, arg: impl Into<String>) -> Self {
+        self.options.scheduler_args.push(arg.into());
+        self
+    }
+
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.options.env.push((key.into(), value.into()));
         self
@@ -528,18 +534,9 @@ impl Stack {
             .build()
             .expect("reqwest client");
         let (nats_url, redis_url) = (servers.nats_url(), servers.redis_url());
-        let bin = switchyard_bin();
 
         let (scheduler, scheduler_port) = if options.scheduler {
-            let (proc, port) = start_http_process(&dir, &logs, &http, "scheduler", "/health", |port| {
-                let mut command = switchyard_command(&bin, &nats_url, &redis_url, &options.env);
-                command.args(["scheduler", "--nats-url", &nats_url, "--redis-url", &redis_url]);
-                command.args(["--listen", &format!("127.0.0.1:{port}")]);
-                command.args(["--reap-interval", &duration_arg(options.reap_interval)]);
-                command.args(&options.scheduler_args);
-                command
-            })
-            .await;
+            let (proc, port) = start_scheduler(&dir, &logs, &http, "scheduler", &options, &nats_url, &redis_url).await;
             (Some(proc), Some(port))
         } else {
             (None, None)
@@ -567,6 +564,18 @@ impl Stack {
         let name = format!("api-replica-{n}");
         let (proc, port) = start_api(&dir, &logs, &self.http, &name, &self.options, &self.nats_url(), &self.redis_url()).await;
         ApiReplica { proc, port }
+    }
+
+    /// Starts one more `switchyard scheduler` with the same options, and waits for its `/health`.
+    pub async fn scheduler_replica(&self) -> Proc {
+        let n = {
+            let mut count = self.replica_count.lock().unwrap();
+            *count += 1;
+            *count
+        };
+        let (dir, logs) = (self.servers.dir.clone(), self.servers.logs.clone());
+        let name = format!("scheduler-replica-{n}");
+        start_scheduler(&dir, &logs, &self.http, &name, &self.options, &self.nats_url(), &self.redis_url()).await.0
     }
 
     /// Runs `switchyard <args…>` against this stack's servers (`SWITCHYARD_NATS_URL` and
@@ -781,6 +790,28 @@ impl ApiReplica {
     pub fn proc(&self) -> &Proc {
         &self.proc
     }
+}
+
+/// Starts `switchyard scheduler` with `options` and waits for `/health`.
+async fn start_scheduler(
+    dir: &Arc<Dir>,
+    logs: &LogList,
+    http: &reqwest::Client,
+    name: &str,
+    options: &StackOptions,
+    nats_url: &str,
+    redis_url: &str,
+) -> (Proc, u16) {
+    let bin = switchyard_bin();
+    start_http_process(dir, logs, http, name, "/health", |port| {
+        let mut command = switchyard_command(&bin, nats_url, redis_url, &options.env);
+        command.args(["scheduler", "--nats-url", nats_url, "--redis-url", redis_url]);
+        command.args(["--listen", &format!("127.0.0.1:{port}")]);
+        command.args(["--reap-interval", &duration_arg(options.reap_interval)]);
+        command.args(&options.scheduler_args);
+        command
+    })
+    .await
 }
 
 /// Starts `switchyard api` with `options` and waits for `/ready`.

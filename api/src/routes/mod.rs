@@ -1,6 +1,9 @@
 //! The router: every route, and OpenAI-shaped answers for unknown routes and wrong methods.
 
+pub(crate) mod async_jobs;
+pub(crate) mod batches;
 pub(crate) mod embeddings;
+pub(crate) mod files;
 pub(crate) mod generate;
 pub(crate) mod health;
 pub(crate) mod models;
@@ -22,7 +25,18 @@ use crate::state::AppState;
 /// Every route; `openapi` is the document served at `GET /openapi.json`.
 pub fn router(state: AppState, body_limit: usize, openapi: &utoipa::openapi::OpenApi) -> Router {
     let openapi = Bytes::from(serde_json::to_vec(openapi).expect("the OpenAPI document serializes"));
+    // An upload streams through, so its own limit is the file limit (and a little for the form).
+    let upload_limit = usize::try_from(state.files_limits.max_file_bytes).unwrap_or(usize::MAX).saturating_add(64 * 1024);
     Router::new()
+        .route("/v1/files", post(files::upload).layer(DefaultBodyLimit::max(upload_limit)).get(files::list))
+        .route("/v1/files/{file_id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{file_id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{batch_id}", get(batches::retrieve))
+        .route("/v1/batches/{batch_id}/cancel", post(batches::cancel))
+        .route("/v1/jobs", post(async_jobs::create))
+        .route("/v1/jobs/{job_id}", get(async_jobs::retrieve).delete(async_jobs::cancel))
+        .route("/v1/jobs/{job_id}/events", get(async_jobs::events))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         .route("/v1/chat/completions", post(generate::chat_completions))

@@ -5,11 +5,11 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use switchyard_openai::request::StreamOptions;
 use switchyard_openai::{Answer, JobOutput, Plan, Reply};
-use switchyard_schemas::ModelCard;
+use switchyard_schemas::{Lane, ModelCard};
 
 use super::sse;
 use crate::error::ApiError;
-use crate::jobs::JobHandle;
+use switchyard_client::JobHandle;
 use crate::policy::Caller;
 use crate::state::AppState;
 
@@ -34,7 +34,7 @@ impl Delivery {
 pub(crate) async fn run(state: AppState, caller: Caller, card: ModelCard, plan: Plan, delivery: Delivery) -> Result<Response, ApiError> {
     let Plan { jobs, estimate, reply } = plan;
     let model = reply.model();
-    let submit = futures::future::try_join_all(jobs.into_iter().map(|job| state.jobs.submit(model, job)));
+    let submit = futures::future::try_join_all(jobs.into_iter().map(|job| async { Ok::<_, ApiError>(state.jobs.submit(Lane::Interactive, model, job).await?) }));
     let (admission, handles) = state.gate.admit_and_dispatch(&caller, &card, estimate, submit).await?;
     let headers = admission.headers().clone();
     let response = match (delivery, reply) {

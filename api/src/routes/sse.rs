@@ -15,7 +15,7 @@ use switchyard_openai::{Flavor, Generation, JobFailure};
 use switchyard_schemas::{EventBody, FinishReason, TokenLogprob, Usage};
 
 use crate::error::ApiError;
-use crate::jobs::JobHandle;
+use switchyard_client::JobHandle;
 use crate::policy::Admission;
 
 type Events = SelectAll<BoxStream<'static, (usize, Result<EventBody, ApiError>)>>;
@@ -28,7 +28,7 @@ pub(crate) async fn respond(
 ) -> Result<Response, ApiError> {
     let choices = handles.len();
     let mut events: Events = futures::stream::select_all(
-        handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event)).boxed()),
+        handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event.map_err(ApiError::from))).boxed()),
     );
     // Hold the status line until the first output: an error before any text (queue timeout,
     // context too long) is still an ordinary HTTP error, not a broken stream.

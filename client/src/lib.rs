@@ -1,6 +1,8 @@
-//! Submitting jobs and receiving their events.
+//! Submitting jobs to Switchyard's queue and receiving their events, for anyone who publishes
+//! jobs: the api (interactive requests), the scheduler (batch lines), and services that talk to
+//! NATS directly.
 //!
-//! Each api instance subscribes once to `sy.reply.<instance>.*` and routes events to the
+//! Each [`Jobs`] instance subscribes once to `sy.reply.<instance>.*` and routes events to the
 //! request waiting for them, checking sequence numbers on the way: a duplicate is dropped, a
 //! gap ends the job with a `stream_gap` error. It also remembers what each job has delivered,
 //! so when a worker dies and JetStream hands the job to another, that worker can ask (on
@@ -21,7 +23,43 @@ use switchyard_schemas::{
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::error::ApiError;
+/// Why a job's events stopped coming without a terminal event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// NATS did not take the job.
+    #[error("The job queue did not accept the job: {0}")]
+    Unavailable(String),
+    /// No worker started the job in time: the model has no live worker, or all are busy.
+    #[error(
+        "No worker took the job within {:.1}s: the model has no live worker, or all of its workers are busy. Try again later.",
+        .0.as_secs_f64()
+    )]
+    NotStarted(Duration),
+    /// The worker running the job sent nothing for too long.
+    #[error("The worker running this job went silent for {:.0}s.", .0.as_secs_f64())]
+    Silent(Duration),
+    /// This client stopped routing the job's events (it is shutting down), or was misused.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How long a job may wait: for a worker to start it, then between its events.
+#[derive(Debug, Clone, Copy)]
+pub struct JobTimeouts {
+    /// How long a job waits for a worker to start it.
+    pub queue: Duration,
+    /// How long a started job may go without an event.
+    pub idle: Duration,
+}
+
+/// Where a job's events and resume requests go, and when nobody wants it any more.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub reply_to: String,
+    pub resume_to: String,
+    /// Unix ms after which a worker skips the job.
+    pub deadline_ms: Option<u64>,
+}
 
 pub struct Jobs {
     instance: String,
@@ -29,8 +67,7 @@ pub struct Jobs {
     js: jetstream::Context,
     redis: redis::aio::ConnectionManager,
     inflight: Mutex<HashMap<String, Inflight>>,
-    queue_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: JobTimeouts,
 }
 
 struct Inflight {
@@ -42,25 +79,18 @@ struct Inflight {
 }
 
 impl Jobs {
+    /// Starts routing the events of jobs submitted through this instance. `instance` names the
+    /// reply subjects (`sy.reply.<instance>.*`): unique per process.
     pub async fn start(
         instance: String,
         nats: async_nats::Client,
         redis: redis::aio::ConnectionManager,
-        queue_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Result<Arc<Jobs>, ApiError> {
+        timeouts: JobTimeouts,
+    ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         let js = jetstream::new(nats.clone());
         switchyard_broker::jobs::ensure_streams(&js).await?;
-        let jobs = Arc::new(Jobs {
-            instance,
-            nats: nats.clone(),
-            js,
-            redis,
-            inflight: Mutex::new(HashMap::new()),
-            queue_timeout,
-            idle_timeout,
-        });
-        let subscribe_err = |e: async_nats::SubscribeError| ApiError::Unavailable(format!("cannot subscribe on NATS: {e}"));
+        let jobs = Arc::new(Jobs { instance, nats: nats.clone(), js, redis, inflight: Mutex::new(HashMap::new()), timeouts });
+        let subscribe_err = |e: async_nats::SubscribeError| switchyard_broker::BrokerError::Nats(format!("cannot subscribe: {e}"));
         let replies = nats.subscribe(subject::replies_of(&jobs.instance)).await.map_err(subscribe_err)?;
         let resumes = nats.subscribe(subject::resumes_of(&jobs.instance)).await.map_err(subscribe_err)?;
         tokio::spawn(route_events(Arc::downgrade(&jobs), replies));
@@ -68,10 +98,31 @@ impl Jobs {
         Ok(jobs)
     }
 
-    /// Publishes a job and returns the handle its events arrive on. The job is in JetStream
-    /// (acknowledged) when this returns.
-    pub async fn submit(self: &Arc<Self>, model: &str, request: JobRequest) -> Result<JobHandle, ApiError> {
+    /// Publishes a job in `lane` and returns the handle its events arrive on. The job is in
+    /// JetStream (acknowledged) when this returns.
+    pub async fn submit(self: &Arc<Self>, lane: Lane, model: &str, request: JobRequest) -> Result<JobHandle, JobError> {
         let id = ulid::Ulid::new().to_string();
+        let timeouts = self.timeouts;
+        let deadline = now_ms() + timeouts.idle.as_millis() as u64 + timeouts.queue.as_millis() as u64;
+        let route = Route { reply_to: subject::reply(&self.instance, &id), resume_to: subject::resume(&self.instance, &id), deadline_ms: Some(deadline) };
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Listen before publishing: a fast worker may answer before the publish ack arrives.
+        self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, next_seq: 0, text: String::new(), tokens: 0 });
+        let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false };
+        if let Err(e) = self.publish(id, lane, model, request, route).await {
+            handle.finished = true;
+            return Err(e);
+        }
+        Ok(handle)
+    }
+
+    /// Publishes a job whose events go where `route` says (the events stream, for a job that
+    /// outlives its request) instead of to this instance; nothing here follows them.
+    pub async fn submit_detached(&self, id: String, lane: Lane, model: &str, request: JobRequest, route: Route) -> Result<(), JobError> {
+        self.publish(id, lane, model, request, route).await
+    }
+
+    async fn publish(&self, id: String, lane: Lane, model: &str, request: JobRequest, route: Route) -> Result<(), JobError> {
         let kind = request.kind();
         let envelope = JobEnvelope {
             v: WIRE_VERSION,
@@ -79,36 +130,34 @@ impl Jobs {
             kind,
             model: model.to_string(),
             request,
-            lane: Lane::Interactive,
-            deadline_ms: Some(now_ms() + self.idle_timeout.as_millis() as u64 + self.queue_timeout.as_millis() as u64),
-            reply_to: subject::reply(&self.instance, &id),
-            resume_to: subject::resume(&self.instance, &id),
+            lane,
+            deadline_ms: route.deadline_ms,
+            reply_to: route.reply_to,
+            resume_to: route.resume_to,
             traceparent: None,
             created_ms: now_ms(),
         };
-        let payload = encode(&envelope).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        // Listen before publishing: a fast worker may answer before the publish ack arrives.
-        self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, next_seq: 0, text: String::new(), tokens: 0 });
-        let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false };
+        let payload = encode(&envelope).map_err(|e| JobError::Internal(e.to_string()))?;
         // No `Nats-Msg-Id`: this publish is never retried, so the stream's duplicate tracking
         // (an entry per job for two minutes) would buy nothing here.
         let published = async {
-            self.js.publish(subject::job(Lane::Interactive, kind, model), payload.into()).await?.await?;
+            self.js.publish(subject::job(lane, kind, model), payload.into()).await?.await?;
             Ok::<_, async_nats::jetstream::context::PublishError>(())
         };
-        if let Err(e) = published.await {
-            handle.finished = true;
-            return Err(ApiError::Unavailable(format!("The job queue did not accept the job: {e}")));
-        }
+        published.await.map_err(|e| JobError::Unavailable(e.to_string()))?;
         debug!(job_id = %id, model, "job queued");
-        Ok(handle)
+        Ok(())
+    }
+
+    /// Cancels a job (queued or running) by id, whoever submitted it.
+    pub async fn cancel(&self, job_id: &str) -> Result<(), switchyard_broker::BrokerError> {
+        switchyard_broker::cancel::cancel_job(&self.redis, &self.nats, job_id).await
     }
 
     fn cancel_in_background(self: &Arc<Self>, job_id: String) {
         let jobs = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = switchyard_broker::cancel::cancel_job(&jobs.redis, &jobs.nats, &job_id).await {
+            if let Err(e) = jobs.cancel(&job_id).await {
                 warn!(job_id, error = %e, "cancelling job failed");
             }
         });
@@ -125,13 +174,18 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
+    /// The job's id (its cancellation and its log lines carry it).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The next event. Fails with 503 if no worker starts the job within the queue timeout,
     /// and with an error if a started job goes silent for longer than the idle timeout.
-    pub async fn next(&mut self) -> Result<EventBody, ApiError> {
+    pub async fn next(&mut self) -> Result<EventBody, JobError> {
         if self.finished {
-            return Err(ApiError::Internal("read past the end of a job".into()));
+            return Err(JobError::Internal("read past the end of a job".into()));
         }
-        let wait = if self.started { self.jobs.idle_timeout } else { self.jobs.queue_timeout };
+        let wait = if self.started { self.jobs.timeouts.idle } else { self.jobs.timeouts.queue };
         // Events often arrive together (one message holds several): no timer for those waiting.
         let received = match self.rx.try_recv() {
             Ok(event) => Ok(Some(event)),
@@ -149,17 +203,14 @@ impl JobHandle {
                 }
                 Ok(event)
             }
-            Ok(None) => Err(ApiError::Internal("the job's event route closed".into())),
-            Err(_) if !self.started => Err(ApiError::NoCapacity(format!(
-                "No worker took the job within {:.1}s: the model has no live worker, or all of its workers are busy. Try again later.",
-                wait.as_secs_f64()
-            ))),
-            Err(_) => Err(ApiError::Internal(format!("The worker running this job went silent for {:.0}s.", wait.as_secs_f64()))),
+            Ok(None) => Err(JobError::Internal("the job's event route closed".into())),
+            Err(_) if !self.started => Err(JobError::NotStarted(wait)),
+            Err(_) => Err(JobError::Silent(wait)),
         }
     }
 
     /// Like [`Self::next`], but skips `Started`.
-    pub async fn next_output(&mut self) -> Result<EventBody, ApiError> {
+    pub async fn next_output(&mut self) -> Result<EventBody, JobError> {
         loop {
             match self.next().await? {
                 EventBody::Started { .. } => continue,
@@ -170,7 +221,7 @@ impl JobHandle {
 
     /// Turns the handle into a stream of output events that ends after the terminal one (an
     /// `Err` is terminal too).
-    pub fn into_stream(self) -> impl futures::Stream<Item = Result<EventBody, ApiError>> + Send {
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<EventBody, JobError>> + Send {
         futures::stream::unfold(Some(self), |handle| async move {
             let mut handle = handle?;
             let event = handle.next_output().await;
