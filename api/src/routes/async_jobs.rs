@@ -21,7 +21,7 @@ use switchyard_client::Route;
 use switchyard_openai::endpoint::Endpoint;
 use switchyard_openai::response::ErrorResponse;
 use switchyard_openai::{JobOutput, Reply};
-use switchyard_schemas::{EventBody, Lane, StreamEvent, subject};
+use switchyard_schemas::{EventBody, FinishReason, Lane, StreamEvent, subject};
 
 use super::files::owner_of;
 use crate::error::{ApiError, ErrorResponses};
@@ -168,13 +168,14 @@ async fn object(state: &AppState, record: JobRecord) -> Result<JobObject, ApiErr
         result: None,
         error: None,
     };
-    job.status = if let Some(failure) = failure {
-        if record.cancelled_at.is_some() {
-            JobStatus::Cancelled
-        } else {
-            job.error = Some(failure.body());
-            JobStatus::Failed
-        }
+    // A cancelled job ends with a `cancelled` finish or error, or not at all; one that finished
+    // before the cancel arrived keeps its result.
+    let stopped = failure.is_some() || !finished.iter().all(|done| *done) || outputs.iter().any(|o| o.finish_reason == Some(FinishReason::Cancelled));
+    job.status = if record.cancelled_at.is_some() && stopped {
+        JobStatus::Cancelled
+    } else if let Some(failure) = failure {
+        job.error = Some(failure.body());
+        JobStatus::Failed
     } else if finished.iter().all(|done| *done) {
         let mut plan = plan.ok_or_else(|| ApiError::Unavailable(format!("The model `{}` is not known any more; its result cannot be put together.", record.model)))?;
         if let (Reply::Generation(generation), Some(id)) = (&mut plan.reply, &record.response_id) {
@@ -184,8 +185,6 @@ async fn object(state: &AppState, record: JobRecord) -> Result<JobObject, ApiErr
         let answer = plan.reply.assemble(outputs).map_err(|missing| ApiError::Internal(missing.to_string()))?;
         job.result = Some(serde_json::to_value(answer).map_err(|e| ApiError::Internal(e.to_string()))?);
         JobStatus::Completed
-    } else if record.cancelled_at.is_some() {
-        JobStatus::Cancelled
     } else if started {
         JobStatus::InProgress
     } else {
