@@ -78,6 +78,11 @@ pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(re
         Reply::Generation(generation) => (Some(generation.id.clone()), generation.created),
         Reply::Embeddings(_) => (None, 0),
     };
+    // The key's requests and tokens per minute are charged at the estimate (nobody waits for the
+    // real count); a concurrency cap is not held while the job waits in its lane.
+    let (admission, ()) = state.gate.admit_and_dispatch(&caller, &entry.card, plan.estimate, async { Ok(()) }).await?;
+    let headers = admission.headers().clone();
+    admission.settle(plan.estimate);
     let jobs = &state.async_jobs;
     let id = switchyard_scheduler::batches::object::new_id("job_");
     let record = JobRecord {
@@ -111,7 +116,7 @@ pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(re
         result: None,
         error: None,
     };
-    Ok((StatusCode::ACCEPTED, Json(object)).into_response())
+    Ok((StatusCode::ACCEPTED, headers, Json(object)).into_response())
 }
 
 fn in_body(invalid: switchyard_openai::Invalid) -> ApiError {
