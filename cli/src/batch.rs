@@ -40,8 +40,9 @@ pub struct BatchCommand {
     /// Base URL of the OpenAI-compatible api, with its `/v1` (e.g. `https://api.openai.com/v1`).
     #[arg(long, env = "SWITCHYARD_API_URL", default_value = "http://127.0.0.1:8080/v1", global = true)]
     api_url: String,
-    /// API key (sent as `Authorization: Bearer`); without one, `.switchyard/dev-api-key` is read if
-    /// it exists (what `switchyard dev` writes), else no key is sent.
+    /// API key (sent as `Authorization: Bearer`); without one, and only when --api-url is on this
+    /// machine (localhost, 127.0.0.0/8, ::1), `.switchyard/dev-api-key` is read if it exists (what
+    /// `switchyard dev` writes); else no key is sent.
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
     #[command(subcommand)]
@@ -503,11 +504,37 @@ fn byte_bar(length: u64, what: &'static str) -> ProgressBar {
     bar
 }
 
-/// The key to send: `--api-key`/`OPENAI_API_KEY`, else the dev stack's key file if present.
-fn resolve_key(given: Option<String>, dev_key_file: &Path) -> Option<String> {
-    given.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).or_else(|| {
-        std::fs::read_to_string(dev_key_file).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())
-    })
+/// The key to send: `--api-key`/`OPENAI_API_KEY`, else the dev stack's key file if present —
+/// but only to an api on this machine ([`is_loopback_url`]): the local dev key is never sent to
+/// a remote server.
+fn resolve_key(given: Option<String>, api_url: &str, dev_key_file: &Path) -> Option<String> {
+    if let Some(key) = given.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()) {
+        return Some(key);
+    }
+    let dev_key = std::fs::read_to_string(dev_key_file).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())?;
+    if is_loopback_url(api_url) {
+        return Some(dev_key);
+    }
+    eprintln!(
+        "note: not sending {} to {api_url}, which is not on this machine; pass --api-key or set OPENAI_API_KEY",
+        dev_key_file.display()
+    );
+    None
+}
+
+/// Whether `api_url`'s host is this machine's loopback: `localhost`, 127.0.0.0/8 or `::1` (also
+/// as `::ffff:127.x.y.z`). Anything else — other names, even ones that resolve to 127.0.0.1, and
+/// a URL that does not parse — is not.
+fn is_loopback_url(api_url: &str) -> bool {
+    let Some(host) = reqwest::Url::parse(api_url).ok().and_then(|url| url.host_str().map(str::to_string)) else {
+        return false;
+    };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|ip| ip.is_loopback()),
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost."),
+    }
 }
 
 /// Runs `fut` unless Ctrl-C comes first; then fails with [`Interrupted`] carrying `hint`.
@@ -523,7 +550,7 @@ async fn interruptible<T>(shutdown: &CancellationToken, hint: impl FnOnce() -> S
 // The commands.
 
 pub async fn run(command: BatchCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let api = Api::new(&command.api_url, resolve_key(command.api_key, Path::new(DEV_KEY_FILE)))?;
+    let api = Api::new(&command.api_url, resolve_key(command.api_key, &command.api_url, Path::new(DEV_KEY_FILE)))?;
     let work = async {
         match command.action {
             BatchAction::Submit(args) => submit(&api, args, &shutdown).await,
@@ -1005,14 +1032,57 @@ mod tests {
     }
 
     #[test]
-    fn the_key_falls_back_to_the_dev_key_file() {
+    fn the_key_falls_back_to_the_dev_key_file_for_a_local_api_only() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("dev-api-key");
-        assert_eq!(resolve_key(None, &file), None);
+        let local = "http://127.0.0.1:8080/v1";
+        assert_eq!(resolve_key(None, local, &file), None);
         std::fs::write(&file, "sy-dev-key\n").unwrap();
-        assert_eq!(resolve_key(None, &file).as_deref(), Some("sy-dev-key"));
-        assert_eq!(resolve_key(Some("sk-given".into()), &file).as_deref(), Some("sk-given"));
-        assert_eq!(resolve_key(Some(String::new()), &file).as_deref(), Some("sy-dev-key"));
+        assert_eq!(resolve_key(None, local, &file).as_deref(), Some("sy-dev-key"));
+        assert_eq!(resolve_key(None, "http://localhost:8080/v1", &file).as_deref(), Some("sy-dev-key"));
+        assert_eq!(resolve_key(None, "http://[::1]:8080/v1", &file).as_deref(), Some("sy-dev-key"));
+        assert_eq!(resolve_key(Some("sk-given".into()), local, &file).as_deref(), Some("sk-given"));
+        assert_eq!(resolve_key(Some(String::new()), local, &file).as_deref(), Some("sy-dev-key"));
+        // Never to a remote api; a key given explicitly goes anywhere.
+        for remote in ["https://api.openai.com/v1", "http://10.0.0.5:8080/v1", "http://localhost.example.com/v1", "not a url"] {
+            assert_eq!(resolve_key(None, remote, &file), None, "{remote}");
+            assert_eq!(resolve_key(Some(String::new()), remote, &file), None, "{remote}");
+        }
+        assert_eq!(resolve_key(Some("sk-given".into()), "https://api.openai.com/v1", &file).as_deref(), Some("sk-given"));
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for local in [
+            "http://127.0.0.1:8080/v1",
+            "http://127.1.2.3/v1",
+            "http://127.1:8080/v1",
+            "https://LOCALHOST/v1",
+            "http://localhost./v1",
+            "http://user:pw@localhost:1/v1",
+            "http://[::1]:8080/v1",
+            "http://[0:0:0:0:0:0:0:1]/v1",
+            "http://[::ffff:127.0.0.1]/v1",
+        ] {
+            assert!(is_loopback_url(local), "{local}");
+        }
+        for remote in [
+            "https://api.openai.com/v1",
+            "http://128.0.0.1/v1",
+            "http://0.0.0.0:8080/v1",
+            "http://10.0.0.1/v1",
+            "http://[::2]/v1",
+            "http://[::ffff:10.0.0.1]/v1",
+            "http://localhost.example.com/v1",
+            "http://evil-localhost/v1",
+            "http://127.0.0.1.nip.io/v1",
+            "http://example.com/127.0.0.1/v1",
+            "http://example.com?host=localhost",
+            "127.0.0.1:8080",
+            "",
+        ] {
+            assert!(!is_loopback_url(remote), "{remote}");
+        }
     }
 
     #[test]

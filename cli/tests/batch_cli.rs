@@ -363,3 +363,37 @@ async fn ctrl_c_stops_waiting_without_cancelling() {
     assert!(stderr.contains("switchyard batch status batch_test1 --wait"), "{stderr}");
     assert_eq!(fake.lock().unwrap().cancels, 0, "Ctrl-C never cancels the batch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_key_file_goes_to_a_local_api_only() {
+    let (url, _fake) = serve(Scenario::Never).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join(".switchyard")).unwrap();
+    std::fs::write(dir.path().join(".switchyard/dev-api-key"), "sk-test\n").unwrap();
+    // `localhost` is this machine: the dev key is sent.
+    let localhost = url.replace("127.0.0.1", "localhost");
+    let output = run(switchyard(dir.path(), &localhost, None).args(["status", "batch_test1"])).await;
+    assert!(output.status.success(), "stderr: {}", text(&output.stderr));
+
+    // A remote name, reached here through an HTTP proxy that is the stand-in itself: the dev key
+    // stays home (the stand-in answers 401), and the CLI says why.
+    let proxy = url.trim_end_matches("/v1").to_string();
+    let remote = "http://batches.example.invalid/v1";
+    let through_proxy = |key: Option<&str>| {
+        let mut command = switchyard(dir.path(), remote, key);
+        for name in ["NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+            command.env_remove(name);
+        }
+        command.env("http_proxy", &proxy).env("HTTP_PROXY", &proxy);
+        command
+    };
+    let output = run(through_proxy(None).args(["status", "batch_test1"])).await;
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "the dev key must not reach {remote}: {stderr}");
+    assert!(stderr.contains(&format!("GET {remote}/batches/batch_test1 failed: HTTP 401 Unauthorized")), "{stderr}");
+    assert!(stderr.contains("not sending .switchyard/dev-api-key to http://batches.example.invalid/v1"), "{stderr}");
+    // A key given explicitly goes wherever --api-url points.
+    let output = run(through_proxy(Some("sk-test")).args(["status", "batch_test1"])).await;
+    assert!(output.status.success(), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("status:       in_progress\n"));
+}
