@@ -41,21 +41,7 @@ impl AsyncJobs {
     /// what they hold for `retention`.
     pub async fn open(js: &jetstream::Context, retention: Duration) -> Result<AsyncJobs, switchyard_broker::BrokerError> {
         switchyard_broker::jobs::ensure_events_stream(js, retention).await?;
-        let bucket = subject::ASYNC_JOBS_BUCKET;
-        let records = match js.get_key_value(bucket).await {
-            Ok(records) => records,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.into(),
-                    description: "Switchyard's /v1/jobs: one record per job".into(),
-                    history: 1,
-                    max_age: retention,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| switchyard_broker::BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))?,
-        };
+        let records = switchyard_broker::key_value(js, subject::ASYNC_JOBS_BUCKET, "Switchyard's /v1/jobs: one record per job", retention).await?;
         Ok(AsyncJobs { js: js.clone(), records, retention })
     }
 

@@ -70,6 +70,23 @@ pub async fn sync_with_server(client: &async_nats::Client) -> Result<(), BrokerE
     }
 }
 
+/// Opens the key-value bucket `bucket`, creating it (file storage, one revision per key, entries
+/// kept for `max_age`, zero for ever) when it does not exist. An existing bucket is used as it is.
+pub async fn key_value(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<async_nats::jetstream::kv::Store, BrokerError> {
+    use async_nats::jetstream::{kv, stream::StorageType};
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config { bucket: bucket.into(), description: description.into(), history: 1, max_age, storage: StorageType::File, ..Default::default() })
+        .await
+        .map_err(|e| BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))
+}
+
 /// Connects to Redis through a connection manager, which reconnects by itself.
 pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, BrokerError> {
     let fail = |source| BrokerError::RedisConnect { url: url.to_string(), source };

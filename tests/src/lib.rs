@@ -161,6 +161,14 @@ pub fn python_with_openai() -> PathBuf {
         .clone()
 }
 
+/// A reqwest client builder. The `switchyard` binary's reqwest has rustls without a built-in
+/// crypto provider, and cargo builds one reqwest for the whole workspace, so every client here
+/// needs the provider installed first, as the binary does.
+pub fn http_client() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A port nobody listens on right now. Servers started on it can still lose a race for it, so
 /// [`Stack`] retries a server that exits at start.
 pub fn free_port() -> u16 {
@@ -527,7 +535,7 @@ impl Stack {
     pub async fn start_with(options: StackOptions) -> Stack {
         let servers = Servers::start().await;
         let (dir, logs) = (servers.dir.clone(), servers.logs.clone());
-        let http = reqwest::Client::builder()
+        let http = http_client()
             .no_proxy()
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(5))

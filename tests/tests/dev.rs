@@ -110,7 +110,7 @@ async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
     let threads = format!("{} per part, {} for nats-server", (cores / 4).max(1), (cores / 2).max(1));
     assert!(printed.contains(&threads), "each part's share of the machine ({threads}): {printed}");
 
-    let http = reqwest::Client::new();
+    let http = switchyard_tests::http_client().build().unwrap();
     let base = format!("http://127.0.0.1:{api}");
     let models = eventually(Duration::from_secs(60), "every default model to register", || {
         let request = http.get(format!("{base}/v1/models")).bearer_auth(&key).send();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use switchyard_openai::endpoint::Endpoint;
 use switchyard_scheduler::batches::object::{Batch, BatchStatus, RequestCounts, new_id};
@@ -14,7 +14,7 @@ use switchyard_scheduler::batches::store::{BatchRecord, Owner};
 
 use super::files::{EXPIRY_SECONDS, Page, owner_of};
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::OpenAiJson;
+use crate::extract::{OpenAiJson, OpenAiQuery};
 use crate::policy::Caller;
 use crate::state::AppState;
 
@@ -175,7 +175,7 @@ pub struct ListBatches {
 }
 
 #[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListBatches), responses((status = 200, body = Page<Batch>), ErrorResponses))]
-pub async fn list(caller: Caller, State(state): State<AppState>, Query(query): Query<ListBatches>) -> Result<Json<Page<Batch>>, ApiError> {
+pub async fn list(caller: Caller, State(state): State<AppState>, OpenAiQuery(query): OpenAiQuery<ListBatches>) -> Result<Json<Page<Batch>>, ApiError> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 100."));

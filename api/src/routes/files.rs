@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -13,6 +13,7 @@ use switchyard_broker::files::{FileError, FileRecord, new_file_id};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::error::{ApiError, ErrorResponses};
+use crate::extract::{OpenAiMultipart, OpenAiQuery};
 use crate::policy::Caller;
 use crate::state::AppState;
 
@@ -89,7 +90,7 @@ pub fn owner_of(caller: &Caller) -> String {
 #[utoipa::path(post, path = "/v1/files", tag = "files",
     request_body(content_type = "multipart/form-data", description = "Fields `purpose` (`batch`, …), then `file`; optional `expires_after[anchor]=created_at` and `expires_after[seconds]` before `file`."),
     responses((status = 200, body = FileObject), ErrorResponses))]
-pub async fn upload(caller: Caller, State(state): State<AppState>, mut form: Multipart) -> Result<Json<FileObject>, ApiError> {
+pub async fn upload(caller: Caller, State(state): State<AppState>, OpenAiMultipart(mut form): OpenAiMultipart) -> Result<Json<FileObject>, ApiError> {
     let mut purpose = None;
     let mut expires_after = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -161,7 +162,7 @@ pub struct ListFiles {
 }
 
 #[utoipa::path(get, path = "/v1/files", tag = "files", params(ListFiles), responses((status = 200, body = Page<FileObject>), ErrorResponses))]
-pub async fn list(caller: Caller, State(state): State<AppState>, Query(query): Query<ListFiles>) -> Result<Json<Page<FileObject>>, ApiError> {
+pub async fn list(caller: Caller, State(state): State<AppState>, OpenAiQuery(query): OpenAiQuery<ListFiles>) -> Result<Json<Page<FileObject>>, ApiError> {
     let limit = query.limit.unwrap_or(10_000);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 10000."));

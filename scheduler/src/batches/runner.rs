@@ -42,6 +42,8 @@ pub struct Batches {
     pub(crate) options: BatchOptions,
     /// Batches this replica is running.
     running: Mutex<HashSet<String>>,
+    /// Batches seen in a terminal status: they never change again, so they are not read again.
+    ended: Mutex<HashSet<String>>,
     pub(crate) lines_done: AtomicU64,
 }
 
@@ -57,7 +59,7 @@ impl Batches {
         options: BatchOptions,
     ) -> Arc<Self> {
         let registry = Registry::new(redis.clone());
-        Arc::new(Batches { instance, store, results, files, jobs, redis, registry, options, running: Mutex::new(HashSet::new()), lines_done: AtomicU64::new(0) })
+        Arc::new(Batches { instance, store, results, files, jobs, redis, registry, options, running: Mutex::new(HashSet::new()), ended: Mutex::new(HashSet::new()), lines_done: AtomicU64::new(0) })
     }
 
     /// Takes every batch nobody runs, whenever a batch record changes and every second, and
@@ -92,9 +94,13 @@ impl Batches {
     }
 
     async fn claim_unowned(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        for record in self.store.list().await? {
-            let id = record.batch.id;
-            if record.batch.status.is_terminal() || self.running.lock().unwrap().contains(&id) {
+        for id in self.store.ids().await? {
+            if self.ended.lock().unwrap().contains(&id) || self.running.lock().unwrap().contains(&id) {
+                continue;
+            }
+            let Some(record) = self.store.get(&id).await? else { continue };
+            if record.batch.status.is_terminal() {
+                self.ended.lock().unwrap().insert(id);
                 continue;
             }
             let Some(lease) = Lease::take(&self.redis, &id, &self.instance, self.options.lease).await? else { continue };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, kv, stream};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use switchyard_broker::BrokerError;
 use switchyard_openai::Limits;
@@ -77,20 +77,7 @@ pub struct BatchStore {
 
 impl BatchStore {
     pub async fn open(js: &jetstream::Context) -> Result<BatchStore, BrokerError> {
-        let bucket = subject::BATCHES_BUCKET;
-        let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.into(),
-                    description: "Switchyard's /v1/batches: one record per batch".into(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))?,
-        };
+        let kv = switchyard_broker::key_value(js, subject::BATCHES_BUCKET, "Switchyard's /v1/batches: one record per batch", Duration::ZERO).await?;
         Ok(BatchStore { kv })
     }
 
@@ -133,13 +120,17 @@ impl BatchStore {
         }
     }
 
+    /// Every batch id.
+    pub async fn ids(&self) -> Result<Vec<String>, StoreError> {
+        let keys = self.kv.keys().await.map_err(|e| broker("listing batches", e))?;
+        keys.map(|key| key.map_err(|e| broker("listing batches", e))).try_collect().await
+    }
+
     /// Every batch record.
     pub async fn list(&self) -> Result<Vec<BatchRecord>, StoreError> {
-        let mut keys = self.kv.keys().await.map_err(|e| broker("listing batches", e))?;
         let mut records = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| broker("listing batches", e))?;
-            if let Some(record) = self.get(&key).await? {
+        for id in self.ids().await? {
+            if let Some(record) = self.get(&id).await? {
                 records.push(record);
             }
         }
