@@ -60,11 +60,17 @@ impl Conn {
         Ok(Conn { sender, target: target.clone() })
     }
 
-    /// Sends one request; the response's body is still to be read.
+    /// Sends one request (a JSON body, if any); the response's body is still to be read.
     pub async fn send(&mut self, method: Method, path: &str, body: &Bytes) -> anyhow::Result<Response<Incoming>> {
+        let content_type = (!body.is_empty()).then_some("application/json");
+        self.send_as(method, path, content_type, body).await
+    }
+
+    /// Sends one request whose body is of `content_type`; the response's body is still to be read.
+    pub async fn send_as(&mut self, method: Method, path: &str, content_type: Option<&str>, body: &Bytes) -> anyhow::Result<Response<Incoming>> {
         let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.target.host_header);
-        if !body.is_empty() {
-            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
         }
         if let Some(authorization) = &self.target.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, authorization.clone());

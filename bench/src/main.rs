@@ -1,8 +1,10 @@
 //! `switchyard-bench echo`: how fast Switchyard's job path is with the echo backend at zero
 //! delay — latency at concurrency 1, time to first streamed token, tokens/s through one
 //! stream, requests/s at 64 clients — printed as one markdown table beside the targets and
-//! what peers measured on the same kind of machine.
+//! what peers measured on the same kind of machine. `switchyard-bench batch`: OpenAI's Files +
+//! Batch API on the same backend (see `batch.rs`).
 
+mod batch;
 mod client;
 mod probe;
 mod stack;
@@ -31,6 +33,9 @@ struct Cli {
 enum Command {
     /// The echo backend at zero delay: latency, time to first token, stream throughput, requests/s.
     Echo(EchoOptions),
+    /// OpenAI's Files + Batch API on the echo backend: batch lines/s, interactive latency
+    /// beside a batch, and the api's and scheduler's memory with a ~100 MB file.
+    Batch(batch::BatchOptions),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -143,7 +148,13 @@ struct EchoOptions {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Echo(options) = cli.command;
+    let options = match cli.command {
+        Command::Echo(options) => options,
+        Command::Batch(options) => {
+            // The bench takes one core at most, as for `echo` (memory is sampled on a thread of its own).
+            return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(batch::run(options));
+        }
+    };
     let runtime = if options.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
@@ -223,7 +234,9 @@ async fn run(options: EchoOptions) -> anyhow::Result<()> {
                 nats_server: options.nats_server.clone(),
                 redis_server: options.redis_server.clone(),
                 scheduler: options.scheduler,
+                scheduler_args: Vec::new(),
                 worker_slots: options.worker_slots,
+                worker_delay: "0ms".into(),
                 worker_args: Vec::new(),
                 no_auth: options.no_auth,
                 key_args: options.key_limits.clone(),

@@ -26,6 +26,8 @@ pub struct Stack {
     pub api_url: String,
     pub nats_url: String,
     pub redis_url: String,
+    /// The scheduler's health endpoint's base URL, when the stack runs one.
+    pub scheduler_url: Option<String>,
     /// The API key the bench created for itself (`None` with `--no-auth`).
     pub api_key: Option<String>,
     pub dir: PathBuf,
@@ -45,7 +47,11 @@ pub struct StackOptions {
     pub nats_server: Option<PathBuf>,
     pub redis_server: Option<PathBuf>,
     pub scheduler: bool,
+    /// Arguments of `switchyard scheduler` beyond the URLs and `--listen` (e.g. `--batch-window 4096`).
+    pub scheduler_args: Vec<String>,
     pub worker_slots: u32,
+    /// `--delay` of the echo worker (between streamed tokens), e.g. `0ms`.
+    pub worker_delay: String,
     pub worker_args: Vec<String>,
     /// Start the api with `--no-auth` (no keys, no rate limits) instead of creating a key.
     pub no_auth: bool,
@@ -96,6 +102,7 @@ impl Stack {
             api_url,
             nats_url,
             redis_url,
+            scheduler_url: None,
             api_key: None,
             dir: dir.clone(),
             nats_store: options.nats_store.as_ref().map(|_| nats_store.clone()),
@@ -132,15 +139,17 @@ impl Stack {
             worker
                 .args(["worker", "echo"])
                 .args(urls)
-                .args(["--delay", "0ms", "--slots", &options.worker_slots.to_string()])
+                .args(["--delay", &options.worker_delay, "--slots", &options.worker_slots.to_string()])
                 .args(&options.worker_args);
             env("worker", &mut worker);
             stack.parts.push(spawn("worker-echo", &mut worker, &dir)?);
             if options.scheduler {
                 let mut scheduler = Command::new(&options.switchyard);
-                scheduler.arg("scheduler").args(urls).args(["--listen", &format!("{host}:{scheduler_port}")]);
+                scheduler.arg("scheduler").args(urls).args(["--listen", &format!("{host}:{scheduler_port}")]).args(&options.scheduler_args);
                 env("scheduler", &mut scheduler);
                 stack.parts.push(spawn("scheduler", &mut scheduler, &dir)?);
+                wait_for_port(scheduler_port, "scheduler", &dir)?;
+                stack.scheduler_url = Some(format!("http://{host}:{scheduler_port}"));
             }
             Ok(())
         })();
@@ -169,6 +178,11 @@ impl Stack {
     /// Creates one more API key for user `bench` (`switchyard keys create` with `key_args`).
     pub fn add_key(&self, key_args: &[String]) -> anyhow::Result<String> {
         create_key(&self.switchyard, &["--nats-url", &self.nats_url, "--redis-url", &self.redis_url], key_args)
+    }
+
+    /// The process id of part `name` (`api`, `worker-echo`, `scheduler`, `nats-server`, …).
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.procs().find(|p| p.name == name).map(Proc::pid)
     }
 
     /// Every process of the stack, for CPU accounting.
