@@ -230,10 +230,17 @@ async fn pull_jobs(
         // Wait until a slot is open to this lane without taking it: the other consumers of this
         // worker may be waiting for it too, and a slot held by an idle pull request would starve them.
         let open = tokio::select! {
-            open = slots_free.wait_open(lane) => open,
+            open = slots_free.wait_gathered(lane, gather_for(lane)) => open,
             _ = shutdown.cancelled() => return,
         };
-        let wanted = open.clamp(1, share);
+        // An interactive lane asks for its model's share, so each model's requests find a slot
+        // here. A batch lane asks for every slot open to it (gathered for a moment): its jobs
+        // wait anyway, and pulling them a few at a time made the pull cycle, not the slots, the
+        // limit (bench/README.md).
+        let wanted = match lane {
+            Lane::Interactive => open.clamp(1, share),
+            Lane::Batch => open.max(1),
+        };
         let batch = consumer.batch().max_messages(wanted).expires(Duration::from_secs(2)).messages().await;
         let mut batch = match batch {
             Ok(batch) => batch,
@@ -260,6 +267,15 @@ async fn pull_jobs(
                 None => break,
             }
         }
+    }
+}
+
+/// How long a lane's puller waits for more slots to open before it pulls: never for
+/// interactive jobs, a moment for batch jobs.
+fn gather_for(lane: Lane) -> Duration {
+    match lane {
+        Lane::Interactive => Duration::ZERO,
+        Lane::Batch => Duration::from_millis(2),
     }
 }
 

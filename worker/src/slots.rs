@@ -17,6 +17,7 @@ pub struct Slots {
 }
 
 struct State {
+    total: usize,
     free: usize,
     reserve: usize,
     /// Interactive jobs delivered and waiting for a slot: batch jobs must not take one first.
@@ -50,7 +51,7 @@ impl Slots {
     /// `total` slots, of which `reserve` are never given to batch jobs. A reserve of `total` or
     /// more means this worker takes no batch work at all.
     pub fn new(total: usize, reserve: usize) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State { free: total, reserve, interactive_waiting: 0 }), changed: Notify::new() })
+        Arc::new(Self { state: Mutex::new(State { total, free: total, reserve, interactive_waiting: 0 }), changed: Notify::new() })
     }
 
     /// How many jobs of `lane` could start now.
@@ -70,6 +71,37 @@ impl Slots {
             }
             changed.await;
         }
+    }
+
+    /// Once a job of `lane` could start: waits up to `patience` more for at least half of the
+    /// lane's slots to be open, and returns how many are. Batch jobs finish and free their
+    /// slots one at a time; gathering them makes one pull request fetch many jobs.
+    pub async fn wait_gathered(&self, lane: Lane, patience: std::time::Duration) -> usize {
+        let open = self.wait_open(lane).await;
+        let half = {
+            let state = self.state.lock().unwrap();
+            let capacity = match lane {
+                Lane::Interactive => state.total,
+                Lane::Batch => state.total.saturating_sub(state.reserve),
+            };
+            capacity.div_ceil(2)
+        };
+        if open >= half || patience.is_zero() {
+            return open;
+        }
+        let gathered = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.open_to(lane) >= half {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(patience, gathered).await;
+        self.open_to(lane).max(1)
     }
 
     /// Takes a slot for a delivered job of `lane`, waiting for one.
@@ -157,6 +189,23 @@ mod tests {
         let _slot = tokio::time::timeout(Duration::from_secs(1), interactive).await.unwrap().unwrap();
         assert!(!batch.is_finished(), "the batch job took the slot an interactive job waited for");
         batch.abort();
+    }
+
+    #[tokio::test]
+    async fn a_batch_pull_gathers_freed_slots_for_a_moment() {
+        let slots = Slots::new(5, 1);
+        let taken: Vec<_> = [(); 4].iter().map(|_| slots.take(Lane::Batch)).collect::<futures::future::JoinAll<_>>().await;
+        let mut taken = taken.into_iter();
+        drop(taken.next());
+        // One of four batch slots open: not half; after the patience, what is open.
+        assert_eq!(slots.wait_gathered(Lane::Batch, Duration::from_millis(20)).await, 1);
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.wait_gathered(Lane::Batch, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(taken.next());
+        assert_eq!(tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap(), 2, "half open ends the wait");
     }
 
     #[tokio::test]
