@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -82,6 +82,9 @@ const PURPOSES: [&str; 6] = ["batch", "assistants", "fine-tune", "vision", "user
 /// Shortest and longest `expires_after[seconds]` OpenAI allows: an hour to 30 days.
 pub const EXPIRY_SECONDS: std::ops::RangeInclusive<u64> = 3600..=2_592_000;
 
+/// How much of a refused upload is read before the refusal is sent.
+const REFUSED_UPLOAD_READ: usize = 4 * 1024 * 1024;
+
 /// The user whose files and batches a caller sees (one anonymous user with `--no-auth`).
 pub fn owner_of(caller: &Caller) -> String {
     caller.key.as_ref().map_or_else(String::new, |key| key.user.clone())
@@ -90,7 +93,22 @@ pub fn owner_of(caller: &Caller) -> String {
 #[utoipa::path(post, path = "/v1/files", tag = "files",
     request_body(content_type = "multipart/form-data", description = "Fields `purpose` (`batch`, …), then `file`; optional `expires_after[anchor]=created_at` and `expires_after[seconds]` before `file`."),
     responses((status = 200, body = FileObject), ErrorResponses))]
-pub async fn upload(caller: Caller, State(state): State<AppState>, OpenAiMultipart(mut form): OpenAiMultipart) -> Result<Json<FileObject>, ApiError> {
+pub async fn upload(
+    caller: Result<Caller, ApiError>,
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Json<FileObject>, ApiError> {
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(refused) => {
+            // A client still sending its file when the refusal comes back would see the
+            // connection close under it (a broken pipe) instead of the 401: read a little first.
+            let body = axum::body::to_bytes(request.into_body(), REFUSED_UPLOAD_READ);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), body).await;
+            return Err(refused);
+        }
+    };
+    let OpenAiMultipart(mut form) = OpenAiMultipart::from_request(request, &state).await?;
     let mut purpose = None;
     let mut expires_after = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
