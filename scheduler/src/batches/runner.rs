@@ -83,7 +83,7 @@ impl Batches {
             if let Err(e) = self.claim_unowned(&shutdown).await {
                 warn!(error = %e, "looking for batches to run failed");
             }
-            if ticks % 60 == 0 {
+            if ticks.is_multiple_of(60) {
                 match self.files.delete_expired(now_secs()).await {
                     Ok(0) => {}
                     Ok(n) => info!(files = n, "deleted expired files"),
