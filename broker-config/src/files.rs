@@ -63,7 +63,7 @@ pub struct FileRecord {
 
 /// A fresh file id: OpenAI's `file-` prefix and a UUID v7, so ids sort by creation time.
 pub fn new_file_id() -> String {
-    format!("file-{}", uuid::Uuid::now_v7().simple())
+    crate::new_id("file-")
 }
 
 /// Why a file operation failed.

@@ -70,6 +70,12 @@ pub async fn sync_with_server(client: &async_nats::Client) -> Result<(), BrokerE
     }
 }
 
+/// An id of OpenAI's form (`file-…`, `batch_…`, `job_…`): `prefix` and a UUID v7, so ids
+/// sort by creation time.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
 /// Opens the key-value bucket `bucket`, creating it (file storage, one revision per key, entries
 /// kept for `max_age`, zero for ever) when it does not exist. An existing bucket is used as it is.
 pub async fn key_value(

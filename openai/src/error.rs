@@ -29,6 +29,13 @@ impl Invalid {
         Invalid { message: message.into(), param: None, code: None }
     }
 
+    /// The same refusal of a request that came as the `body` of a batch line or a job: its
+    /// `param` put under `body.`.
+    pub fn in_body(self) -> Self {
+        let param = self.param.as_deref().map_or_else(|| "body".to_string(), |p| format!("body.{p}"));
+        Invalid { param: Some(param), ..self }
+    }
+
     pub fn status(&self) -> u16 {
         400
     }

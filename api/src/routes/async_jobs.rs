@@ -84,7 +84,7 @@ pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(re
     let headers = admission.headers().clone();
     admission.settle(plan.estimate);
     let jobs = &state.async_jobs;
-    let id = switchyard_scheduler::batches::object::new_id("job_");
+    let id = switchyard_broker::new_id("job_");
     let record = JobRecord {
         id: id.clone(),
         owner: owner_of(&caller),
@@ -120,8 +120,7 @@ pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(re
 }
 
 fn in_body(invalid: switchyard_openai::Invalid) -> ApiError {
-    let param = invalid.param.as_deref().map_or_else(|| "body".to_string(), |p| format!("body.{p}"));
-    ApiError::InvalidRequest(switchyard_openai::Invalid { param: Some(param), ..invalid })
+    invalid.in_body().into()
 }
 
 /// The caller's job `id`, or 404 as if it did not exist.

@@ -9,7 +9,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use switchyard_openai::endpoint::Endpoint;
-use switchyard_scheduler::batches::object::{Batch, BatchStatus, RequestCounts, new_id};
+use switchyard_broker::new_id;
+use switchyard_scheduler::batches::object::{Batch, BatchStatus, RequestCounts};
 use switchyard_scheduler::batches::store::{BatchRecord, Owner};
 
 use super::files::{EXPIRY_SECONDS, Page, owner_of};

@@ -38,8 +38,8 @@ impl Problem {
 
     /// A request body refused by validation; `param` is put under `body.`.
     fn in_body(invalid: Invalid) -> Self {
-        let code = invalid.code.unwrap_or("invalid_request");
-        Problem { code, message: invalid.message, param: Some(invalid.param.map_or_else(|| "body".into(), |p| format!("body.{p}"))) }
+        let invalid = invalid.in_body();
+        Problem { code: invalid.code.unwrap_or("invalid_request"), message: invalid.message, param: invalid.param }
     }
 
     pub fn at_line(self, line: u64) -> BatchError {
@@ -136,7 +136,8 @@ impl<R: AsyncRead + Unpin> Lines<R> {
     pub async fn next(&mut self) -> std::io::Result<Option<(u64, String)>> {
         while let Some(line) = self.lines.next_line().await? {
             self.file_line += 1;
-            if line.trim().is_empty() {
+            // ASCII whitespace only, as the file store counts lines.
+            if line.trim_ascii().is_empty() {
                 continue;
             }
             let index = self.next;

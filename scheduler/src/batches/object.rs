@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use switchyard_broker::new_id;
 
 /// Where a batch is in its life. `validating` → `in_progress` → `finalizing` → `completed`;
 /// `failed` when its input file does not validate; `expired` when the completion window ends
@@ -140,9 +141,4 @@ impl OutputLine {
     pub fn succeeded(&self) -> bool {
         self.response.as_ref().is_some_and(|response| response.status_code == 200)
     }
-}
-
-/// An id of OpenAI's form: `prefix` and a UUID v7.
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
 }
