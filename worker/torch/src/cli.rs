@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ChatMessage, Engine, EngineOptions, GenerateEvent, GenerateRequest, ModelKind, Prompt, SamplingParams};
+use crate::{BatchOptions, ChatMessage, Engine, EngineOptions, GenerateEvent, GenerateRequest, ModelKind, Prompt, SamplingParams};
 
 /// `switchyard generate`: load a model folder and print the completion of one prompt.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,11 +59,38 @@ pub struct TorchWorkerArgs {
     /// f32, bf16, f16 or auto (the checkpoint's dtype on GPUs, f32 on CPUs).
     #[arg(long, env = "SWITCHYARD_DTYPE")]
     pub dtype: Option<String>,
+    /// Most sequences decoded in one forward pass, and the worker's default slots (an
+    /// embedding model: requests taken at once). Default: 32 on CPU, 128 on CUDA.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch_size: Option<u32>,
+    /// Most tokens the running batch's key/value cache may hold, as rows × the widest row's
+    /// prompt plus max_tokens. Default: 16384 on CPU, 131072 on CUDA.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOTAL_TOKENS")]
+    pub max_batch_total_tokens: Option<usize>,
+    /// Most prompt tokens prefilled between two decoding steps. Default: 4096 on CPU, 16384
+    /// on CUDA.
+    #[arg(long, env = "SWITCHYARD_MAX_BATCH_PREFILL_TOKENS")]
+    pub max_batch_prefill_tokens: Option<usize>,
+    /// Waiting requests interrupt a running batch for prefill only when at least this
+    /// fraction of its size can join at once. Default: 0.3.
+    #[arg(long, env = "SWITCHYARD_WAITING_SERVED_RATIO")]
+    pub waiting_served_ratio: Option<f32>,
+    /// … or once the batch has decoded this many steps since requests last joined. Default: 20.
+    #[arg(long, env = "SWITCHYARD_MAX_WAITING_TOKENS")]
+    pub max_waiting_tokens: Option<usize>,
 }
 
 impl TorchWorkerArgs {
     pub fn engine_options(&self) -> EngineOptions {
-        EngineOptions { model_path: self.model_path.clone(), device: self.device.clone(), dtype: self.dtype.clone() }
+        let d = BatchOptions::for_device(&self.device);
+        let batch = BatchOptions {
+            max_batch_size: self.max_batch_size.map_or(d.max_batch_size, |n| n as usize),
+            max_batch_total_tokens: self.max_batch_total_tokens.unwrap_or(d.max_batch_total_tokens),
+            max_batch_prefill_tokens: self.max_batch_prefill_tokens.unwrap_or(d.max_batch_prefill_tokens),
+            waiting_served_ratio: self.waiting_served_ratio.unwrap_or(d.waiting_served_ratio),
+            max_waiting_tokens: self.max_waiting_tokens.unwrap_or(d.max_waiting_tokens),
+        };
+        EngineOptions { model_path: self.model_path.clone(), device: self.device.clone(), dtype: self.dtype.clone(), batch }
     }
 }
 
@@ -76,6 +103,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         model_path: args.model_path.clone(),
         device: args.device.clone(),
         dtype: args.dtype.clone(),
+        batch: BatchOptions::for_device(&args.device),
     })
     .with_context(|| format!("loading {}", args.model_path.display()))?;
     let info = engine.info().clone();

@@ -21,6 +21,7 @@
 //!     model_path: "models/tiny-llama".into(),
 //!     device: "cpu".into(),      // or "cuda", "cuda:1"
 //!     dtype: None,               // or Some("bf16".into())
+//!     batch: BatchOptions::for_device("cpu"), // how many sequences share a forward pass
 //! })?;
 //! assert_eq!(engine.info().kind, ModelKind::Decoder);
 //!
@@ -28,6 +29,7 @@
 //!     Prompt::Chat(vec![ChatMessage::new("user", "Hello!")]),
 //!     SamplingParams { max_tokens: Some(32), temperature: Some(0.0), ..Default::default() },
 //! );
+//! // Any number of generations may run at once: they share the model's forward passes.
 //! let cancel = CancellationToken::new(); // cancel() stops decoding before the next step
 //! let mut events = engine.generate(req, cancel.clone());
 //! while let Some(event) = events.recv().await {
@@ -47,8 +49,12 @@
 //!
 //! # Threads and devices
 //!
-//! One `std::thread` per [`Engine`] owns the model and its key/value caches and serves one
-//! request at a time from a queue; `generate` and `embed` never block the async runtime
+//! One `std::thread` per [`Engine`] owns the model and its key/value cache. Callers tokenize
+//! and validate their own requests; the thread batches continuously: sequences join and
+//! leave between decoding steps under [`BatchOptions`]' token budget, every step decodes
+//! all running sequences in one forward pass, and each sequence's output is what it would
+//! be alone (up to floating-point rounding). Embedding requests waiting at the same time are
+//! encoded together. `generate` and `embed` never block the async runtime
 //! (except `Engine::load`, which should run in `spawn_blocking`). On CPUs each engine thread
 //! drives its own OpenMP team of `tch::get_num_threads()` threads; with several engines in one
 //! process the teams add up, and once libgomp manages more threads than there are CPUs it
@@ -77,8 +83,8 @@ pub use chat::ChatMessage;
 pub use cli::{GenerateArgs, TorchWorkerArgs, run_generate};
 pub use config::{DType, parse_device};
 pub use engine::{
-    EMBED_BATCH, EVENT_BUFFER, Embeddings, Engine, EngineOptions, FinishReason, GenerateError, GenerateEvent,
-    GenerateRequest, ModelInfo, ModelKind, Prompt,
+    BatchOptions, EMBED_BATCH, Embeddings, Engine, EngineOptions, FinishReason, GenerateError, GenerateEvent,
+    GenerateEvents, GenerateRequest, ModelInfo, ModelKind, Prompt,
 };
 pub use error::TorchError;
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
@@ -92,15 +98,21 @@ pub mod testing {
     use crate::error::{Result, TorchError};
     use crate::models::{self, Model};
 
-    /// The f32 logits at the last position of `ids`, from a fresh cache.
+    /// The f32 logits at the last position of `ids`, from a fresh cache, run alone.
     pub fn last_logits(dir: &Path, dtype: DType, ids: &[u32]) -> Result<Vec<f32>> {
+        Ok(prefill_logits(dir, dtype, &[ids.to_vec()])?.remove(0))
+    }
+
+    /// The f32 logits at the last position of each prompt, all prompts prefilled in one
+    /// forward pass (left-padded to the longest), as the engine's scheduler runs them.
+    pub fn prefill_logits(dir: &Path, dtype: DType, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let _no_grad = tch::no_grad_guard();
         let loaded = models::load(dir, tch::Device::Cpu, Some(dtype))?;
         let Model::Decoder(d) = loaded.model else {
             return Err(TorchError::WrongModelKind("generate text: it is a sentence encoder"));
         };
-        let mut cache = d.new_cache();
-        let logits = d.forward(ids, &mut cache, tch::Device::Cpu);
-        Ok(Vec::<f32>::try_from(&logits)?)
+        let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let (logits, _cache) = d.prefill(&rows);
+        Ok(Vec::<Vec<f32>>::try_from(&logits)?)
     }
 }

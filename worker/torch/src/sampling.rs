@@ -106,6 +106,11 @@ impl Sampler {
         self.temperature < 1e-5
     }
 
+    /// Greedy with no penalties and no logprobs: the choice is the argmax of the raw logits.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.is_greedy() && self.presence == 0.0 && self.frequency == 0.0 && !self.logprobs
+    }
+
     /// Tokens already in the completion (resumed text) count for the penalties.
     pub fn observe(&mut self, id: u32) {
         *self.counts.entry(id).or_default() += 1;

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 use switchyard_torch::*;
@@ -129,18 +128,17 @@ fn cancellation_stops_within_one_step() {
     let cancel = CancellationToken::new();
     let params = SamplingParams { max_tokens: Some(240), ignore_eos: true, ..greedy(240) };
     let mut rx = engine.generate(text_prompt(FOX, params), cancel.clone());
-    // Not reading: the engine fills the event channel and then blocks in the next send,
-    // holding exactly one more token's text than the channel.
-    std::thread::sleep(Duration::from_millis(1500));
-    cancel.cancel();
-    let mut deltas = 0;
     let mut tokens = 0;
+    let mut at_cancel = None;
     let mut finish = None;
     while let Some(ev) = rx.blocking_recv() {
         match ev {
             GenerateEvent::Delta { logprobs, .. } => {
-                deltas += 1;
                 tokens += logprobs.len() as u32;
+                if tokens >= 5 && at_cancel.is_none() {
+                    cancel.cancel();
+                    at_cancel = Some(tokens);
+                }
             }
             GenerateEvent::Finished { reason, completion_tokens, .. } => finish = Some((reason, completion_tokens)),
             GenerateEvent::Started { .. } => {}
@@ -149,11 +147,11 @@ fn cancellation_stops_within_one_step() {
     }
     let (reason, completion_tokens) = finish.expect("finished");
     assert_eq!(reason, FinishReason::Cancelled);
-    assert!(completion_tokens < 240, "decoding ran to max_tokens despite the cancel");
-    // The channel's worth, the send that was waiting, and at most one final flush.
-    assert!(deltas <= EVENT_BUFFER + 2, "{deltas} deltas after the engine blocked");
-    assert!(deltas >= EVENT_BUFFER, "the engine had not filled the channel ({deltas} deltas)");
     assert_eq!(tokens, completion_tokens, "every generated token was reported");
+    // The engine runs ahead of this reader (sending never waits for it), so what it had
+    // generated when the cancel landed is unknown here; what is known is that it stopped
+    // long before max_tokens. The batching tests pin "within one step" down exactly.
+    assert!(completion_tokens < 240, "decoding ran to max_tokens despite the cancel (at {at_cancel:?})");
 }
 
 #[test]

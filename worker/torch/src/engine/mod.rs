@@ -1,31 +1,84 @@
 //! The engine: one thread owns the model and its caches; requests reach it through a channel,
 //! and results stream back through tokio channels.
 //!
-//! One sequence runs at a time. The request queue, the per-request cancellation check between
-//! decoding steps and the event stream are what continuous batching will keep; it will replace
-//! the inner loop of [`Worker::generate`] with a scheduler over several sequences.
+//! Callers tokenize and validate their own requests ([`Sequence::new`], on the caller's
+//! thread); the model thread only runs the network. For a decoder it batches continuously
+//! ([`scheduler`]): sequences join and leave between decoding steps, and every step decodes
+//! all running sequences in one forward pass. For a sentence encoder it gathers the texts of
+//! every waiting request into shared padded batches ([`embed`]).
+
+mod embed;
+mod scheduler;
+mod sequence;
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tch::{Device, Tensor};
+use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::{self, DType, GenerationConfig, TokenizerConfig, read_json_opt};
 use crate::error::{Result, TorchError};
-use crate::models::{self, Decoder, Encoder, Model};
-use crate::sampling::{Sampler, SamplingDefaults, SamplingParams, TokenLogprob, TopLogprob};
-use crate::tokenizer::{Codec, Detokenizer, Gate, StopGate};
+use crate::models::{self, Model};
+use crate::sampling::{SamplingDefaults, SamplingParams, TokenLogprob};
+use crate::tokenizer::Codec;
+use embed::{EmbedJob, EmbedQueue};
+use scheduler::Scheduler;
+use sequence::Sequence;
 
-/// How many texts an encoder runs through the network at once.
+/// Most texts an encoder runs through the network at once.
 pub const EMBED_BATCH: usize = 32;
 
-/// Capacity of a request's event channel: generation pauses when the receiver falls this far
-/// behind.
-pub const EVENT_BUFFER: usize = 64;
+/// A generation's events. Unbounded, so that sending never blocks the model thread: a
+/// reader that falls behind holds its own events, and no other sequence of the batch waits
+/// for it.
+pub type GenerateEvents = mpsc::UnboundedReceiver<GenerateEvent>;
+
+/// How the engine batches sequences: TGI's router knobs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchOptions {
+    /// Most sequences decoded in one forward pass (an encoder: most requests it takes at
+    /// once, the worker's slots).
+    pub max_batch_size: usize,
+    /// Most tokens the running batch's key/value cache may hold, counted as a padded cache
+    /// holds them: rows × the widest row's prompt plus `max_tokens`.
+    pub max_batch_total_tokens: usize,
+    /// Most prompt tokens prefilled between two decoding steps (a longer prompt joins an
+    /// empty batch alone).
+    pub max_batch_prefill_tokens: usize,
+    /// Waiting sequences interrupt a running batch to be prefilled only when at least this
+    /// fraction of its size can join at once…
+    pub waiting_served_ratio: f32,
+    /// …or once it has decoded this many steps since sequences last joined.
+    pub max_waiting_tokens: usize,
+}
+
+impl BatchOptions {
+    /// The defaults for a device: `cpu`, `cuda` or `cuda:N`.
+    pub fn for_device(device: &str) -> BatchOptions {
+        if device.starts_with("cuda") {
+            BatchOptions { max_batch_size: 128, max_batch_total_tokens: 131_072, max_batch_prefill_tokens: 16_384, ..Self::default() }
+        } else {
+            Self::default()
+        }
+    }
+}
+
+impl Default for BatchOptions {
+    /// CPU defaults.
+    fn default() -> BatchOptions {
+        BatchOptions {
+            max_batch_size: 32,
+            max_batch_total_tokens: 16_384,
+            max_batch_prefill_tokens: 4_096,
+            waiting_served_ratio: 0.3,
+            max_waiting_tokens: 20,
+        }
+    }
+}
 
 /// What to load and where to run it.
 #[derive(Debug, Clone)]
@@ -36,11 +89,12 @@ pub struct EngineOptions {
     pub device: String,
     /// `f32`, `bf16`, `f16` or `auto`/`None`: the checkpoint's dtype on GPUs, f32 on CPUs.
     pub dtype: Option<String>,
+    pub batch: BatchOptions,
 }
 
 impl EngineOptions {
     pub fn new(model_path: impl Into<PathBuf>) -> EngineOptions {
-        EngineOptions { model_path: model_path.into(), device: "cpu".into(), dtype: None }
+        EngineOptions { model_path: model_path.into(), device: "cpu".into(), dtype: None, batch: BatchOptions::default() }
     }
 }
 
@@ -167,8 +221,8 @@ pub struct Embeddings {
 }
 
 enum Job {
-    Generate { req: GenerateRequest, cancel: CancellationToken, tx: mpsc::Sender<GenerateEvent> },
-    Embed { texts: Vec<String>, reply: oneshot::Sender<Result<Embeddings>> },
+    Generate(Sequence),
+    Embed(EmbedJob),
 }
 
 /// What callers share with the model thread: everything read-only.
@@ -176,6 +230,8 @@ struct Shared {
     info: ModelInfo,
     codec: Codec,
     template: Option<ChatTemplate>,
+    defaults: SamplingDefaults,
+    batch: BatchOptions,
 }
 
 /// A cheap-to-clone handle on a model running in its own thread.
@@ -224,22 +280,43 @@ impl Engine {
         &self.shared.info
     }
 
-    /// Starts generating; events arrive on the returned receiver. Cancelling `cancel` (or
-    /// dropping the receiver) stops decoding before the next step.
-    pub fn generate(&self, req: GenerateRequest, cancel: CancellationToken) -> mpsc::Receiver<GenerateEvent> {
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        if let Err(std::sync::mpsc::SendError(Job::Generate { tx, .. })) =
-            self.jobs.send(Job::Generate { req, cancel, tx })
-        {
-            let _ = tx.try_send(GenerateEvent::Error(TorchError::EngineStopped.into()));
+    /// How this engine batches.
+    pub fn batch_options(&self) -> &BatchOptions {
+        &self.shared.batch
+    }
+
+    /// Starts generating; events arrive on the returned receiver. Tokenizes and validates on
+    /// the calling thread (a bad request's `Error` is waiting on the receiver when this
+    /// returns). Cancelling `cancel` (or dropping the receiver) stops decoding before the
+    /// next step and frees the sequence's place in the batch.
+    pub fn generate(&self, req: GenerateRequest, cancel: CancellationToken) -> GenerateEvents {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let seq = match self.shared.info.kind {
+            ModelKind::Decoder => Sequence::new(&self.shared, req, cancel, tx.clone()),
+            ModelKind::Encoder => Err(TorchError::WrongModelKind("generate text: it is a sentence encoder")),
+        };
+        match seq {
+            Ok(seq) => {
+                if let Err(std::sync::mpsc::SendError(Job::Generate(seq))) = self.jobs.send(Job::Generate(seq)) {
+                    seq.fail(TorchError::EngineStopped.into());
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(GenerateEvent::Error(e.into()));
+            }
         }
         rx
     }
 
-    /// Sentence embeddings of `texts`, in order.
+    /// Sentence embeddings of `texts`, in order. Tokenized on the calling thread; encoded
+    /// together with the texts of other requests waiting at the same time.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings> {
+        if self.shared.info.kind != ModelKind::Encoder {
+            return Err(TorchError::WrongModelKind("embed: it is a text generator"));
+        }
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.shared.codec.encode(t, true)).collect::<Result<_>>()?;
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job::Embed { texts, reply }).map_err(|_| TorchError::EngineStopped)?;
+        self.jobs.send(Job::Embed(EmbedJob::new(ids, reply))).map_err(|_| TorchError::EngineStopped)?;
         rx.await.map_err(|_| TorchError::EngineStopped)?
     }
 
@@ -279,7 +356,6 @@ struct Worker {
     shared: Arc<Shared>,
     model: Model,
     device: Device,
-    defaults: SamplingDefaults,
 }
 
 impl Worker {
@@ -345,242 +421,40 @@ impl Worker {
         };
         tracing::info!(model = %info.name, arch = %info.architecture, dtype = info.dtype.name(),
             device = %info.device, context = info.context_length, "model loaded");
-        Ok(Worker { shared: Arc::new(Shared { info, codec, template }), model: loaded.model, device, defaults })
+        let shared = Shared { info, codec, template, defaults, batch: opts.batch };
+        Ok(Worker { shared: Arc::new(shared), model: loaded.model, device })
     }
 
     fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Generate { req, cancel, tx } => {
-                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(req, &cancel, &tx)));
-                    let error = match outcome {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(GenerateError::from(e)),
-                        Err(p) => Some(GenerateError { code: "internal", message: panic_message(&p) }),
-                    };
-                    if let Some(e) = error {
-                        let _ = tx.blocking_send(GenerateEvent::Error(e));
-                    }
-                }
-                Job::Embed { texts, reply } => {
-                    let out = std::panic::catch_unwind(AssertUnwindSafe(|| self.embed(&texts)))
-                        .unwrap_or_else(|p| Err(TorchError::Internal(panic_message(&p))));
-                    let _ = reply.send(out);
-                }
-            }
-        }
-    }
-
-    fn decoder(&self) -> Result<&Decoder> {
         match &self.model {
-            Model::Decoder(d) => Ok(d),
-            Model::Encoder(_) => Err(TorchError::WrongModelKind("generate text: it is a sentence encoder")),
+            Model::Decoder(decoder) => serve(&jobs, &mut Scheduler::new(decoder, &self.shared.codec, self.shared.batch)),
+            Model::Encoder(encoder) => serve(&jobs, &mut EmbedQueue::new(encoder, self.device)),
         }
     }
+}
 
-    fn encoder(&self) -> Result<&Encoder> {
-        match &self.model {
-            Model::Encoder(e) => Ok(e),
-            Model::Decoder(_) => Err(TorchError::WrongModelKind("embed: it is a text generator")),
-        }
-    }
+/// What the model thread runs: a decoder's scheduler or an encoder's queue.
+trait ModelLoop {
+    fn add(&mut self, job: Job);
+    /// Nothing to run until another job arrives.
+    fn is_idle(&self) -> bool;
+    /// One round of work: a decoding step, a round of embedding batches.
+    fn step(&mut self);
+}
 
-    /// Runs one request to its end; `Err` becomes the request's `Error` event.
-    fn generate(
-        &self,
-        req: GenerateRequest,
-        cancel: &CancellationToken,
-        tx: &mpsc::Sender<GenerateEvent>,
-    ) -> Result<()> {
-        let decoder = self.decoder()?;
-        let shared = &*self.shared;
-        let codec = &shared.codec;
-        let params = &req.params;
-
-        let prompt_ids = match &req.prompt {
-            Prompt::Text(text) => codec.encode(text, true)?,
-            Prompt::Chat(messages) => codec.encode(&render_chat(shared, messages, true)?, false)?,
-        };
-        if prompt_ids.is_empty() {
-            return Err(TorchError::InvalidRequest("the prompt has no tokens".into()));
-        }
-        let resume_ids = match req.resume_text.as_deref() {
-            Some(text) if !text.is_empty() => codec.encode(text, false)?,
-            _ => Vec::new(),
-        };
-
-        let context = shared.info.context_length;
-        let prompt_tokens = prompt_ids.len() as u32;
-        let room = context.saturating_sub(prompt_tokens);
-        let max_tokens = match params.max_tokens {
-            Some(n) if n > room => {
-                return Err(TorchError::ContextLengthExceeded {
-                    context_length: context,
-                    prompt_tokens,
-                    max_tokens: n,
-                    requested: prompt_tokens + n,
-                });
-            }
-            Some(n) => n,
-            None if room == 0 => {
-                return Err(TorchError::ContextLengthExceeded {
-                    context_length: context,
-                    prompt_tokens,
-                    max_tokens: 1,
-                    requested: prompt_tokens + 1,
-                });
-            }
-            None => room,
-        };
-
-        let send = |event: GenerateEvent| tx.blocking_send(event).is_ok();
-        if !send(GenerateEvent::Started { prompt_tokens, resumed_tokens: resume_ids.len() as u32 }) {
-            return Ok(());
-        }
-
-        let mut stop_ids: Vec<u32> = params.stop_token_ids.clone();
-        if !params.ignore_eos {
-            stop_ids.extend(&shared.info.eos_token_ids);
-        }
-        let mut sampler = Sampler::new(params, self.defaults);
-        let mut completion_tokens = resume_ids.len() as u32;
-        for &id in &resume_ids {
-            sampler.observe(id);
-        }
-        let mut context_ids = prompt_ids.clone();
-        context_ids.extend(&resume_ids);
-        let mut detok = Detokenizer::new(&context_ids);
-        let mut gate = StopGate::new(&params.stop);
-        let mut logprobs: Vec<TokenLogprob> = Vec::new();
-        // Tokens generated since the last delta (whose text may still be held).
-        let mut unsent_tokens = 0u32;
-        let want_logprobs = params.logprobs || params.top_logprobs > 0;
-
-        let finish = |reason, completion_tokens| {
-            send(GenerateEvent::Finished { reason, prompt_tokens, completion_tokens });
-            Ok(())
-        };
-
-        let mut cache = decoder.new_cache();
-        if cancel.is_cancelled() {
-            return finish(FinishReason::Cancelled, completion_tokens);
-        }
-        if completion_tokens >= max_tokens {
-            // The resumed text already used the whole budget.
-            return finish(FinishReason::Length, completion_tokens);
-        }
-        let mut logits = decoder.forward(&context_ids, &mut cache, self.device);
-
-        let reason = loop {
-            if cancel.is_cancelled() || tx.is_closed() {
-                break FinishReason::Cancelled;
-            }
-            if completion_tokens >= max_tokens {
-                break FinishReason::Length;
-            }
-            let choice = sampler.choose(&logits);
-            completion_tokens += 1;
-            if stop_ids.contains(&choice.id) {
-                break FinishReason::Stop;
-            }
-            unsent_tokens += 1;
-            if want_logprobs {
-                logprobs.push(self.token_logprob(choice.id, choice.logprob.unwrap_or(f32::NAN), &choice.top));
-            }
-            let piece = detok.push(codec, choice.id)?;
-            match gate.push(&piece) {
-                Gate::Pass(text) => {
-                    // Logprobs of tokens whose text is held back wait for that text.
-                    if !text.is_empty()
-                        && !send(GenerateEvent::Delta {
-                            text,
-                            tokens: std::mem::take(&mut unsent_tokens),
-                            logprobs: std::mem::take(&mut logprobs),
-                        })
-                    {
-                        break FinishReason::Cancelled;
-                    }
-                }
-                Gate::Stop(text) => {
-                    if !text.is_empty() || unsent_tokens > 0 {
-                        send(GenerateEvent::Delta { text, tokens: unsent_tokens, logprobs });
-                    }
-                    return finish(FinishReason::Stop, completion_tokens);
-                }
-            }
-            if completion_tokens >= max_tokens {
-                break FinishReason::Length;
-            }
-            logits = decoder.forward(&[choice.id], &mut cache, self.device);
-        };
-
-        // Release what was held: an unfinished character only if no more tokens can come.
-        let mut tail = String::new();
-        if reason != FinishReason::Cancelled {
-            match gate.push(&detok.finish(codec)?) {
-                Gate::Pass(text) => tail.push_str(&text),
-                Gate::Stop(text) => {
-                    if !text.is_empty() || unsent_tokens > 0 {
-                        send(GenerateEvent::Delta { text, tokens: unsent_tokens, logprobs });
-                    }
-                    return finish(FinishReason::Stop, completion_tokens);
-                }
+/// Runs `work` until every [`Engine`] handle is gone and the queued work is done, taking new
+/// jobs between steps and blocking only when idle.
+fn serve(jobs: &std::sync::mpsc::Receiver<Job>, work: &mut impl ModelLoop) {
+    loop {
+        if work.is_idle() {
+            match jobs.recv() {
+                Ok(job) => work.add(job),
+                Err(_) => return,
             }
         }
-        tail.push_str(&gate.flush());
-        if !tail.is_empty() || unsent_tokens > 0 {
-            send(GenerateEvent::Delta { text: tail, tokens: unsent_tokens, logprobs });
+        while let Ok(job) = jobs.try_recv() {
+            work.add(job);
         }
-        finish(reason, completion_tokens)
-    }
-
-    fn token_logprob(&self, id: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
-        let codec = &self.shared.codec;
-        let describe = |id: u32| {
-            let bytes = codec.token_bytes(id);
-            (String::from_utf8_lossy(&bytes).into_owned(), bytes)
-        };
-        let (token, bytes) = describe(id);
-        let top_logprobs = top
-            .iter()
-            .map(|&(token_id, logprob)| {
-                let (token, bytes) = describe(token_id);
-                TopLogprob { token_id, token, bytes, logprob }
-            })
-            .collect();
-        TokenLogprob { token_id: id, token, bytes, logprob, top_logprobs }
-    }
-
-    fn embed(&self, texts: &[String]) -> Result<Embeddings> {
-        let encoder = self.encoder()?;
-        let codec = &self.shared.codec;
-        let encoded: Vec<Vec<u32>> = texts.iter().map(|t| codec.encode(t, true)).collect::<Result<_>>()?;
-        let prompt_tokens = encoded.iter().map(Vec::len).sum::<usize>() as u32;
-
-        // Batch texts of similar length together so little of each batch is padding.
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
-        let mut vectors = vec![Vec::new(); encoded.len()];
-        for batch in order.chunks(EMBED_BATCH) {
-            let width = batch.iter().map(|&i| encoded[i].len()).max().unwrap_or(0).max(1);
-            let mut ids = vec![0i64; batch.len() * width];
-            let mut mask = vec![0i64; batch.len() * width];
-            for (row, &i) in batch.iter().enumerate() {
-                for (col, &id) in encoded[i].iter().enumerate() {
-                    ids[row * width + col] = id as i64;
-                    mask[row * width + col] = 1;
-                }
-            }
-            let shape = [batch.len() as i64, width as i64];
-            let ids = Tensor::from_slice(&ids).view(shape).to_device(self.device);
-            let mask = Tensor::from_slice(&mask).view(shape).to_device(self.device);
-            let hidden = encoder.net.forward(&ids, &mask);
-            let pooled = encoder.pipeline.pool(&hidden, &mask).to_device(Device::Cpu);
-            let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&pooled)?;
-            for (row, &i) in rows.into_iter().zip(batch) {
-                vectors[i] = row;
-            }
-        }
-        Ok(Embeddings { vectors, prompt_tokens })
+        work.step();
     }
 }

@@ -120,11 +120,11 @@ impl Rope {
         Rope { inv_freq }
     }
 
-    /// `cos` and `sin` of the angles at positions `start..start+len`, `[len, head_dim]`.
-    pub fn cos_sin(&self, start: i64, len: i64, kind: Kind) -> (Tensor, Tensor) {
-        let positions = Tensor::arange_start(start, start + len, (Kind::Float, self.inv_freq.device()));
-        let angles = positions.outer(&self.inv_freq);
-        let angles = Tensor::cat(&[&angles, &angles], -1);
+    /// `cos` and `sin` of the angles at `positions` (`[rows, len]`, f32), shaped
+    /// `[rows, 1, len, head_dim]` to broadcast over the heads of `[rows, heads, len, head_dim]`.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let angles = positions.unsqueeze(-1) * &self.inv_freq;
+        let angles = Tensor::cat(&[&angles, &angles], -1).unsqueeze(1);
         (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
     }
 
@@ -259,45 +259,56 @@ impl Attention {
         })
     }
 
-    /// `x` is `[batch, len, hidden]` at positions `cache.len()..`; its keys and values are
-    /// appended to `cache`, and each position attends to everything before it and itself.
-    pub fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, cache: &mut LayerCache) -> Tensor {
-        let (b, t, _) = x.size3().expect("attention input is [batch, len, hidden]");
+    /// Queries, keys and values of `x` (`[rows, len, hidden]`), queries and keys rotated:
+    /// `[rows, heads, len, head_dim]`, `[rows, kv_heads, len, head_dim]` twice.
+    fn project(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (b, t, _) = x.size3().expect("attention input is [rows, len, hidden]");
         let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // [b, t, nq + 2 nkv, d] → [b, nq + 2 nkv, t, d]
         let qkv = self.qkv_proj.forward(x).view([b, t, nq + 2 * nkv, d]).transpose(1, 2);
         // Queries and keys rotate together: one set of kernels per layer, not two.
         let qk = Rope::apply(&qkv.narrow(1, 0, nq + nkv), cos, sin);
-        let q = qk.narrow(1, 0, nq);
-        let k = qk.narrow(1, nq, nkv);
-        let v = qkv.narrow(1, nq + nkv, nkv);
+        (qk.narrow(1, 0, nq), qk.narrow(1, nq, nkv), qkv.narrow(1, nq + nkv, nkv))
+    }
 
-        let past = cache.len;
-        let (k, v) = cache.append(&k, &v);
-        let group = nq / nkv;
+    /// Prefill: `x` is `[rows, len, hidden]`, every row starting from an empty cache. `mask`
+    /// (`[rows, 1, len, len]`, true where a query may look) is `None` when no row is padded:
+    /// then each position attends causally to itself and everything before it. Returns the
+    /// output and the keys and values to cache, `[rows, kv_heads, len, head_dim]`.
+    pub fn prefill(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
+        let (b, t, _) = x.size3().expect("attention input is [rows, len, hidden]");
+        let (q, k, v) = self.project(x, cos, sin);
+        let group = self.num_heads / self.num_kv_heads;
+        let (kr, vr) = (repeat_kv(&k, group), repeat_kv(&v, group));
+        let y = Tensor::scaled_dot_product_attention(&q, &kr, &vr, mask, 0.0, mask.is_none(), None, false);
+        let y = y.transpose(1, 2).contiguous().view([b, t, self.num_heads * self.head_dim]);
+        (self.o_proj.forward(&y), k.contiguous(), v.contiguous())
+    }
 
-        if t == 1 {
-            // One new position sees the whole cache, no mask. The query heads of each
-            // key/value head become that head's rows, `[b, nkv, group, d]`: grouped-query
-            // attention without copying the keys and values `group` times.
-            let q = q.reshape([b, nkv, group, d]);
-            let y = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, false);
-            return self.o_proj.forward(&y.reshape([b, 1, nq * d]));
-        }
-        let (k, v) = (repeat_kv(&k, group), repeat_kv(&v, group));
-        let y = if past == 0 {
-            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)
-        } else {
-            // A block of new positions after cached ones needs the causal mask shifted by
-            // `past`, which `is_causal` (aligned to the top-left corner) does not give.
-            let total = past + t;
-            let rows = Tensor::arange_start(past, total, (Kind::Int64, x.device())).unsqueeze(1);
-            let cols = Tensor::arange(total, (Kind::Int64, x.device())).unsqueeze(0);
-            let mask = cols.le_tensor(&rows);
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false)
-        };
-        let y = y.transpose(1, 2).contiguous().view([b, t, nq * d]);
-        self.o_proj.forward(&y)
+    /// One decoding step: `x` is `[rows, 1, hidden]`, one new position per row of `cache`;
+    /// its key and value are written at column `width` of every row, and it attends to the
+    /// row's cached positions and itself. `mask` (`[rows, 1, 1, width + 1]`) is `None` when no
+    /// row is padded.
+    pub fn decode(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &LayerCache,
+        width: i64,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let b = x.size()[0];
+        let (nq, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (q, k, v) = self.project(x, cos, sin);
+        cache.keys.narrow(2, width, 1).copy_(&k);
+        cache.values.narrow(2, width, 1).copy_(&v);
+        let (k, v) = (cache.keys.narrow(2, 0, width + 1), cache.values.narrow(2, 0, width + 1));
+        // The query heads of each key/value head become that head's rows, `[b, nkv, group,
+        // d]`: grouped-query attention without copying the keys and values `group` times.
+        let q = q.reshape([b, nkv, nq / nkv, d]);
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, false, None, false);
+        self.o_proj.forward(&y.reshape([b, 1, nq * d]))
     }
 }
 
@@ -311,55 +322,156 @@ fn repeat_kv(x: &Tensor, group: i64) -> Tensor {
     x.unsqueeze(2).expand([b, h, group, s, d], false).reshape([b, h * group, s, d])
 }
 
-/// Keys and values of one layer for the positions seen so far.
-///
-/// The buffers grow by doubling, so appending one position costs a copy of that position,
-/// not of the whole history.
+/// Keys and values of one layer for every row of a batch, `[rows, kv_heads, capacity,
+/// head_dim]` each.
 pub(crate) struct LayerCache {
-    keys: Option<Tensor>,
-    values: Option<Tensor>,
-    len: i64,
+    keys: Tensor,
+    values: Tensor,
 }
 
-impl LayerCache {
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-        let t = k.size()[2];
-        let needed = self.len + t;
-        let capacity = self.keys.as_ref().map_or(0, |k| k.size()[2]);
-        if needed > capacity {
-            let new_capacity = needed.max(capacity * 2).max(64);
-            let grow = |old: &Option<Tensor>, like: &Tensor| {
-                let mut shape = like.size();
-                shape[2] = new_capacity;
-                let buf = Tensor::zeros(&shape, (like.kind(), like.device()));
-                if let Some(old) = old {
-                    buf.narrow(2, 0, self.len).copy_(&old.narrow(2, 0, self.len));
-                }
-                buf
-            };
-            self.keys = Some(grow(&self.keys, k));
-            self.values = Some(grow(&self.values, v));
+/// The key/value cache of a batch of sequences of different lengths, all layers.
+///
+/// Rows are right-aligned: row `i` holds its `lens[i]` positions in columns
+/// `width - lens[i] .. width`, and the columns before are padding that the attention masks
+/// out. `width` is always the longest row's length. A decoding step writes every row's new
+/// position at column `width`, so rows that were admitted together or apart, with prompts
+/// of any length, step together. Rows join ([`BatchCache::append`]) and leave
+/// ([`BatchCache::retain`]) between steps; both copy the cache once. Nothing is ever
+/// re-computed to line rows up.
+pub(crate) struct BatchCache {
+    layers: Vec<LayerCache>,
+    lens: Vec<i64>,
+    width: i64,
+    capacity: i64,
+}
+
+impl BatchCache {
+    pub fn empty() -> BatchCache {
+        BatchCache { layers: Vec::new(), lens: Vec::new(), width: 0, capacity: 0 }
+    }
+
+    /// The cache of freshly prefilled rows: per layer `[rows, kv_heads, width, head_dim]`
+    /// keys and values, row `i` left-padded by `width - lens[i]`.
+    pub fn from_prefill(layers: Vec<(Tensor, Tensor)>, lens: Vec<i64>, width: i64) -> BatchCache {
+        let layers = layers.into_iter().map(|(keys, values)| LayerCache { keys, values }).collect();
+        BatchCache { layers, lens, width, capacity: width }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Positions cached for each row.
+    pub fn lens(&self) -> &[i64] {
+        &self.lens
+    }
+
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+
+    pub(crate) fn layer(&self, i: usize) -> &LayerCache {
+        &self.layers[i]
+    }
+
+    /// Room for one more position in every row, growing the buffers when full.
+    pub fn reserve_step(&mut self) {
+        if self.width < self.capacity {
+            return;
         }
-        let (keys, values) = (self.keys.as_ref().unwrap(), self.values.as_ref().unwrap());
-        keys.narrow(2, self.len, t).copy_(k);
-        values.narrow(2, self.len, t).copy_(v);
-        self.len = needed;
-        (keys.narrow(2, 0, needed), values.narrow(2, 0, needed))
+        let capacity = self.width + headroom(self.width);
+        self.rebuild(None, capacity, self.width);
+    }
+
+    /// Called after every layer has written its step at column `width`.
+    pub fn advance(&mut self) {
+        self.width += 1;
+        for len in &mut self.lens {
+            *len += 1;
+        }
+    }
+
+    /// Adds `other`'s rows after this cache's rows.
+    pub fn append(&mut self, other: BatchCache) {
+        if other.rows() == 0 {
+            return;
+        }
+        if self.rows() == 0 {
+            *self = other;
+            return;
+        }
+        let width = self.width.max(other.width);
+        let capacity = width + headroom(width);
+        let (rows_a, rows_b) = (self.rows() as i64, other.rows() as i64);
+        self.layers = self
+            .layers
+            .iter()
+            .zip(&other.layers)
+            .map(|(a, b)| {
+                let merge = |a: &Tensor, b: &Tensor| {
+                    let mut shape = a.size();
+                    shape[0] = rows_a + rows_b;
+                    shape[2] = capacity;
+                    let buf = Tensor::zeros(&shape, (a.kind(), a.device()));
+                    buf.narrow(0, 0, rows_a)
+                        .narrow(2, width - self.width, self.width)
+                        .copy_(&a.narrow(2, 0, self.width));
+                    buf.narrow(0, rows_a, rows_b)
+                        .narrow(2, width - other.width, other.width)
+                        .copy_(&b.narrow(2, 0, other.width));
+                    buf
+                };
+                LayerCache { keys: merge(&a.keys, &b.keys), values: merge(&a.values, &b.values) }
+            })
+            .collect();
+        self.lens.extend(other.lens);
+        self.width = width;
+        self.capacity = capacity;
+    }
+
+    /// Keeps the rows whose `keep` is true, in order, and drops the columns no kept row uses.
+    pub fn retain(&mut self, keep: &[bool]) {
+        debug_assert_eq!(keep.len(), self.rows());
+        if keep.iter().all(|&k| k) {
+            return;
+        }
+        let rows: Vec<i64> = (0..keep.len() as i64).filter(|&i| keep[i as usize]).collect();
+        self.lens = rows.iter().map(|&i| self.lens[i as usize]).collect();
+        if rows.is_empty() {
+            *self = BatchCache::empty();
+            return;
+        }
+        let width = self.lens.iter().copied().max().unwrap_or(0);
+        self.rebuild(Some(&rows), width + headroom(width), width);
+    }
+
+    /// Copies the last `width` columns of the rows `rows` (all when `None`) into new buffers
+    /// of `capacity` columns.
+    fn rebuild(&mut self, rows: Option<&[i64]>, capacity: i64, width: i64) {
+        let shift = self.width - width;
+        let device = self.layers.first().map(|l| l.keys.device());
+        let index = rows.zip(device).map(|(r, d)| Tensor::from_slice(r).to_device(d));
+        let copy = |t: &Tensor| {
+            let src = match &index {
+                Some(i) => t.index_select(0, i),
+                None => t.shallow_clone(),
+            };
+            let mut shape = src.size();
+            shape[2] = capacity;
+            let buf = Tensor::zeros(&shape, (src.kind(), src.device()));
+            buf.narrow(2, 0, width).copy_(&src.narrow(2, shift, width));
+            buf
+        };
+        for layer in &mut self.layers {
+            *layer = LayerCache { keys: copy(&layer.keys), values: copy(&layer.values) };
+        }
+        self.width = width;
+        self.capacity = capacity;
     }
 }
 
-/// The key/value cache of one sequence, all layers.
-pub(crate) struct KvCache {
-    pub layers: Vec<LayerCache>,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> KvCache {
-        KvCache { layers: (0..num_layers).map(|_| LayerCache { keys: None, values: None, len: 0 }).collect() }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> i64 {
-        self.layers.first().map_or(0, |l| l.len)
-    }
+/// Spare columns to allocate beyond `width`, so that growing one column a step copies the
+/// cache only now and then.
+fn headroom(width: i64) -> i64 {
+    (width / 2).max(64)
 }

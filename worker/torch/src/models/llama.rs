@@ -13,7 +13,7 @@
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::layers::{Activation, Attention, DecoderSpec, GatedMlp, KvCache, Linear, RmsNorm, Rope};
+use super::layers::{Activation, Attention, BatchCache, DecoderSpec, GatedMlp, LayerCache, Linear, RmsNorm, Rope};
 use crate::config::RopeFields;
 use crate::error::Result;
 use crate::weights::Weights;
@@ -97,8 +97,23 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, cache: &mut super::layers::LayerCache) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, cache);
+    /// Returns the block's output and the layer's keys and values.
+    fn prefill(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
+        let (attn, k, v) = self.self_attn.prefill(&self.input_layernorm.forward(x), cos, sin, mask);
+        let h = x + attn;
+        (&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)), k, v)
+    }
+
+    fn decode(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &LayerCache,
+        width: i64,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let h = x + self.self_attn.decode(&self.input_layernorm.forward(x), cos, sin, cache, width, mask);
         &h + self.mlp.forward(&self.post_attention_layernorm.forward(&h))
     }
 }
@@ -149,23 +164,81 @@ impl Llama {
         })
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
+    fn device(&self) -> Device {
+        self.embed_tokens.device()
     }
 
-    /// Runs `ids` (`[1, len]`) after the positions already in `cache`, and returns the f32
-    /// logits of the last position, `[vocab]`.
-    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
-        let len = ids.size()[1];
-        let start = cache.len();
-        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
-        let (cos, sin) = self.rope.cos_sin(start, len, x.kind());
-        debug_assert_eq!(cos.size()[1], self.head_dim);
-        for (block, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, &cos, &sin, layer_cache);
+    /// Runs each row's tokens from an empty cache, all rows in one forward pass (left-padded
+    /// to the longest, the padding masked out), and returns the f32 logits of each row's
+    /// last position, `[rows, vocab]`, and the rows' cache.
+    pub fn prefill(&self, rows: &[&[u32]]) -> (Tensor, BatchCache) {
+        let device = self.device();
+        let lens: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
+        let (b, t) = (rows.len() as i64, lens.iter().copied().max().unwrap_or(0));
+        let mut ids = vec![0i64; (b * t) as usize];
+        let mut positions = vec![0f32; (b * t) as usize];
+        for (row, tokens) in rows.iter().enumerate() {
+            let pad = t as usize - tokens.len();
+            let at = row * t as usize + pad;
+            for (j, &id) in tokens.iter().enumerate() {
+                ids[at + j] = i64::from(id);
+                positions[at + j] = j as f32;
+            }
         }
-        // Only the last position's logits are needed to choose the next token.
-        let last = self.norm.forward(&x.narrow(1, len - 1, 1));
-        self.lm_head.forward(&last).to_kind(Kind::Float).view([-1])
+        let ids = Tensor::from_slice(&ids).view([b, t]).to_device(device);
+        let positions = Tensor::from_slice(&positions).view([b, t]).to_device(device);
+        // Row i's padding is its first `t - len` columns: a query attends to the keys at or
+        // before it that are not padding; a padding query to itself alone (so no row of the
+        // softmax is empty, and padding never turns into NaN).
+        let mask = lens.iter().any(|&l| l < t).then(|| {
+            let pads: Vec<i64> = lens.iter().map(|&l| t - l).collect();
+            let pads = Tensor::from_slice(&pads).to_device(device).view([b, 1, 1]);
+            let keys = Tensor::arange(t, (Kind::Int64, device)).view([1, 1, t]);
+            let queries = Tensor::arange(t, (Kind::Int64, device)).view([1, t, 1]);
+            let causal = keys.le_tensor(&queries).logical_and(&keys.ge_tensor(&pads));
+            causal.logical_or(&keys.eq_tensor(&queries)).unsqueeze(1)
+        });
+        let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false);
+        let (cos, sin) = self.rope.cos_sin(&positions, x.kind());
+        debug_assert_eq!(cos.size()[3], self.head_dim);
+        let mut kv = Vec::with_capacity(self.layers.len());
+        for block in &self.layers {
+            let (y, k, v) = block.prefill(&x, &cos, &sin, mask.as_ref());
+            x = y;
+            kv.push((k, v));
+        }
+        (self.logits(&x.narrow(1, t - 1, 1)), BatchCache::from_prefill(kv, lens, t))
+    }
+
+    /// One decoding step: `ids[i]` follows what row `i` of `cache` holds. Returns the f32
+    /// logits, `[rows, vocab]`.
+    pub fn decode(&self, ids: &[u32], cache: &mut BatchCache) -> Tensor {
+        let device = self.device();
+        let b = ids.len() as i64;
+        debug_assert_eq!(ids.len(), cache.rows());
+        cache.reserve_step();
+        let width = cache.width();
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let ids = Tensor::from_slice(&ids).view([b, 1]).to_device(device);
+        let positions: Vec<f32> = cache.lens().iter().map(|&l| l as f32).collect();
+        let positions = Tensor::from_slice(&positions).view([b, 1]).to_device(device);
+        let mask = cache.lens().iter().any(|&l| l < width).then(|| {
+            let pads: Vec<i64> = cache.lens().iter().map(|&l| width - l).collect();
+            let pads = Tensor::from_slice(&pads).to_device(device).view([b, 1]);
+            Tensor::arange(width + 1, (Kind::Int64, device)).view([1, width + 1]).ge_tensor(&pads).view([b, 1, 1, width + 1])
+        });
+        let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false);
+        let (cos, sin) = self.rope.cos_sin(&positions, x.kind());
+        for (i, block) in self.layers.iter().enumerate() {
+            x = block.decode(&x, &cos, &sin, cache.layer(i), width, mask.as_ref());
+        }
+        cache.advance();
+        self.logits(&x)
+    }
+
+    /// `[rows, 1, hidden]` → f32 `[rows, vocab]`.
+    fn logits(&self, last: &Tensor) -> Tensor {
+        let rows = last.size()[0];
+        self.lm_head.forward(&self.norm.forward(last)).to_kind(Kind::Float).view([rows, -1])
     }
 }

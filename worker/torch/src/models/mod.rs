@@ -14,7 +14,7 @@ use tch::{Device, Tensor};
 use crate::config::{ConfigHeader, DType, parse_json};
 use crate::error::{Result, TorchError};
 use crate::weights::Weights;
-use layers::KvCache;
+pub(crate) use layers::BatchCache;
 
 /// The architectures this crate runs, as `config.json` names them.
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
@@ -59,15 +59,15 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.net.num_layers())
+    /// Prefills each row from an empty cache in one forward pass; the f32 logits of each
+    /// row's last position (`[rows, vocab]`) and the rows' cache.
+    pub fn prefill(&self, rows: &[&[u32]]) -> (Tensor, BatchCache) {
+        self.net.prefill(rows)
     }
 
-    /// Runs `ids` after what `cache` holds; the f32 logits of the last position, `[vocab]`.
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, device: Device) -> Tensor {
-        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let ids = Tensor::from_slice(&ids).to_device(device).unsqueeze(0);
-        self.net.forward(&ids, cache)
+    /// One decoding step of every row of `cache`; f32 logits `[rows, vocab]`.
+    pub fn decode(&self, ids: &[u32], cache: &mut BatchCache) -> Tensor {
+        self.net.decode(ids, cache)
     }
 }
 

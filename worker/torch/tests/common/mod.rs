@@ -29,7 +29,7 @@ pub fn expected() -> serde_json::Value {
 }
 
 pub fn load(dir: PathBuf, dtype: Option<&str>) -> Engine {
-    Engine::load(EngineOptions { model_path: dir, device: "cpu".into(), dtype: dtype.map(Into::into) })
+    Engine::load(EngineOptions { dtype: dtype.map(Into::into), ..EngineOptions::new(dir) })
         .expect("model loads")
 }
 
@@ -57,7 +57,7 @@ impl Outcome {
     }
 }
 
-pub fn collect(mut rx: tokio::sync::mpsc::Receiver<GenerateEvent>) -> Outcome {
+pub fn collect(mut rx: GenerateEvents) -> Outcome {
     let mut out = Outcome::default();
     while let Some(event) = rx.blocking_recv() {
         assert!(out.finish.is_none() && out.error.is_none(), "event after the end: {event:?}");

@@ -1,0 +1,255 @@
+//! Continuous batching: the model thread's loop over many sequences.
+//!
+//! Each [`Scheduler::step`] drops the sequences that were cancelled (or whose receiver went
+//! away), lets waiting sequences join under the token budget ([`BatchOptions`], TGI's
+//! router knobs), prefills them — prompts of similar length together, in one forward pass —
+//! then decodes every running sequence in one forward pass and drops the rows that ended.
+//! Running sequences are never preempted or re-prefilled to line lengths up: the batch's
+//! key/value cache holds rows of any length ([`BatchCache`]).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+
+use tch::{Device, Tensor};
+
+use super::sequence::Sequence;
+use super::{BatchOptions, FinishReason, GenerateError, Job, ModelLoop, panic_message};
+use crate::error::TorchError;
+use crate::models::{BatchCache, Decoder};
+use crate::tokenizer::Codec;
+
+/// Prompts prefilled together may be padded by at most this fraction of their real tokens.
+const PREFILL_PADDING: f64 = 0.25;
+
+pub(super) struct Scheduler<'a> {
+    decoder: &'a Decoder,
+    codec: &'a Codec,
+    opts: BatchOptions,
+    waiting: VecDeque<Sequence>,
+    /// Row `i` of `cache` is `running[i]`.
+    running: Vec<Sequence>,
+    cache: BatchCache,
+    /// Decoding steps since sequences last joined the running batch.
+    steps_since_join: usize,
+}
+
+impl<'a> Scheduler<'a> {
+    pub fn new(decoder: &'a Decoder, codec: &'a Codec, opts: BatchOptions) -> Scheduler<'a> {
+        Scheduler {
+            decoder,
+            codec,
+            opts,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            cache: BatchCache::empty(),
+            steps_since_join: 0,
+        }
+    }
+
+    pub fn add_seq(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq);
+    }
+
+    /// Ends the sequences that were cancelled or whose receiver went away.
+    fn drop_abandoned(&mut self) {
+        let codec = self.codec;
+        self.waiting.retain_mut(|seq| {
+            let abandoned = seq.is_abandoned();
+            if abandoned {
+                end(codec, seq, FinishReason::Cancelled);
+            }
+            !abandoned
+        });
+        let keep: Vec<bool> = self
+            .running
+            .iter_mut()
+            .map(|seq| {
+                let abandoned = seq.is_abandoned();
+                if abandoned {
+                    end(codec, seq, FinishReason::Cancelled);
+                }
+                !abandoned
+            })
+            .collect();
+        self.retain(&keep);
+    }
+
+    /// The waiting sequences that join now, oldest first. They join while the batch has
+    /// rows left, the cache stays within `max_batch_total_tokens` (counted as a padded
+    /// cache holds them: rows × the widest row's prompt plus `max_tokens`), and the prompts
+    /// within `max_batch_prefill_tokens` (the first always joins an empty batch, whatever
+    /// its size). A running batch is interrupted for prefill only when enough can join at
+    /// once — `waiting_served_ratio` of its size — or after `max_waiting_tokens` steps.
+    fn schedule(&mut self) -> Vec<Sequence> {
+        let running = self.running.len();
+        let room = self.opts.max_batch_size.saturating_sub(running);
+        if self.waiting.is_empty() || room == 0 {
+            return Vec::new();
+        }
+        let min_join = if running == 0 || self.steps_since_join >= self.opts.max_waiting_tokens {
+            1
+        } else {
+            ((running as f32 * self.opts.waiting_served_ratio).floor() as usize).max(1)
+        };
+        let mut widest = self.running.iter().map(Sequence::budget).max().unwrap_or(0);
+        let (mut rows, mut prefill, mut take) = (running, 0, 0);
+        for seq in self.waiting.iter().take(room) {
+            let width = widest.max(seq.budget());
+            if rows > 0 && (rows + 1) * width > self.opts.max_batch_total_tokens {
+                break;
+            }
+            if take > 0 && prefill + seq.context().len() > self.opts.max_batch_prefill_tokens {
+                break;
+            }
+            (widest, rows, prefill, take) = (width, rows + 1, prefill + seq.context().len(), take + 1);
+        }
+        if take < min_join {
+            return Vec::new();
+        }
+        self.waiting.drain(..take).collect()
+    }
+
+    /// Prefills `joining` in groups of similar prompt length, chooses each one's first
+    /// token, and adds those that go on to the running batch.
+    fn prefill(&mut self, joining: Vec<Sequence>) {
+        let mut joining: Vec<Sequence> = joining
+            .into_iter()
+            .filter_map(|mut seq| {
+                if !seq.is_exhausted() {
+                    return Some(seq);
+                }
+                end(self.codec, &mut seq, FinishReason::Length);
+                None
+            })
+            .collect();
+        joining.sort_by_key(|s| s.context().len());
+        let mut groups: Vec<Vec<Sequence>> = Vec::new();
+        for seq in joining {
+            if let Some(group) = groups.last_mut() {
+                // Ascending order: the newcomer is the group's longest.
+                let (rows, width) = (group.len() + 1, seq.context().len());
+                let tokens = group.iter().map(|s| s.context().len()).sum::<usize>() + width;
+                if rows * width <= self.opts.max_batch_prefill_tokens
+                    && (rows * width) as f64 <= tokens as f64 * (1.0 + PREFILL_PADDING)
+                {
+                    group.push(seq);
+                    continue;
+                }
+            }
+            groups.push(vec![seq]);
+        }
+        for mut group in groups {
+            let decoder = self.decoder;
+            let outcome = {
+                let rows: Vec<&[u32]> = group.iter().map(|s| s.context()).collect();
+                std::panic::catch_unwind(AssertUnwindSafe(|| decoder.prefill(&rows)))
+            };
+            let (logits, mut cache) = match outcome {
+                Ok(out) => out,
+                Err(p) => {
+                    fail_all(&group, &panic_message(&p));
+                    continue;
+                }
+            };
+            let keep = self.advance(&mut group, &logits);
+            cache.retain(&keep);
+            self.cache.append(cache);
+            self.running.extend(group.into_iter().zip(keep).filter_map(|(s, k)| k.then_some(s)));
+        }
+    }
+
+    /// One token for every running sequence, in one forward pass.
+    fn decode(&mut self) {
+        let ids: Vec<u32> = self.running.iter().map(Sequence::next_token).collect();
+        let (decoder, cache) = (self.decoder, &mut self.cache);
+        let logits = match std::panic::catch_unwind(AssertUnwindSafe(|| decoder.decode(&ids, cache))) {
+            Ok(logits) => logits,
+            Err(p) => {
+                // The cache may be half-written: every running sequence ends.
+                fail_all(&self.running, &panic_message(&p));
+                self.running.clear();
+                self.cache = BatchCache::empty();
+                return;
+            }
+        };
+        let mut running = std::mem::take(&mut self.running);
+        let keep = self.advance(&mut running, &logits);
+        self.running = running;
+        self.retain(&keep);
+    }
+
+    /// Feeds row `i` of `logits` to `seqs[i]`; which of them go on.
+    fn advance(&self, seqs: &mut [Sequence], logits: &Tensor) -> Vec<bool> {
+        let argmax = batch_argmax(logits, seqs);
+        seqs.iter_mut()
+            .enumerate()
+            .map(|(row, seq)| {
+                let choice = seq.choose(logits, row, argmax.as_ref().map(|a| a[row]));
+                match seq.accept(self.codec, choice) {
+                    Ok(ended) => !ended,
+                    Err(e) => {
+                        seq.fail(e.into());
+                        false
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn retain(&mut self, keep: &[bool]) {
+        if keep.iter().all(|&k| k) {
+            return;
+        }
+        self.cache.retain(keep);
+        let mut keep = keep.iter();
+        self.running.retain(|_| *keep.next().expect("one flag per row"));
+    }
+}
+
+impl ModelLoop for Scheduler<'_> {
+    fn add(&mut self, job: Job) {
+        match job {
+            Job::Generate(seq) => self.add_seq(seq),
+            Job::Embed(job) => job.refuse(TorchError::WrongModelKind("embed: it is a text generator")),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// One round: drop the abandoned, admit and prefill, decode one token for every row.
+    fn step(&mut self) {
+        self.drop_abandoned();
+        let joining = self.schedule();
+        if !joining.is_empty() {
+            self.prefill(joining);
+            self.steps_since_join = 0;
+        }
+        if !self.running.is_empty() {
+            self.decode();
+            self.steps_since_join += 1;
+        }
+    }
+}
+
+/// Every row's argmax in one kernel and one copy, when some row needs nothing more.
+fn batch_argmax(logits: &Tensor, seqs: &[Sequence]) -> Option<Vec<u32>> {
+    if !seqs.iter().any(Sequence::wants_argmax_only) {
+        return None;
+    }
+    let ids = Vec::<i64>::try_from(&logits.argmax(1, false).to_device(Device::Cpu)).ok()?;
+    Some(ids.into_iter().map(|i| i as u32).collect())
+}
+
+fn end(codec: &Codec, seq: &mut Sequence, reason: FinishReason) {
+    if let Err(e) = seq.end(codec, reason) {
+        seq.fail(e.into());
+    }
+}
+
+fn fail_all(seqs: &[Sequence], message: &str) {
+    for seq in seqs {
+        seq.fail(GenerateError { code: "internal", message: message.to_owned() });
+    }
+}
