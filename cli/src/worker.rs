@@ -70,7 +70,8 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
         #[cfg(feature = "torch")]
         BackendCommand::Torch { runtime, torch } => {
             let backend = switchyard_torch::TorchBackend::load(&torch)?;
-            (runtime, Arc::new(backend), 1)
+            let slots = backend.slots();
+            (runtime, Arc::new(backend), slots)
         }
     };
     let runtime = RuntimeOptions { slots: Some(runtime.slots.unwrap_or(default_slots)), ..runtime };

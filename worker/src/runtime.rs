@@ -31,6 +31,7 @@ pub struct RuntimeOptions {
     #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Jobs this worker runs at once; it never pulls more than it has free slots for.
+    /// Default: the backend's (echo and dummy 256; torch as many as its engine batches).
     #[arg(long, env = "SWITCHYARD_SLOTS")]
     pub slots: Option<u32>,
     /// Slots never given to batch jobs (batch lines, `/v1/jobs`), so an interactive request

@@ -38,6 +38,11 @@ impl TorchBackend {
         &self.engine
     }
 
+    /// The worker's default slots: as many jobs as the engine batches at once.
+    pub fn slots(&self) -> u32 {
+        self.engine.concurrency() as u32
+    }
+
     fn card(&self) -> wire::ModelCard {
         let info = self.engine.info();
         wire::ModelCard {

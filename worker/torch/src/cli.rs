@@ -59,8 +59,9 @@ pub struct TorchWorkerArgs {
     /// f32, bf16, f16 or auto (the checkpoint's dtype on GPUs, f32 on CPUs).
     #[arg(long, env = "SWITCHYARD_DTYPE")]
     pub dtype: Option<String>,
-    /// Most sequences decoded in one forward pass, and the worker's default slots (an
-    /// embedding model: requests taken at once). Default: 32 on CPU, 128 on CUDA.
+    /// Most sequences decoded in one forward pass (an embedding model: texts encoded in one),
+    /// and so the worker's default --slots (twice this for an embedding model, so the next
+    /// batch gathers while one runs). Default: 32 on CPU, 128 on CUDA.
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_size: Option<u32>,
     /// Most tokens the running batch's key/value cache may hold, as rows × the widest row's

@@ -8,14 +8,14 @@ use std::panic::AssertUnwindSafe;
 use tch::{Device, Tensor};
 use tokio::sync::oneshot;
 
-use super::{EMBED_BATCH, Embeddings, Job, ModelLoop, panic_message};
+use super::{Embeddings, Job, ModelLoop, panic_message};
 use crate::error::{Result, TorchError};
 use crate::models::Encoder;
 
-/// Most texts one round encodes before it looks for newly arrived requests: enough to sort
-/// into well-filled batches, few enough that a huge request does not hold up small ones for
-/// long.
-const ROUND_TEXTS: usize = 8 * EMBED_BATCH;
+/// Batches one round encodes before it looks for newly arrived requests: enough texts to
+/// sort into well-filled batches, few enough that a huge request does not hold up small
+/// ones for long.
+const ROUND_BATCHES: usize = 8;
 
 /// One request: its texts' token ids (tokenized by the caller), and the vectors so far.
 pub(super) struct EmbedJob {
@@ -45,12 +45,14 @@ impl EmbedJob {
 pub(super) struct EmbedQueue<'a> {
     encoder: &'a Encoder,
     device: Device,
+    /// Texts per forward pass.
+    batch: usize,
     jobs: VecDeque<EmbedJob>,
 }
 
 impl<'a> EmbedQueue<'a> {
-    pub fn new(encoder: &'a Encoder, device: Device) -> EmbedQueue<'a> {
-        EmbedQueue { encoder, device, jobs: VecDeque::new() }
+    pub fn new(encoder: &'a Encoder, device: Device, batch: usize) -> EmbedQueue<'a> {
+        EmbedQueue { encoder, device, batch: batch.max(1), jobs: VecDeque::new() }
     }
 
 }
@@ -68,24 +70,25 @@ impl ModelLoop for EmbedQueue<'_> {
         self.jobs.is_empty()
     }
 
-    /// Encodes up to [`ROUND_TEXTS`] texts of the waiting requests, oldest first, longest
+    /// Encodes up to [`ROUND_BATCHES`] batches' worth of texts of the waiting requests, oldest first, longest
     /// texts batched together, and answers the requests that are complete.
     fn step(&mut self) {
         // A request whose caller went away is not worth encoding.
         self.jobs.retain(|j| !j.reply.is_closed());
+        let round = ROUND_BATCHES * self.batch;
         let mut items: Vec<(usize, usize)> = Vec::new();
         for (j, job) in self.jobs.iter_mut().enumerate() {
-            let take = (job.ids.len() - job.started).min(ROUND_TEXTS - items.len());
+            let take = (job.ids.len() - job.started).min(round - items.len());
             items.extend((job.started..job.started + take).map(|t| (j, t)));
             job.started += take;
-            if items.len() == ROUND_TEXTS {
+            if items.len() == round {
                 break;
             }
         }
         // Similar lengths together, so little of each batch is padding.
         items.sort_by_key(|&(j, t)| std::cmp::Reverse(self.jobs[j].ids[t].len()));
         let mut failed: Option<String> = None;
-        for batch in items.chunks(EMBED_BATCH) {
+        for batch in items.chunks(self.batch) {
             let texts: Vec<&[u32]> = batch.iter().map(|&(j, t)| self.jobs[j].ids[t].as_slice()).collect();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| encode(self.encoder, self.device, &texts)))
                 .unwrap_or_else(|p| Err(TorchError::Internal(panic_message(&p))));

@@ -29,7 +29,7 @@ use embed::{EmbedJob, EmbedQueue};
 use scheduler::Scheduler;
 use sequence::Sequence;
 
-/// Most texts an encoder runs through the network at once.
+/// Texts an encoder runs through the network at once by default (`max_batch_size` on CPU).
 pub const EMBED_BATCH: usize = 32;
 
 /// A generation's events. Unbounded, so that sending never blocks the model thread: a
@@ -40,8 +40,7 @@ pub type GenerateEvents = mpsc::UnboundedReceiver<GenerateEvent>;
 /// How the engine batches sequences: TGI's router knobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchOptions {
-    /// Most sequences decoded in one forward pass (an encoder: most requests it takes at
-    /// once, the worker's slots).
+    /// Most sequences decoded in one forward pass; for an encoder, most texts encoded in one.
     pub max_batch_size: usize,
     /// Most tokens the running batch's key/value cache may hold, counted as a padded cache
     /// holds them: rows × the widest row's prompt plus `max_tokens`.
@@ -71,7 +70,7 @@ impl Default for BatchOptions {
     /// CPU defaults.
     fn default() -> BatchOptions {
         BatchOptions {
-            max_batch_size: 32,
+            max_batch_size: EMBED_BATCH,
             max_batch_total_tokens: 16_384,
             max_batch_prefill_tokens: 4_096,
             waiting_served_ratio: 0.3,
@@ -285,6 +284,15 @@ impl Engine {
         &self.shared.batch
     }
 
+    /// Requests worth handing this engine at once: a decoder's batch size; twice an
+    /// encoder's, so that the next batch gathers while one is encoded.
+    pub fn concurrency(&self) -> usize {
+        match self.shared.info.kind {
+            ModelKind::Decoder => self.shared.batch.max_batch_size,
+            ModelKind::Encoder => 2 * self.shared.batch.max_batch_size,
+        }
+    }
+
     /// Starts generating; events arrive on the returned receiver. Tokenizes and validates on
     /// the calling thread (a bad request's `Error` is waiting on the receiver when this
     /// returns). Cancelling `cancel` (or dropping the receiver) stops decoding before the
@@ -428,7 +436,9 @@ impl Worker {
     fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
         match &self.model {
             Model::Decoder(decoder) => serve(&jobs, &mut Scheduler::new(decoder, &self.shared.codec, self.shared.batch)),
-            Model::Encoder(encoder) => serve(&jobs, &mut EmbedQueue::new(encoder, self.device)),
+            Model::Encoder(encoder) => {
+                serve(&jobs, &mut EmbedQueue::new(encoder, self.device, self.shared.batch.max_batch_size))
+            }
         }
     }
 }
