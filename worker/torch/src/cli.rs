@@ -65,7 +65,8 @@ pub struct TorchWorkerArgs {
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch_size: Option<u32>,
     /// Most tokens the running batch's key/value cache may hold, as rows × the widest row's
-    /// prompt plus max_tokens. Default: 16384 on CPU, 131072 on CUDA.
+    /// prompt plus max_tokens. Default: what 4 GiB of cache holds on CPU, 8 GiB on CUDA,
+    /// for this model and dtype (never less than its context length).
     #[arg(long, env = "SWITCHYARD_MAX_BATCH_TOTAL_TOKENS")]
     pub max_batch_total_tokens: Option<usize>,
     /// Most prompt tokens prefilled between two decoding steps. Default: 4096 on CPU, 16384
@@ -86,7 +87,7 @@ impl TorchWorkerArgs {
         let d = BatchOptions::for_device(&self.device);
         let batch = BatchOptions {
             max_batch_size: self.max_batch_size.map_or(d.max_batch_size, |n| n as usize),
-            max_batch_total_tokens: self.max_batch_total_tokens.unwrap_or(d.max_batch_total_tokens),
+            max_batch_total_tokens: self.max_batch_total_tokens.or(d.max_batch_total_tokens),
             max_batch_prefill_tokens: self.max_batch_prefill_tokens.unwrap_or(d.max_batch_prefill_tokens),
             waiting_served_ratio: self.waiting_served_ratio.unwrap_or(d.waiting_served_ratio),
             max_waiting_tokens: self.max_waiting_tokens.unwrap_or(d.max_waiting_tokens),

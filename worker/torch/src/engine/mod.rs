@@ -37,14 +37,19 @@ pub const EMBED_BATCH: usize = 32;
 /// for it.
 pub type GenerateEvents = mpsc::UnboundedReceiver<GenerateEvent>;
 
+/// The key/value cache a decoder's batch may fill when `max_batch_total_tokens` is not set:
+/// on a CPU, and on a CUDA device (where the weights and activations need the rest).
+pub const KV_CACHE_BYTES: (usize, usize) = (4 << 30, 8 << 30);
+
 /// How the engine batches sequences: TGI's router knobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchOptions {
     /// Most sequences decoded in one forward pass; for an encoder, most texts encoded in one.
     pub max_batch_size: usize,
     /// Most tokens the running batch's key/value cache may hold, counted as a padded cache
-    /// holds them: rows × the widest row's prompt plus `max_tokens`.
-    pub max_batch_total_tokens: usize,
+    /// holds them: rows × the widest row's prompt plus `max_tokens`. `None`: as many as
+    /// [`KV_CACHE_BYTES`] of cache hold for this model (never fewer than its context length).
+    pub max_batch_total_tokens: Option<usize>,
     /// Most prompt tokens prefilled between two decoding steps (a longer prompt joins an
     /// empty batch alone).
     pub max_batch_prefill_tokens: usize,
@@ -59,7 +64,7 @@ impl BatchOptions {
     /// The defaults for a device: `cpu`, `cuda` or `cuda:N`.
     pub fn for_device(device: &str) -> BatchOptions {
         if device.starts_with("cuda") {
-            BatchOptions { max_batch_size: 128, max_batch_total_tokens: 131_072, max_batch_prefill_tokens: 16_384, ..Self::default() }
+            BatchOptions { max_batch_size: 128, max_batch_prefill_tokens: 16_384, ..Self::default() }
         } else {
             Self::default()
         }
@@ -71,7 +76,7 @@ impl Default for BatchOptions {
     fn default() -> BatchOptions {
         BatchOptions {
             max_batch_size: EMBED_BATCH,
-            max_batch_total_tokens: 16_384,
+            max_batch_total_tokens: None,
             max_batch_prefill_tokens: 4_096,
             waiting_served_ratio: 0.3,
             max_waiting_tokens: 20,
@@ -429,7 +434,14 @@ impl Worker {
         };
         tracing::info!(model = %info.name, arch = %info.architecture, dtype = info.dtype.name(),
             device = %info.device, context = info.context_length, "model loaded");
-        let shared = Shared { info, codec, template, defaults, batch: opts.batch };
+        let mut batch = opts.batch;
+        if let (Model::Decoder(d), None) = (&loaded.model, batch.max_batch_total_tokens) {
+            let bytes = if device.is_cuda() { KV_CACHE_BYTES.1 } else { KV_CACHE_BYTES.0 };
+            batch.max_batch_total_tokens = Some((bytes / d.kv_bytes_per_token.max(1)).max(d.context_length));
+        }
+        tracing::info!(max_batch_size = batch.max_batch_size, max_batch_total_tokens = ?batch.max_batch_total_tokens,
+            max_batch_prefill_tokens = batch.max_batch_prefill_tokens, "batching");
+        let shared = Shared { info, codec, template, defaults, batch };
         Ok(Worker { shared: Arc::new(shared), model: loaded.model, device })
     }
 

@@ -91,11 +91,12 @@ impl<'a> Scheduler<'a> {
         } else {
             ((running as f32 * self.opts.waiting_served_ratio).floor() as usize).max(1)
         };
+        let total = self.opts.max_batch_total_tokens.unwrap_or(usize::MAX);
         let mut widest = self.running.iter().map(Sequence::budget).max().unwrap_or(0);
         let (mut rows, mut prefill, mut take) = (running, 0, 0);
         for seq in self.waiting.iter().take(room) {
             let width = widest.max(seq.budget());
-            if rows > 0 && (rows + 1) * width > self.opts.max_batch_total_tokens {
+            if rows > 0 && (rows + 1) * width > total {
                 break;
             }
             if take > 0 && prefill + seq.context().len() > self.opts.max_batch_prefill_tokens {

@@ -56,6 +56,8 @@ fn unsupported(name: &str) -> TorchError {
 pub(crate) struct Decoder {
     net: llama::Llama,
     pub context_length: usize,
+    /// Bytes of key/value cache one position takes, all layers.
+    pub kv_bytes_per_token: usize,
 }
 
 impl Decoder {
@@ -123,7 +125,9 @@ pub(crate) fn load(dir: &Path, device: Device, dtype: Option<DType>) -> Result<L
     let model = match parsed {
         Parsed::Decoder(spec) => {
             let net = llama::Llama::load(&spec, &weights, device)?;
-            Model::Decoder(Decoder { net, context_length: spec.max_position_embeddings as usize })
+            let elem = dtype.kind().elt_size_in_bytes();
+            let kv_bytes_per_token = (spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim) as usize * elem;
+            Model::Decoder(Decoder { net, context_length: spec.max_position_embeddings as usize, kv_bytes_per_token })
         }
         Parsed::Bert(cfg) => {
             let net = bert::Bert::load(&cfg, &weights)?;
