@@ -253,6 +253,7 @@ impl Running {
             redis_server: options.redis_server.clone(),
             scheduler: true,
             scheduler_args: options.scheduler_args.clone(),
+            worker_backend: stack::WorkerBackend::Echo,
             worker_slots: slots,
             worker_delay: delay.to_string(),
             worker_args: options.worker_args.clone(),

@@ -2,11 +2,16 @@
 //! delay — latency at concurrency 1, time to first streamed token, tokens/s through one
 //! stream, requests/s at 64 clients — printed as one markdown table beside the targets and
 //! what peers measured on the same kind of machine. `switchyard-bench batch`: OpenAI's Files +
-//! Batch API on the same backend (see `batch.rs`).
+//! Batch API on the same backend (see `batch.rs`). `switchyard-bench torch-mixed` and
+//! `switchyard-bench embed`: a `switchyard worker torch` through the api against transformers
+//! and sentence-transformers (see `mixed.rs`, `embed.rs`).
 
 mod batch;
 mod client;
+mod embed;
+mod mixed;
 mod probe;
+mod reference;
 mod stack;
 mod trace;
 
@@ -23,7 +28,7 @@ use crate::client::{Conn, Target, stream_chat};
 use crate::stack::{Stack, StackOptions};
 
 #[derive(Parser)]
-#[command(name = "switchyard-bench", about = "Benchmarks of Switchyard's job path.")]
+#[command(name = "switchyard-bench", about = "Benchmarks of Switchyard's job path and of its torch worker through the api.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +41,12 @@ enum Command {
     /// OpenAI's Files + Batch API on the echo backend: batch lines/s, interactive latency
     /// beside a batch, and the api's and scheduler's memory with a ~100 MB file.
     Batch(batch::BatchOptions),
+    /// (c) of the torch benchmarks: 64 mixed /v1/completions requests at once to ONE torch
+    /// worker (the random ~135M Llama) against transformers in static batches of 16.
+    TorchMixed(mixed::MixedOptions),
+    /// (d) of the torch benchmarks: 1,000 one-sentence /v1/embeddings requests from 64 clients
+    /// to ONE torch worker (all-MiniLM-L6-v2) against sentence-transformers at batch 32.
+    Embed(embed::EmbedOptions),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -154,6 +165,13 @@ fn main() -> anyhow::Result<()> {
             // The bench takes one core at most, as for `echo` (memory is sampled on a thread of its own).
             return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(batch::run(options));
         }
+        // One client thread: the worker and the Python reference need the cores.
+        Command::TorchMixed(options) => {
+            return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(mixed::run(options));
+        }
+        Command::Embed(options) => {
+            return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(embed::run(options));
+        }
     };
     let runtime = if options.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
@@ -235,6 +253,7 @@ async fn run(options: EchoOptions) -> anyhow::Result<()> {
                 redis_server: options.redis_server.clone(),
                 scheduler: options.scheduler,
                 scheduler_args: Vec::new(),
+                worker_backend: stack::WorkerBackend::Echo,
                 worker_slots: options.worker_slots,
                 worker_delay: "0ms".into(),
                 worker_args: Vec::new(),
@@ -555,7 +574,13 @@ async fn stream_once(conn: &mut Conn, body: &Bytes, expected: &str) -> anyhow::R
     Ok(r)
 }
 
-async fn wait_until_serving(target: &Target, mut stack: Option<&mut Stack>) -> anyhow::Result<()> {
+async fn wait_until_serving(target: &Target, stack: Option<&mut Stack>) -> anyhow::Result<()> {
+    wait_for_model(target, stack, "echo", false, Duration::from_secs(60)).await
+}
+
+/// Waits until the api is ready and lists model `name` (an embedding model when `embedding`,
+/// else a text one), failing early if a part of `stack` exits.
+async fn wait_for_model(target: &Target, mut stack: Option<&mut Stack>, name: &str, embedding: bool, limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     let empty = Bytes::new();
     let mut last = String::from("no answer");
@@ -563,20 +588,21 @@ async fn wait_until_serving(target: &Target, mut stack: Option<&mut Stack>) -> a
         if let Some(stack) = stack.as_deref_mut() {
             stack.check_alive()?;
         }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("the api at {} did not serve model echo within 60 s (last: {last})", target.addr);
+        if start.elapsed() > limit {
+            bail!("the api at {} did not serve model {name} within {limit:?} (last: {last})", target.addr);
         }
         match Conn::open(target).await {
             Ok(mut conn) => match conn.call(Method::GET, "/ready", &empty).await {
                 Ok((StatusCode::OK, _)) => match conn.call(Method::GET, "/v1/models", &empty).await {
                     Ok((StatusCode::OK, body)) => {
                         let models: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                        let serving =
-                            models["data"].as_array().is_some_and(|data| data.iter().any(|m| m["id"] == "echo" && m["kind"] != "embedding"));
+                        let serving = models["data"]
+                            .as_array()
+                            .is_some_and(|data| data.iter().any(|m| m["id"] == name && (m["kind"] == "embedding") == embedding));
                         if serving {
                             return Ok(());
                         }
-                        last = "no model echo in /v1/models yet".into();
+                        last = format!("no model {name} in /v1/models yet");
                     }
                     Ok((status, _)) => last = format!("/v1/models answered {status}"),
                     Err(e) => last = e.to_string(),

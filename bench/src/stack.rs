@@ -1,5 +1,6 @@
 //! A private Switchyard stack on free ports: nats-server, redis-server, `switchyard api`,
-//! `switchyard worker echo` (and optionally the scheduler), torn down when dropped — on normal
+//! `switchyard worker echo` or `switchyard worker torch` (and optionally the scheduler), torn
+//! down when dropped — on normal
 //! exit, on an error, on Ctrl-C (the future holding it is dropped) and on panic (unwinding).
 //! Each child also gets `PR_SET_PDEATHSIG`, so even a `kill -9` of the bench takes it along.
 
@@ -42,6 +43,16 @@ pub struct Stack {
     keep_dir: bool,
 }
 
+/// What the stack's one worker serves.
+#[derive(Debug, Clone)]
+pub enum WorkerBackend {
+    /// `switchyard worker echo --delay <worker_delay> --slots <worker_slots>`.
+    Echo,
+    /// `switchyard worker torch --model-path PATH`, with `--slots <worker_slots>` unless it is 0
+    /// (then the worker's own default).
+    Torch { model_path: PathBuf },
+}
+
 pub struct StackOptions {
     pub switchyard: PathBuf,
     pub nats_server: Option<PathBuf>,
@@ -49,6 +60,7 @@ pub struct StackOptions {
     pub scheduler: bool,
     /// Arguments of `switchyard scheduler` beyond the URLs and `--listen` (e.g. `--batch-window 4096`).
     pub scheduler_args: Vec<String>,
+    pub worker_backend: WorkerBackend,
     pub worker_slots: u32,
     /// `--delay` of the echo worker (between streamed tokens), e.g. `0ms`.
     pub worker_delay: String,
@@ -136,13 +148,25 @@ impl Stack {
             env("api", &mut api);
             stack.parts.push(spawn("api", &mut api, &dir)?);
             let mut worker = Command::new(&options.switchyard);
-            worker
-                .args(["worker", "echo"])
-                .args(urls)
-                .args(["--delay", &options.worker_delay, "--slots", &options.worker_slots.to_string()])
-                .args(&options.worker_args);
+            let name = match &options.worker_backend {
+                WorkerBackend::Echo => {
+                    worker
+                        .args(["worker", "echo"])
+                        .args(urls)
+                        .args(["--delay", &options.worker_delay, "--slots", &options.worker_slots.to_string()]);
+                    "worker-echo"
+                }
+                WorkerBackend::Torch { model_path } => {
+                    worker.args(["worker", "torch"]).args(urls).arg("--model-path").arg(model_path);
+                    if options.worker_slots > 0 {
+                        worker.args(["--slots", &options.worker_slots.to_string()]);
+                    }
+                    "worker-torch"
+                }
+            };
+            worker.args(&options.worker_args);
             env("worker", &mut worker);
-            stack.parts.push(spawn("worker-echo", &mut worker, &dir)?);
+            stack.parts.push(spawn(name, &mut worker, &dir)?);
             if options.scheduler {
                 let mut scheduler = Command::new(&options.switchyard);
                 scheduler.arg("scheduler").args(urls).args(["--listen", &format!("{host}:{scheduler_port}")]).args(&options.scheduler_args);
@@ -180,7 +204,8 @@ impl Stack {
         create_key(&self.switchyard, &["--nats-url", &self.nats_url, "--redis-url", &self.redis_url], key_args)
     }
 
-    /// The process id of part `name` (`api`, `worker-echo`, `scheduler`, `nats-server`, …).
+    /// The process id of part `name` (`api`, `worker-echo`, `worker-torch`, `scheduler`,
+    /// `nats-server`, …).
     pub fn pid_of(&self, name: &str) -> Option<u32> {
         self.procs().find(|p| p.name == name).map(Proc::pid)
     }
