@@ -74,39 +74,11 @@ impl<'a> Scheduler<'a> {
         self.retain(&keep);
     }
 
-    /// The waiting sequences that join now, oldest first. They join while the batch has
-    /// rows left, the cache stays within `max_batch_total_tokens` (counted as a padded
-    /// cache holds them: rows × the widest row's prompt plus `max_tokens`), and the prompts
-    /// within `max_batch_prefill_tokens` (the first always joins an empty batch, whatever
-    /// its size). A running batch is interrupted for prefill only when enough can join at
-    /// once — `waiting_served_ratio` of its size — or after `max_waiting_tokens` steps.
+    /// The waiting sequences that join now, oldest first (see [`joinable`]).
     fn schedule(&mut self) -> Vec<Sequence> {
-        let running = self.running.len();
-        let room = self.opts.max_batch_size.saturating_sub(running);
-        if self.waiting.is_empty() || room == 0 {
-            return Vec::new();
-        }
-        let min_join = if running == 0 || self.steps_since_join >= self.opts.max_waiting_tokens {
-            1
-        } else {
-            ((running as f32 * self.opts.waiting_served_ratio).floor() as usize).max(1)
-        };
-        let total = self.opts.max_batch_total_tokens.unwrap_or(usize::MAX);
-        let mut widest = self.running.iter().map(Sequence::budget).max().unwrap_or(0);
-        let (mut rows, mut prefill, mut take) = (running, 0, 0);
-        for seq in self.waiting.iter().take(room) {
-            let width = widest.max(seq.budget());
-            if rows > 0 && (rows + 1) * width > total {
-                break;
-            }
-            if take > 0 && prefill + seq.context().len() > self.opts.max_batch_prefill_tokens {
-                break;
-            }
-            (widest, rows, prefill, take) = (width, rows + 1, prefill + seq.context().len(), take + 1);
-        }
-        if take < min_join {
-            return Vec::new();
-        }
+        let running: Vec<usize> = self.running.iter().map(Sequence::budget).collect();
+        let waiting = self.waiting.iter().map(|s| (s.budget(), s.context().len()));
+        let take = joinable(&self.opts, &running, self.steps_since_join, waiting);
         self.waiting.drain(..take).collect()
     }
 
@@ -234,6 +206,42 @@ impl ModelLoop for Scheduler<'_> {
     }
 }
 
+/// How many of the waiting sequences — `(budget, prompt tokens)` each, oldest first — join
+/// a batch whose rows have the budgets `running`. They join while the batch has rows left,
+/// the cache stays within `max_batch_total_tokens` (counted as a padded cache holds them:
+/// rows × the widest budget), and the prompts within `max_batch_prefill_tokens` — except
+/// that the first always joins an empty batch, whatever its size. A running batch is
+/// interrupted for prefill only when enough can join at once (`waiting_served_ratio` of its
+/// size) or once it has gone `max_waiting_tokens` steps without anyone joining. Nobody
+/// jumps the queue: the first that does not fit stops the rest.
+fn joinable(
+    opts: &BatchOptions,
+    running: &[usize],
+    steps_since_join: usize,
+    waiting: impl Iterator<Item = (usize, usize)>,
+) -> usize {
+    let room = opts.max_batch_size.saturating_sub(running.len());
+    let min_join = if running.is_empty() || steps_since_join >= opts.max_waiting_tokens {
+        1
+    } else {
+        ((running.len() as f32 * opts.waiting_served_ratio).floor() as usize).max(1)
+    };
+    let total = opts.max_batch_total_tokens.unwrap_or(usize::MAX);
+    let mut widest = running.iter().copied().max().unwrap_or(0);
+    let (mut rows, mut prefill, mut take) = (running.len(), 0, 0);
+    for (budget, prompt) in waiting.take(room) {
+        let width = widest.max(budget);
+        if rows > 0 && (rows + 1).saturating_mul(width) > total {
+            break;
+        }
+        if take > 0 && prefill + prompt > opts.max_batch_prefill_tokens {
+            break;
+        }
+        (widest, rows, prefill, take) = (width, rows + 1, prefill + prompt, take + 1);
+    }
+    if take < min_join { 0 } else { take }
+}
+
 /// Every row's argmax in one kernel and one copy, when some row needs nothing more.
 fn batch_argmax(logits: &Tensor, seqs: &[Sequence]) -> Option<Vec<u32>> {
     if !seqs.iter().any(Sequence::wants_argmax_only) {
@@ -252,5 +260,63 @@ fn end(codec: &Codec, seq: &mut Sequence, reason: FinishReason) {
 fn fail_all(seqs: &[Sequence], message: &str) {
     for seq in seqs {
         seq.fail(GenerateError { code: "internal", message: message.to_owned() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BatchOptions {
+        BatchOptions {
+            max_batch_size: 4,
+            max_batch_total_tokens: Some(1000),
+            max_batch_prefill_tokens: 300,
+            waiting_served_ratio: 0.5,
+            max_waiting_tokens: 10,
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_takes_the_first_whatever_its_size() {
+        let huge = [(5000, 4000), (10, 5)];
+        assert_eq!(joinable(&opts(), &[], 0, huge.into_iter()), 1);
+    }
+
+    #[test]
+    fn the_cache_budget_counts_rows_times_the_widest() {
+        // 3 rows × 300 = 900 fits; a fourth row would make 4 × 300 = 1200.
+        let w = [(100, 10), (300, 10), (50, 10), (50, 10)];
+        assert_eq!(joinable(&opts(), &[], 0, w.into_iter()), 3);
+        // A running row of 400: 2 × 400 fits, 3 × 400 does not.
+        let w = [(100, 10), (100, 10), (100, 10)];
+        assert_eq!(joinable(&opts(), &[400], 10, w.into_iter()), 1);
+    }
+
+    #[test]
+    fn prefill_tokens_and_batch_size_bound_one_round() {
+        let w = [(200, 200), (200, 90), (200, 20)];
+        assert_eq!(joinable(&opts(), &[], 0, w.into_iter()), 2, "200 + 90 fit in 300, + 20 does not");
+        let w = [(10, 1); 6];
+        assert_eq!(joinable(&opts(), &[10], 10, w.into_iter()), 3, "4 rows at most");
+        assert_eq!(joinable(&opts(), &[10; 4], 10, w.into_iter()), 0);
+    }
+
+    #[test]
+    fn a_running_batch_waits_for_enough_newcomers_or_long_enough() {
+        let running = [10, 10, 10, 10];
+        let opts = BatchOptions { max_batch_size: 8, ..opts() };
+        // Half of 4 running = 2 must be able to join at once.
+        assert_eq!(joinable(&opts, &running, 3, [(10, 1)].into_iter()), 0);
+        assert_eq!(joinable(&opts, &running, 3, [(10, 1), (10, 1)].into_iter()), 2);
+        // After max_waiting_tokens steps, one is enough.
+        assert_eq!(joinable(&opts, &running, 10, [(10, 1)].into_iter()), 1);
+    }
+
+    #[test]
+    fn nobody_jumps_the_queue() {
+        // The second does not fit the prefill budget; the small third waits behind it.
+        let w = [(100, 100), (400, 250), (10, 1)];
+        assert_eq!(joinable(&opts(), &[], 0, w.into_iter()), 1);
     }
 }

@@ -475,3 +475,59 @@ impl BatchCache {
 fn headroom(width: i64) -> i64 {
     (width / 2).max(64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-layer cache whose rows hold `lens` positions valued `base + position + 1` (so
+    /// padding, which is 0, is told apart from data), `[rows, 1 head, width, 1 dim]`.
+    fn cache(lens: &[i64], base: f32) -> BatchCache {
+        let width = *lens.iter().max().unwrap();
+        let mut data = vec![0f32; lens.len() * width as usize];
+        for (r, &len) in lens.iter().enumerate() {
+            for p in 0..len {
+                data[r * width as usize + (width - len + p) as usize] = base + p as f32 + 1.0;
+            }
+        }
+        let t = Tensor::from_slice(&data).view([lens.len() as i64, 1, width, 1]);
+        BatchCache::from_prefill(vec![(t.copy(), t)], lens.to_vec(), width)
+    }
+
+    /// Each row's columns `0..width`, as the attention sees them.
+    fn rows(c: &BatchCache) -> Vec<Vec<f32>> {
+        let keys = c.layer(0).keys.narrow(2, 0, c.width()).reshape([c.rows() as i64, c.width()]);
+        Vec::<Vec<f32>>::try_from(&keys).unwrap()
+    }
+
+    #[test]
+    fn rows_stay_right_aligned_as_they_join_step_and_leave() {
+        let mut c = cache(&[2, 3], 0.0);
+        c.append(cache(&[5], 10.0));
+        assert_eq!(c.lens(), &[2, 3, 5]);
+        assert_eq!(c.width(), 5);
+        assert_eq!(
+            rows(&c),
+            vec![vec![0., 0., 0., 1., 2.], vec![0., 0., 1., 2., 3.], vec![11., 12., 13., 14., 15.]]
+        );
+
+        // A step writes column `width` of every row.
+        c.reserve_step();
+        let step = Tensor::from_slice(&[7f32, 8., 9.]).view([3, 1, 1, 1]);
+        c.layer(0).keys.narrow(2, c.width(), 1).copy_(&step);
+        c.advance();
+        assert_eq!(c.lens(), &[3, 4, 6]);
+        assert_eq!(rows(&c)[0], vec![0., 0., 0., 1., 2., 7.]);
+
+        // The widest row leaves: the columns only it used go with it.
+        c.retain(&[true, true, false]);
+        assert_eq!(c.lens(), &[3, 4]);
+        assert_eq!(c.width(), 4);
+        assert_eq!(rows(&c), vec![vec![0., 1., 2., 7.], vec![1., 2., 3., 8.]]);
+
+        c.retain(&[false, false]);
+        assert_eq!(c.rows(), 0);
+        c.append(cache(&[1], 20.0));
+        assert_eq!(rows(&c), vec![vec![21.]]);
+    }
+}
