@@ -319,10 +319,10 @@ pub async fn run(options: MixedOptions) -> anyhow::Result<()> {
     let ratio = if theirs.is_empty() {
         "— (reference missing)".to_string()
     } else {
-        format!("{:.2}× faster", median(&their_walls) / median(&walls))
+        format!("{:.2}× (time: theirs ÷ ours)", median(&their_walls) / median(&walls))
     };
     line(format!(
-        "| (c) wall time, s: {n} mixed requests (ours: first sent → last answered; transformers: its static batches) | {} | {} | {ratio} | ≥ 1.5× |",
+        "| (c) wall time, s: {n} mixed requests (ours: first sent → last answered; transformers: its static batches) | {} | {} | {ratio} | ≥ 1.5× faster |",
         spread(&walls, fmt_s),
         spread(&their_walls, fmt_s)
     ));
@@ -347,13 +347,16 @@ pub async fn run(options: MixedOptions) -> anyhow::Result<()> {
     ));
     let lat = |runs: &[Vec<Duration>]| {
         let all: Vec<Duration> = runs.iter().flatten().copied().collect();
+        if all.is_empty() {
+            return "—".to_string();
+        }
         let s = Stats::of(all);
         format!("{} / {} / {}", ms(s.p50), ms(s.p90), ms(s.max))
     };
     line(format!(
         "| (c) request latency p50 / p90 / max, all rounds (transformers: the end of the request's batch) | {} | {} | | |",
         lat(&ours.iter().map(|r| r.latencies.clone()).collect::<Vec<_>>()),
-        if theirs.is_empty() { "—".into() } else { lat(&theirs.iter().map(|r| r.latencies.clone()).collect::<Vec<_>>()) }
+        lat(&theirs.iter().map(|r| r.latencies.clone()).collect::<Vec<_>>())
     ));
     let pairs: Vec<String> = ours.iter().zip(&theirs).map(|(o, t)| format!("{:.2}", t.wall / o.wall)).collect();
     if !pairs.is_empty() {
