@@ -29,8 +29,7 @@ pub fn expected() -> serde_json::Value {
 }
 
 pub fn load(dir: PathBuf, dtype: Option<&str>) -> Engine {
-    Engine::load(EngineOptions { dtype: dtype.map(Into::into), ..EngineOptions::new(dir) })
-        .expect("model loads")
+    Engine::load(EngineOptions { dtype: dtype.map(Into::into), ..EngineOptions::new(dir) }).expect("model loads")
 }
 
 /// Everything one generation sent, gathered.
@@ -42,6 +41,8 @@ pub struct Outcome {
     pub logprobs: Vec<TokenLogprob>,
     /// Sum of the deltas' token counts.
     pub tokens: u32,
+    /// Each delta's token count.
+    pub delta_tokens: Vec<u32>,
     pub resumed_tokens: u32,
     pub finish: Option<(FinishReason, u32, u32)>,
     pub error: Option<GenerateError>,
@@ -55,41 +56,54 @@ impl Outcome {
     pub fn reason(&self) -> FinishReason {
         self.finish.expect("finished").0
     }
-}
 
-pub fn collect(mut rx: GenerateEvents) -> Outcome {
-    let mut out = Outcome::default();
-    while let Some(event) = rx.blocking_recv() {
-        assert!(out.finish.is_none() && out.error.is_none(), "event after the end: {event:?}");
+    /// Takes the next event of a generation, checking the stream's order and counts.
+    /// Returns true when it ended the stream (`Finished` or `Error`).
+    pub fn push(&mut self, event: GenerateEvent) -> bool {
+        assert!(!self.ended(), "event after the end: {event:?}");
         match event {
             GenerateEvent::Started { prompt_tokens, resumed_tokens } => {
-                assert!(out.started.is_none(), "two Started events");
-                out.started = Some(prompt_tokens);
-                out.resumed_tokens = resumed_tokens;
+                assert!(self.started.is_none(), "two Started events");
+                self.started = Some(prompt_tokens);
+                self.resumed_tokens = resumed_tokens;
             }
             GenerateEvent::Delta { text, tokens, logprobs } => {
-                assert!(out.started.is_some(), "Delta before Started");
+                assert!(self.started.is_some(), "Delta before Started");
                 assert!(logprobs.is_empty() || logprobs.len() as u32 == tokens, "one logprob per token");
-                out.tokens += tokens;
-                out.text.push_str(&text);
-                out.deltas.push(text);
-                out.logprobs.extend(logprobs);
+                self.tokens += tokens;
+                self.text.push_str(&text);
+                self.deltas.push(text);
+                self.delta_tokens.push(tokens);
+                self.logprobs.extend(logprobs);
             }
             GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => {
-                assert_eq!(Some(prompt_tokens), out.started, "prompt_tokens changed");
+                assert_eq!(Some(prompt_tokens), self.started, "prompt_tokens changed");
                 // Every generated token is in a delta, except one that stopped generation.
-                let in_deltas = out.tokens + out.resumed_tokens;
+                let in_deltas = self.tokens + self.resumed_tokens;
                 assert!(
                     completion_tokens == in_deltas
                         || (reason == FinishReason::Stop && completion_tokens == in_deltas + 1),
                     "deltas hold {in_deltas} tokens, Finished says {completion_tokens} ({reason:?})"
                 );
-                out.finish = Some((reason, prompt_tokens, completion_tokens));
+                self.finish = Some((reason, prompt_tokens, completion_tokens));
             }
-            GenerateEvent::Error(e) => out.error = Some(e),
+            GenerateEvent::Error(e) => self.error = Some(e),
         }
+        self.ended()
     }
-    assert!(out.finish.is_some() || out.error.is_some(), "stream ended without Finished or Error");
+
+    /// `Finished` or `Error` has arrived.
+    pub fn ended(&self) -> bool {
+        self.finish.is_some() || self.error.is_some()
+    }
+}
+
+pub fn collect(mut rx: GenerateEvents) -> Outcome {
+    let mut out = Outcome::default();
+    while let Some(event) = rx.blocking_recv() {
+        out.push(event);
+    }
+    assert!(out.ended(), "stream ended without Finished or Error");
     out
 }
 
