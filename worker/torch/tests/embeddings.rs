@@ -87,3 +87,68 @@ fn generation_is_refused_on_an_encoder() {
     let out = run(&engine, text_prompt("hello", greedy(4)));
     assert_eq!(out.error.unwrap().code, "unsupported");
 }
+
+/// `n` distinct texts of 2 to 24 words (and so of many token counts).
+fn varied_sentences(n: usize) -> Vec<String> {
+    let words = ["river", "mountains", "weather", "guitar", "stage", "lighthouse", "ships", "night", "book", "village"];
+    (0..n)
+        .map(|i| {
+            let body: Vec<&str> = (0..1 + (i * 7) % 23).map(|j| words[(i + j * 3) % words.len()]).collect();
+            format!("{i}: {}.", body.join(" "))
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_requests_share_batches_without_changing_vectors() {
+    let r = reference();
+    let engine = load(minilm(), None);
+    // The reference sentences (the truncated 256-token one among them) and 27 more.
+    let mut texts: Vec<String> = r.sentences.iter().filter(|s| !s.is_empty()).cloned().collect();
+    texts.extend(varied_sentences(32 - texts.len()));
+    let alone: Vec<Embeddings> = texts.iter().map(|s| embed(&engine, vec![s.clone()])).collect();
+    // The big request's texts: the short ones, out of length order.
+    let short: Vec<usize> = (0..texts.len()).filter(|&i| alone[i].prompt_tokens < 64).collect();
+    let big_text = |i: usize| short[(i * 7) % short.len()];
+    const BIG: usize = 300;
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (big, singles) = rt.block_on(async {
+        // A request of more than one round goes first, so the model thread is busy while the
+        // one-text requests queue up behind it; they are encoded together, with its last texts.
+        let big_texts: Vec<String> = (0..BIG).map(|i| texts[big_text(i)].clone()).collect();
+        let e = engine.clone();
+        let big = tokio::spawn(async move { e.embed(big_texts).await });
+        let singles: Vec<_> = texts
+            .iter()
+            .map(|t| {
+                let (e, t) = (engine.clone(), t.clone());
+                tokio::spawn(async move { e.embed(vec![t]).await })
+            })
+            .collect();
+        let big = big.await.unwrap().unwrap();
+        let mut outs = Vec::new();
+        for s in singles {
+            outs.push(s.await.unwrap().unwrap());
+        }
+        (big, outs)
+    });
+    let mut worst = 1.0f64;
+    for (i, (out, want)) in singles.iter().zip(&alone).enumerate() {
+        assert_eq!(out.vectors.len(), 1);
+        assert_eq!(out.prompt_tokens, want.prompt_tokens, "text {i}: token count");
+        let c = cosine(&out.vectors[0], &want.vectors[0]);
+        worst = worst.min(c);
+        assert!(c >= 0.99999, "text {i} changed when encoded with other requests: cosine {c}");
+    }
+    assert_eq!(big.vectors.len(), BIG);
+    assert_eq!(big.prompt_tokens, (0..BIG).map(|i| alone[big_text(i)].prompt_tokens).sum::<u32>());
+    for (i, v) in big.vectors.iter().enumerate() {
+        let c = cosine(v, &alone[big_text(i)].vectors[0]);
+        worst = worst.min(c);
+        assert!(c >= 0.99999, "input {i} of the big request changed: cosine {c}");
+    }
+    // Not vacuous: the texts do have different vectors.
+    assert!(cosine(&alone[0].vectors[0], &alone[1].vectors[0]) < 0.99, "two different texts gave the same vector");
+    eprintln!("concurrent embeddings: worst cosine with each text alone {worst:.9}");
+}
