@@ -306,3 +306,131 @@ async fn minilm_embeddings_match_sentence_transformers() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(assert_openai_error(&body)["param"], "model");
 }
+
+/// Sixteen different prompts, of 1 to ~40 tokens.
+const PROMPTS: [&str; 16] = [
+    "The quick brown fox",
+    "Once upon a time, in a small village by the sea,",
+    "Café crème: 3.50 + 12.75 = ?",
+    "Hello world!\nHow are you today?",
+    "A",
+    "Numbers: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+    "The lighthouse keeper counted the ships every night",
+    "Why is the sky blue?",
+    "def fibonacci(n):",
+    "Roses are red, violets are blue,",
+    "In 1492, Columbus sailed",
+    "SELECT * FROM users WHERE",
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea, there lived an old lighthouse keeper who counted the ships every night and wrote their names in a book.",
+    "¿Dónde está la biblioteca?",
+    "Zebra",
+];
+
+/// What must not change when a completion is batched with others: text, finish reason,
+/// usage, tokens, and the chosen tokens' logprobs (returned separately, compared within 1e-4).
+/// (Not the alternatives: `top_logprobs` maps are keyed by token text, and two near-tied
+/// alternatives may trade places.)
+fn completion_outcome(body: &Value) -> (Value, Vec<f64>) {
+    let choice = &body["choices"][0];
+    let logprobs = &choice["logprobs"];
+    let values = floats(&logprobs["token_logprobs"]);
+    let kept = json!({
+        "text": choice["text"],
+        "finish_reason": choice["finish_reason"],
+        "usage": body["usage"],
+        "tokens": logprobs["tokens"],
+    });
+    (kept, values)
+}
+
+#[tokio::test]
+async fn concurrent_completions_on_one_worker_match_each_alone() {
+    let stack = Stack::start().await;
+    let path = tiny_llama_dir().to_str().expect("UTF-8 path").to_string();
+    // Room for all sixteen at once, whatever the worker's default slots.
+    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path, "--slots", "16"], LLAMA).await;
+    let requests: Vec<Value> = PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| json!({ "model": LLAMA, "prompt": prompt, "max_tokens": 4 + (i * 13) % 45, "temperature": 0, "logprobs": 2 }))
+        .collect();
+
+    // Each one alone first: the reference.
+    let started = std::time::Instant::now();
+    let mut alone = Vec::new();
+    for request in &requests {
+        let (status, body) = stack.post_json(COMPLETIONS, request).await;
+        assert_eq!(status, 200, "{request}: {body}");
+        check_completion(Endpoint::Completions, &body, LLAMA);
+        alone.push(completion_outcome(&body));
+    }
+    let one_by_one = started.elapsed();
+    // The greedy texts are not all alike (so a mix-up between rows would show).
+    let texts: std::collections::BTreeSet<String> = alone.iter().map(|(o, _)| o["text"].to_string()).collect();
+    assert!(texts.len() >= 12, "only {} different completions of 16 prompts", texts.len());
+
+    // Then all at once.
+    let started = std::time::Instant::now();
+    let replies = futures::future::join_all(requests.iter().map(|r| stack.post_json(COMPLETIONS, r))).await;
+    eprintln!("16 completions: {one_by_one:?} one by one, {:?} at once", started.elapsed());
+    for (i, ((status, body), (want, want_logprobs))) in replies.iter().zip(&alone).enumerate() {
+        assert_eq!(*status, 200, "prompt {i}: {body}");
+        check_completion(Endpoint::Completions, body, LLAMA);
+        let (got, got_logprobs) = completion_outcome(body);
+        assert_eq!(&got, want, "prompt {i} ({:?}) batched differs from alone", PROMPTS[i]);
+        assert_eq!(got_logprobs.len(), want_logprobs.len());
+        for (step, (a, b)) in got_logprobs.iter().zip(want_logprobs).enumerate() {
+            assert!((a - b).abs() <= 1e-4, "prompt {i} step {step}: logprob {a} batched, {b} alone");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_embeddings_on_one_worker_match_each_alone() {
+    let stack = Stack::start().await;
+    let path = minilm_dir().to_str().expect("UTF-8 path").to_string();
+    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path, "--slots", "32"], MINILM).await;
+    let reference = read_json(workspace_root().join("worker/torch/tests/data/minilm_reference.json"));
+    // The reference sentences (the truncated 256-token one among them) and more, of many lengths.
+    let mut sentences: Vec<String> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let words = ["river", "mountains", "weather", "guitar", "stage", "lighthouse", "ships", "night", "book", "village"];
+    let mut i = 0;
+    while sentences.len() < 32 {
+        let body: Vec<&str> = (0..1 + (i * 7) % 23).map(|j| words[(i + j * 3) % words.len()]).collect();
+        sentences.push(format!("{i}: {}.", body.join(" ")));
+        i += 1;
+    }
+    let requests: Vec<Value> = sentences.iter().map(|s| json!({ "model": MINILM, "input": s })).collect();
+    let vector = |body: &Value| {
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(1), "{body}");
+        floats(&body["data"][0]["embedding"])
+    };
+
+    let mut alone = Vec::new();
+    for request in &requests {
+        let (status, body) = stack.post_json(EMBEDDINGS, request).await;
+        assert_eq!(status, 200, "{body}");
+        alone.push((vector(&body), body["usage"].clone()));
+    }
+    assert!(cosine(&alone[0].0, &alone[1].0) < 0.99, "two different sentences gave the same vector");
+
+    let replies = futures::future::join_all(requests.iter().map(|r| stack.post_json(EMBEDDINGS, r))).await;
+    let mut worst = 1.0f64;
+    for (i, ((status, body), (want, usage))) in replies.iter().zip(&alone).enumerate() {
+        assert_eq!(*status, 200, "sentence {i}: {body}");
+        let got = vector(body);
+        assert_eq!(got.len(), 384);
+        let c = cosine(&got, want);
+        worst = worst.min(c);
+        assert!(c >= 0.99999, "sentence {i}: cosine {c} between its vector alone and among 32 concurrent requests");
+        assert_eq!(&body["usage"], usage, "sentence {i}: usage");
+    }
+    eprintln!("32 concurrent embeddings: worst cosine with each alone {worst:.9}");
+}
