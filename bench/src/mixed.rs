@@ -498,3 +498,17 @@ fn loadavg() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("16-256"), Ok((16, 256)));
+        assert_eq!(parse_range("8-8"), Ok((8, 8)));
+        assert!(parse_range("0-8").is_err());
+        assert!(parse_range("9-8").is_err());
+        assert!(parse_range("8").is_err());
+    }
+}

@@ -306,3 +306,35 @@ pub fn spread(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_are_fixed_and_16_to_24_words() {
+        let a = sentences(50);
+        assert_eq!(a, sentences(50));
+        for s in &a {
+            let words = s.split(' ').count();
+            assert!((16..=24).contains(&words), "{s}");
+            assert!(s.ends_with('.') && s.chars().next().unwrap().is_uppercase(), "{s}");
+        }
+    }
+
+    #[test]
+    fn between_stays_in_range() {
+        let mut rng = SplitMix64(7);
+        for _ in 0..1000 {
+            assert!((16..=256).contains(&rng.between(16, 256)));
+        }
+    }
+
+    #[test]
+    fn spread_and_median() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(spread(&[], |x| format!("{x}")), "—");
+        assert_eq!(spread(&[1.0, 3.0, 2.0], |x| format!("{x:.0}")), "2 (1–3)");
+    }
+}
