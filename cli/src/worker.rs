@@ -33,6 +33,14 @@ enum BackendCommand {
         #[command(flatten)]
         dummy: dummy::DummyArgs,
     },
+    /// HepAI's example functions as a tool model: custom_method, get_stream, get_info (and fail, sleep).
+    ToolsDemo {
+        #[command(flatten)]
+        runtime: RuntimeOptions,
+        /// The tool model's name.
+        #[arg(long, env = "SWITCHYARD_MODEL_NAME", default_value = "demo-tools")]
+        name: String,
+    },
     /// Local Hugging Face model folders on libtorch: Llama/Qwen2/Mistral decoders, BERT sentence encoders.
     #[cfg(feature = "torch")]
     Torch {
@@ -46,6 +54,7 @@ enum BackendCommand {
 const BACKENDS: &[(&str, &str)] = &[
     ("echo", "transport debugging: reflects the last user message or prompt token by token; debug embedding vectors"),
     ("dummy", "transport debugging: a fixed reply to every request"),
+    ("tools-demo", "hosted functions: HepAI's example tool model (custom_method, get_stream, get_info)"),
     #[cfg(feature = "torch")]
     ("torch", "local Hugging Face models on libtorch (CPU/CUDA): Llama, Qwen2, Mistral chat; BERT sentence embeddings"),
 ];
@@ -67,6 +76,7 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
         BackendCommand::Dummy { runtime, dummy } => {
             (runtime, Arc::new(dummy::Dummy::new(dummy)), 256)
         }
+        BackendCommand::ToolsDemo { runtime, name } => (runtime, Arc::new(switchyard_tools::demo::toolbox(&name)), 256),
         #[cfg(feature = "torch")]
         BackendCommand::Torch { runtime, torch } => {
             let backend = switchyard_torch::TorchBackend::load(&torch)?;

@@ -66,16 +66,20 @@ impl JobFailure {
 
     pub fn status(&self) -> u16 {
         match self.code {
-            ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded => 400,
+            ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded | ErrorCode::InvalidArguments => 400,
+            ErrorCode::UnknownFunction => 404,
             ErrorCode::DeadlineExceeded => 504,
             ErrorCode::StreamGap | ErrorCode::MaxDeliveriesExceeded => 502,
-            ErrorCode::Cancelled | ErrorCode::BackendError => 500,
+            ErrorCode::Cancelled | ErrorCode::BackendError | ErrorCode::FunctionFailed => 500,
         }
     }
 
     pub fn body(&self) -> ErrorResponse {
         let kind = match self.code {
-            ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded => "invalid_request_error",
+            ErrorCode::InvalidRequest
+            | ErrorCode::ContextLengthExceeded
+            | ErrorCode::InvalidArguments
+            | ErrorCode::UnknownFunction => "invalid_request_error",
             _ => "server_error",
         };
         ErrorResponse::new(self.message.clone(), kind, self.param.clone(), Some(self.code.as_str()))

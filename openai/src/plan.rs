@@ -152,7 +152,8 @@ impl JobOutput {
                 return Ok(true);
             }
             EventBody::Error { code, message } => return Err(JobFailure::new(code, message, prompt_param)),
-            EventBody::Started { .. } => {}
+            // Tool calls are not planned here: their events never reach an OpenAI answer.
+            EventBody::Started { .. } | EventBody::ToolResult { .. } | EventBody::ToolChunk { .. } => {}
         }
         Ok(false)
     }
@@ -348,6 +349,7 @@ mod tests {
             limits: RateLimits::default(),
             created: 0,
             last_seen_ms: 0,
+            functions: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Stream events: what a worker publishes on a job's reply subject, in order.
 //!
-//! A job's events are `Started`, any number of `Delta`s (or `Embeddings`), then exactly one
-//! `Done` or `Error`. They travel in [`StreamEvent`] messages of one or more events each: a
+//! A job's events are `Started`, any number of `Delta`s (or `Embeddings`, or a tool call's
+//! `ToolResult` or `ToolChunk`s), then exactly one `Done` or `Error`. They travel in [`StreamEvent`] messages of one or more events each: a
 //! worker sends whatever it has when NATS is ready for more, so a short job is one message
 //! and a fast stream is not one message per token. Core NATS has no flow control, so every
 //! message carries a sequence number (0, 1, 2, …): the receiver drops duplicates and turns a
@@ -61,6 +61,11 @@ pub enum EventBody {
     },
     /// Embedding vectors for inputs `first_index..first_index + vectors.len()`.
     Embeddings { first_index: u32, vectors: Vec<Vec<f32>> },
+    /// What a hosted function returned (any JSON value). At most one per job, never beside
+    /// chunks.
+    ToolResult { value: serde_json::Value },
+    /// One item a streaming hosted function produced, in order.
+    ToolChunk { value: serde_json::Value },
     /// The job ended normally.
     Done { finish_reason: FinishReason, usage: Usage },
     /// The job ended with an error.
@@ -135,6 +140,12 @@ pub enum ErrorCode {
     StreamGap,
     /// The backend failed.
     BackendError,
+    /// A tool call named a function its model does not host.
+    UnknownFunction,
+    /// A tool call's arguments do not match the function's parameter schema.
+    InvalidArguments,
+    /// The hosted function raised an error (its worker goes on serving).
+    FunctionFailed,
 }
 
 impl ErrorCode {
@@ -147,6 +158,9 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::StreamGap => "stream_gap",
             ErrorCode::BackendError => "backend_error",
+            ErrorCode::UnknownFunction => "unknown_function",
+            ErrorCode::InvalidArguments => "invalid_arguments",
+            ErrorCode::FunctionFailed => "function_failed",
         }
     }
 }

@@ -97,6 +97,15 @@ pub enum JobRequest {
     Completion { prompt: String, params: SamplingParams },
     /// `/v1/embeddings`: one vector per input, in order.
     Embedding { input: Vec<String> },
+    /// A call of a hosted function (`POST /v1/tools/{model}/{function}`, MCP `tools/call`):
+    /// the worker validates `arguments` against the function's parameter schema, runs it, and
+    /// answers with one [`crate::EventBody::ToolResult`] — or, for a function that streams,
+    /// [`crate::EventBody::ToolChunk`]s — then `Done`.
+    Tool {
+        function: String,
+        /// A JSON object: the function's arguments by name.
+        arguments: serde_json::Value,
+    },
 }
 
 impl JobRequest {
@@ -104,13 +113,14 @@ impl JobRequest {
         match self {
             JobRequest::Chat { .. } | JobRequest::Completion { .. } => JobKind::Chat,
             JobRequest::Embedding { .. } => JobKind::Embedding,
+            JobRequest::Tool { .. } => JobKind::Tool,
         }
     }
 
     pub fn params(&self) -> Option<&SamplingParams> {
         match self {
             JobRequest::Chat { params, .. } | JobRequest::Completion { params, .. } => Some(params),
-            JobRequest::Embedding { .. } => None,
+            JobRequest::Embedding { .. } | JobRequest::Tool { .. } => None,
         }
     }
 }

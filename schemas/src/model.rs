@@ -93,6 +93,33 @@ pub struct ModelCard {
     /// Unix ms when a live worker last announced it (maintained by the registry).
     #[serde(default)]
     pub last_seen_ms: u64,
+    /// The functions a `kind: tool` model hosts (empty for other kinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionSpec>,
+}
+
+/// One hosted function, as a tool model's card lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FunctionSpec {
+    /// Valid as an OpenAI tool name: `^[a-zA-Z0-9_-]{1,64}$`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+    /// JSON Schema of the result (of each chunk, for a streaming function), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// It streams: its output is [`crate::EventBody::ToolChunk`]s, not one result.
+    #[serde(default)]
+    pub streams: bool,
+}
+
+impl FunctionSpec {
+    /// Whether `name` is valid as an OpenAI tool name (and so as a hosted function's).
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
 }
 
 impl Versioned for ModelCard {

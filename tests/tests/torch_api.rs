@@ -348,8 +348,8 @@ fn completion_outcome(body: &Value) -> (Value, Vec<f64>) {
 async fn concurrent_completions_on_one_worker_match_each_alone() {
     let stack = Stack::start().await;
     let path = tiny_llama_dir().to_str().expect("UTF-8 path").to_string();
-    // Room for all sixteen at once, whatever the worker's default slots.
-    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path, "--slots", "16"], LLAMA).await;
+    // The worker's default slots (its engine's batch size, 32) take all sixteen at once.
+    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path], LLAMA).await;
     let requests: Vec<Value> = PROMPTS
         .iter()
         .enumerate()
@@ -390,7 +390,7 @@ async fn concurrent_completions_on_one_worker_match_each_alone() {
 async fn concurrent_embeddings_on_one_worker_match_each_alone() {
     let stack = Stack::start().await;
     let path = minilm_dir().to_str().expect("UTF-8 path").to_string();
-    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path, "--slots", "32"], MINILM).await;
+    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path], MINILM).await;
     let reference = read_json(workspace_root().join("worker/torch/tests/data/minilm_reference.json"));
     // The reference sentences (the truncated 256-token one among them) and more, of many lengths.
     let mut sentences: Vec<String> = reference["sentences"]

@@ -49,6 +49,16 @@ impl EventSink {
         }
     }
 
+    /// Sends what a hosted function returned.
+    pub fn tool_result(&self, value: serde_json::Value) {
+        self.send(EventBody::ToolResult { value });
+    }
+
+    /// Sends one item a streaming hosted function produced.
+    pub fn tool_chunk(&self, value: serde_json::Value) {
+        self.send(EventBody::ToolChunk { value });
+    }
+
     pub(crate) fn send(&self, body: EventBody) {
         // The queue lives until the runtime has published the job's last event; a send after
         // that is a bug in the runtime, not something a backend can cause.
@@ -105,6 +115,8 @@ fn approximate_size(event: &EventBody) -> usize {
         EventBody::Delta { text, logprobs, .. } => 16 + text.len() + logprobs.len() * 48,
         EventBody::Embeddings { vectors, .. } => 16 + vectors.iter().map(|v| 4 + v.len() * 5).sum::<usize>(),
         EventBody::Error { message, .. } => 32 + message.len(),
+        // Compact JSON is about the size of its MessagePack.
+        EventBody::ToolResult { value } | EventBody::ToolChunk { value } => 16 + value.to_string().len(),
         EventBody::Started { .. } | EventBody::Done { .. } => 64,
     }
 }

@@ -128,7 +128,13 @@ impl SseState {
                     self.fail(error, out);
                     return;
                 }
-                Ok(EventBody::Started { .. } | EventBody::Embeddings { .. }) => {}
+                // Not events of a text generation.
+                Ok(
+                    EventBody::Started { .. }
+                    | EventBody::Embeddings { .. }
+                    | EventBody::ToolResult { .. }
+                    | EventBody::ToolChunk { .. },
+                ) => {}
             }
         }
         if let Some((i, text, logprobs)) = pending {

@@ -593,7 +593,12 @@ fn job_failure(failure: JobFailure) -> Failure {
     let (status, body) = (failure.status(), json(&failure.body()));
     match failure.code {
         ErrorCode::BackendError | ErrorCode::MaxDeliveriesExceeded | ErrorCode::StreamGap | ErrorCode::DeadlineExceeded => Failure::Transient(status, body),
-        ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded | ErrorCode::Cancelled => Failure::Final(status, body),
+        ErrorCode::InvalidRequest
+        | ErrorCode::ContextLengthExceeded
+        | ErrorCode::Cancelled
+        | ErrorCode::UnknownFunction
+        | ErrorCode::InvalidArguments
+        | ErrorCode::FunctionFailed => Failure::Final(status, body),
     }
 }
 

@@ -42,6 +42,7 @@ impl Backend for Dummy {
             JobRequest::Chat { messages, params } => (params, messages.iter().map(|m| debug_tokens(&m.content).len()).sum()),
             JobRequest::Completion { prompt, params } => (params, debug_tokens(prompt).len()),
             JobRequest::Embedding { .. } => return Err(BackendError::invalid("the dummy backend serves no embeddings")),
+            JobRequest::Tool { .. } => return Err(BackendError::invalid("the dummy backend hosts no functions")),
         };
         Ok(stream_text(&self.args.reply, params, job.resume.as_ref(), prompt_tokens as u32, std::time::Duration::ZERO, sink, &cancel).await)
     }

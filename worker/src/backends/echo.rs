@@ -67,6 +67,7 @@ impl Backend for Echo {
                     usage: switchyard_schemas::Usage { prompt_tokens, completion_tokens: 0 },
                 });
             }
+            JobRequest::Tool { .. } => return Err(BackendError::invalid("the echo backend hosts no functions")),
         };
         Ok(stream_text(text, params, job.resume.as_ref(), prompt_tokens as u32, self.args.delay, sink, &cancel).await)
     }

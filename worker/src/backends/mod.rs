@@ -58,6 +58,7 @@ pub fn debug_card(name: &str, kind: ModelKind, backend: &str) -> ModelCard {
         limits: Default::default(),
         created: now_ms() / 1000,
         last_seen_ms: 0,
+        functions: Vec::new(),
     }
 }
 

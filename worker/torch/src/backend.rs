@@ -60,6 +60,7 @@ impl TorchBackend {
             limits: Default::default(),
             created: wire::now_ms() / 1000,
             last_seen_ms: 0,
+            functions: Vec::new(),
         }
     }
 
@@ -106,6 +107,9 @@ impl Backend for TorchBackend {
             ),
             wire::JobRequest::Completion { prompt, params } => (Prompt::Text(prompt.clone()), params),
             wire::JobRequest::Embedding { input } => return self.embed(input, sink, &cancel).await,
+            wire::JobRequest::Tool { .. } => {
+                return Err(BackendError::invalid(format!("{} is a language model; it hosts no functions", self.name)));
+            }
         };
         if self.engine.info().kind != ModelKind::Decoder {
             return Err(BackendError::invalid(format!("{} is an embedding model; it cannot generate text", self.name)));
