@@ -462,6 +462,10 @@ trait ModelLoop {
     fn is_idle(&self) -> bool;
     /// One round of work: a decoding step, a round of embedding batches.
     fn step(&mut self);
+    /// Before a step: wait until then for more jobs to join it (`None`: step now).
+    fn gather_until(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// Runs `work` until every [`Engine`] handle is gone and the queued work is done, taking new
@@ -476,6 +480,13 @@ fn serve(jobs: &std::sync::mpsc::Receiver<Job>, work: &mut impl ModelLoop) {
         }
         while let Ok(job) = jobs.try_recv() {
             work.add(job);
+        }
+        while let Some(deadline) = work.gather_until() {
+            let Some(wait) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
+            match jobs.recv_timeout(wait) {
+                Ok(job) => work.add(job),
+                Err(_) => break,
+            }
         }
         work.step();
     }
