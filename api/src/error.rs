@@ -22,6 +22,8 @@ pub enum ApiError {
     RateLimited { message: String, kind: &'static str, headers: axum::http::HeaderMap },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    #[error("The tool model `{model}` has no function `{function}`.")]
+    ToolNotFound { model: String, function: String },
     #[error("Unknown request URL: {method} {path}. Please check the URL for typos.")]
     RouteNotFound { method: String, path: String },
     #[error("Method {0} is not allowed on this route.")]
@@ -57,7 +59,7 @@ impl ApiError {
             ApiError::InvalidRequest(invalid) => status(invalid.status()),
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ModelNotFound(_) | ApiError::ToolNotFound { .. } | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NoCapacity(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
             ApiError::RateLimited { kind, .. } => (*kind, None, Some("rate_limit_exceeded")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
+            ApiError::ToolNotFound { .. } => ("invalid_request_error", Some("function"), Some("unknown_function")),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("unknown_url")),
             ApiError::MethodNotAllowed(_) => ("invalid_request_error", None, Some("method_not_allowed")),
             ApiError::PayloadTooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),

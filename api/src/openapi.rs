@@ -10,18 +10,22 @@ use crate::routes::health::{Health, Readiness};
 use crate::routes::async_jobs::{CreateJob, JobObject, JobStatus};
 use crate::routes::batches::{CreateBatch, ExpiresAfter};
 use crate::routes::files::{FileDeleted, FileObject, Page};
-use crate::routes::{async_jobs, batches, embeddings, files, generate, health, models};
+use crate::routes::tools::{FunctionDefinition, HostedTool, ToolList};
+use crate::routes::{async_jobs, batches, embeddings, files, generate, health, models, tools};
 use switchyard_scheduler::batches::object::{Batch, BatchError, BatchErrors, BatchStatus, LineError, LineResponse, OutputLine, RequestCounts};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Switchyard", description = "OpenAI-compatible api of Switchyard: chat, completions and embeddings served by workers behind NATS; files, batches and async jobs run on the same queue."),
+    info(title = "Switchyard", description = "OpenAI-compatible api of Switchyard: chat, completions and embeddings served by workers behind NATS, and functions hosted on tool workers; files, batches and async jobs run on the same queue."),
     paths(
         models::list,
         models::retrieve,
         generate::chat_completions,
         generate::completions,
         embeddings::embeddings,
+        tools::list,
+        tools::list_model,
+        tools::call,
         files::upload,
         files::list,
         files::retrieve,
@@ -42,7 +46,7 @@ use switchyard_scheduler::batches::object::{Batch, BatchError, BatchErrors, Batc
         ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Completion<ChatChoice>, Completion<TextChoice>, EmbeddingList, ModelList,
         ModelObject, ErrorResponse, ErrorObject, UsageOut, Health, Readiness, FileObject, FileDeleted, Page<FileObject>, Page<Batch>,
         CreateBatch, ExpiresAfter, Batch, BatchStatus, BatchErrors, BatchError, RequestCounts, OutputLine, LineResponse, LineError,
-        CreateJob, JobObject, JobStatus
+        CreateJob, JobObject, JobStatus, ToolList, HostedTool, FunctionDefinition
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -108,6 +108,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             models.push("echo-embedding (embeddings, debug)".to_string());
             parts.push(spawn("worker-dummy", part(&["worker", "dummy"]).args(urls), &logs)?);
             models.push("dummy (chat, debug)".to_string());
+            parts.push(spawn("worker-tools-demo", part(&["worker", "tools-demo"]).args(urls), &logs)?);
+            models.push("demo-tools (hosted functions: custom_method, get_stream, get_info)".to_string());
             if cfg!(feature = "torch") {
                 for (folder, kind) in [(&options.chat_model, "chat"), (&options.embedding_model, "embeddings")] {
                     let name = folder.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();

@@ -66,6 +66,14 @@ pub struct Sleep {
     pub ms: u64,
 }
 
+/// What `sleep` answers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Slept {
+    pub ms: u64,
+    /// The process that served the call.
+    pub pid: u32,
+}
+
 /// What `get_info` answers.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Info {
@@ -99,9 +107,9 @@ pub fn toolbox(name: &str) -> Toolbox {
         .function("fail", "Always fails with `message`.", |args: Fail, _: Call| async move {
             Err::<(), _>(ToolError::new(args.message))
         })
-        .function("sleep", "Waits `ms` milliseconds, then returns them.", |args: Sleep, _: Call| async move {
+        .function("sleep", "Waits `ms` milliseconds, then says so and which process waited.", |args: Sleep, _: Call| async move {
             tokio::time::sleep(Duration::from_millis(args.ms)).await;
-            Ok::<_, ToolError>(args.ms)
+            Ok::<_, ToolError>(Slept { ms: args.ms, pid: std::process::id() })
         });
     let functions: Vec<String> = tools.specs().into_iter().map(|s| s.name).chain(["get_info".to_owned()]).collect();
     tools.function("get_info", "Describes this tool model and the process serving it.", move |_: NoArguments, _: Call| {

@@ -9,6 +9,7 @@ pub(crate) mod health;
 pub(crate) mod models;
 mod run;
 mod sse;
+pub(crate) mod tools;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -42,6 +43,8 @@ pub fn router(state: AppState, body_limit: usize, openapi: &utoipa::openapi::Ope
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/completions", post(generate::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/tools", get(tools::list))
+        .route("/v1/tools/{*path}", get(tools::list_model).post(tools::call))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(|| async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }))
