@@ -13,6 +13,7 @@ mod mixed;
 mod probe;
 mod reference;
 mod stack;
+mod tools;
 mod trace;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// (d) of the torch benchmarks: 1,000 one-sentence /v1/embeddings requests from 64 clients
     /// to ONE torch worker (all-MiniLM-L6-v2) against sentence-transformers at batch 32.
     Embed(embed::EmbedOptions),
+    /// A trivial hosted function (`custom_method` of `tools-demo`) over REST beside echo chat:
+    /// latency at concurrency 1, calls/s at 64 clients.
+    Tools(tools::ToolsOptions),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -171,6 +175,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Embed(options) => {
             return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(embed::run(options));
+        }
+        Command::Tools(options) => {
+            return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(tools::run(options));
         }
     };
     let runtime = if options.client_threads <= 1 {

@@ -39,6 +39,8 @@ pub struct Stack {
     switchyard: PathBuf,
     /// The environment every api of this stack starts with.
     api_env: Vec<(String, String)>,
+    /// The environment every worker of this stack starts with.
+    worker_env: Vec<(String, String)>,
     brokers: Vec<Proc>,
     keep_dir: bool,
 }
@@ -121,6 +123,7 @@ impl Stack {
             parts: Vec::new(),
             switchyard: options.switchyard.clone(),
             api_env: env_of("api"),
+            worker_env: env_of("worker"),
             brokers: Vec::new(),
             keep_dir: false,
         };
@@ -197,6 +200,19 @@ impl Stack {
         self.parts.push(spawn(name, &mut api, &self.dir)?);
         wait_for_port(port, name, &self.dir)?;
         Ok(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// Starts one more worker on this stack's NATS and Redis: `switchyard worker <args…>`
+    /// (e.g. `tools-demo` beside the echo worker), with the workers' environment.
+    pub fn add_worker(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        let mut worker = Command::new(&self.switchyard);
+        worker
+            .arg("worker")
+            .args(args)
+            .args(["--nats-url", &self.nats_url, "--redis-url", &self.redis_url])
+            .envs(self.worker_env.iter().cloned());
+        self.parts.push(spawn(name, &mut worker, &self.dir)?);
+        Ok(())
     }
 
     /// Creates one more API key for user `bench` (`switchyard keys create` with `key_args`).
