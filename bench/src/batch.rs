@@ -25,16 +25,8 @@ const CHAT: &str = "/v1/chat/completions";
 
 #[derive(Debug, Args, Clone)]
 pub struct BatchOptions {
-    /// The `switchyard` binary (default: next to this binary, else target/bench/release, else
-    /// target/release, else PATH).
-    #[arg(long)]
-    switchyard: Option<PathBuf>,
-    /// nats-server binary (default: .switchyard/bin/nats-server, else PATH).
-    #[arg(long)]
-    nats_server: Option<PathBuf>,
-    /// redis-server binary (default: .switchyard/bin/redis-server, else PATH).
-    #[arg(long)]
-    redis_server: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: crate::stack::Binaries,
     /// Environment for a part, `PART:NAME=VALUE` (PART: api, worker, nats, redis, scheduler, all).
     #[arg(long, value_parser = crate::parse_env)]
     env: Vec<(String, String, String)>,
@@ -107,10 +99,7 @@ pub struct BatchOptions {
 }
 
 pub async fn run(options: BatchOptions) -> anyhow::Result<()> {
-    let switchyard = match &options.switchyard {
-        Some(path) => path.clone(),
-        None => stack::find_switchyard()?,
-    };
+    let switchyard = options.binaries.switchyard()?;
     let result = tokio::select! {
         result = bench(&options, &switchyard) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -249,8 +238,8 @@ impl Running {
     async fn start(options: &BatchOptions, switchyard: &std::path::Path, slots: u32, delay: &str) -> anyhow::Result<Running> {
         let mut stack = Stack::start(&StackOptions {
             switchyard: switchyard.to_path_buf(),
-            nats_server: options.nats_server.clone(),
-            redis_server: options.redis_server.clone(),
+            nats_server: options.binaries.nats_server.clone(),
+            redis_server: options.binaries.redis_server.clone(),
             scheduler: true,
             scheduler_args: options.scheduler_args.clone(),
             worker_backend: stack::WorkerBackend::Echo,

@@ -26,16 +26,8 @@ const CHECKED: [usize; 6] = [0, 1, 2, 3, 500, 999];
 
 #[derive(Debug, Args, Clone)]
 pub struct EmbedOptions {
-    /// The `switchyard` binary, built with its default `torch` feature (default: next to this
-    /// binary, else target/bench/release, else target/release, else PATH).
-    #[arg(long)]
-    switchyard: Option<PathBuf>,
-    /// nats-server binary (default: .switchyard/bin/nats-server, else PATH).
-    #[arg(long)]
-    nats_server: Option<PathBuf>,
-    /// redis-server binary (default: .switchyard/bin/redis-server, else PATH).
-    #[arg(long)]
-    redis_server: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: crate::stack::Binaries,
     /// The sentence encoder (default: .switchyard/models/all-minilm-l6-v2, from scripts/setup.sh).
     #[arg(long)]
     model_path: Option<PathBuf>,
@@ -186,9 +178,7 @@ pub async fn run(options: EmbedOptions) -> anyhow::Result<()> {
 
     let (mut stack, switchyard, name, target) = reference::start_torch_stack(
         &TorchStack {
-            switchyard: options.switchyard.as_deref(),
-            nats_server: options.nats_server.as_deref(),
-            redis_server: options.redis_server.as_deref(),
+            binaries: &options.binaries,
             model_path: &model,
             worker_slots: options.worker_slots.unwrap_or(0),
             worker_args: &options.worker_arg,

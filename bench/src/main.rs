@@ -59,16 +59,8 @@ struct EchoOptions {
     /// its own stack on free ports and stops it at the end.
     #[arg(long)]
     url: Option<String>,
-    /// The `switchyard` binary for the bench's own stack (default: next to this binary, else
-    /// target/bench/release, else target/release, else PATH).
-    #[arg(long)]
-    switchyard: Option<PathBuf>,
-    /// nats-server binary (default: .switchyard/bin/nats-server, else PATH).
-    #[arg(long)]
-    nats_server: Option<PathBuf>,
-    /// redis-server binary (default: .switchyard/bin/redis-server, else PATH).
-    #[arg(long)]
-    redis_server: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: crate::stack::Binaries,
     /// Also run the scheduler in the bench's own stack (it is not on the request path).
     #[arg(long)]
     scheduler: bool,
@@ -249,15 +241,12 @@ async fn run(options: EchoOptions) -> anyhow::Result<()> {
     let url = match &options.url {
         Some(url) => url.clone(),
         None => {
-            let switchyard = match &options.switchyard {
-                Some(path) => path.clone(),
-                None => stack::find_switchyard()?,
-            };
+            let switchyard = options.binaries.switchyard()?;
             eprintln!("starting a stack on free ports with {}", switchyard.display());
             let stack = Stack::start(&StackOptions {
                 switchyard: switchyard.clone(),
-                nats_server: options.nats_server.clone(),
-                redis_server: options.redis_server.clone(),
+                nats_server: options.binaries.nats_server.clone(),
+                redis_server: options.binaries.redis_server.clone(),
                 scheduler: options.scheduler,
                 scheduler_args: Vec::new(),
                 worker_backend: stack::WorkerBackend::Echo,

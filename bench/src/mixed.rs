@@ -25,16 +25,8 @@ use crate::{Stats, machine, ms};
 
 #[derive(Debug, Args, Clone)]
 pub struct MixedOptions {
-    /// The `switchyard` binary, built with its default `torch` feature (default: next to this
-    /// binary, else target/bench/release, else target/release, else PATH).
-    #[arg(long)]
-    switchyard: Option<PathBuf>,
-    /// nats-server binary (default: .switchyard/bin/nats-server, else PATH).
-    #[arg(long)]
-    nats_server: Option<PathBuf>,
-    /// redis-server binary (default: .switchyard/bin/redis-server, else PATH).
-    #[arg(long)]
-    redis_server: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: crate::stack::Binaries,
     /// The decoder (default: target/bench-models/llama-135m-random, written by
     /// make_bench_model.py when missing).
     #[arg(long)]
@@ -258,9 +250,7 @@ pub async fn run(options: MixedOptions) -> anyhow::Result<()> {
 
     let (mut stack, switchyard, name, target) = reference::start_torch_stack(
         &TorchStack {
-            switchyard: options.switchyard.as_deref(),
-            nats_server: options.nats_server.as_deref(),
-            redis_server: options.redis_server.as_deref(),
+            binaries: &options.binaries,
             model_path: &model,
             worker_slots: options.worker_slots.unwrap_or(0),
             worker_args: &options.worker_arg,

@@ -129,9 +129,7 @@ impl SplitMix64 {
 
 /// What the torch stack runs with.
 pub struct TorchStack<'a> {
-    pub switchyard: Option<&'a Path>,
-    pub nats_server: Option<&'a Path>,
-    pub redis_server: Option<&'a Path>,
+    pub binaries: &'a crate::stack::Binaries,
     pub model_path: &'a Path,
     /// `--slots` of the worker; 0: the worker's own default.
     pub worker_slots: u32,
@@ -146,10 +144,7 @@ pub struct TorchStack<'a> {
 /// for a job's next event (its defaults, 30 s and 120 s, are for people, not for a queue of
 /// 64 requests on a 2-core CPU).
 pub async fn start_torch_stack(options: &TorchStack<'_>, embedding: bool) -> anyhow::Result<(Stack, PathBuf, String, Target)> {
-    let switchyard = match options.switchyard {
-        Some(path) => path.to_path_buf(),
-        None => stack::find_switchyard()?,
-    };
+    let switchyard = options.binaries.switchyard()?;
     let list = Command::new(&switchyard).args(["worker", "--list"]).output().context("running switchyard worker --list")?;
     if !String::from_utf8_lossy(&list.stdout).lines().any(|l| l.starts_with("torch")) {
         bail!(
@@ -169,8 +164,8 @@ pub async fn start_torch_stack(options: &TorchStack<'_>, embedding: bool) -> any
     eprintln!("starting a stack on free ports with {} and one torch worker for {}", switchyard.display(), options.model_path.display());
     let mut stack = Stack::start(&StackOptions {
         switchyard: switchyard.clone(),
-        nats_server: options.nats_server.map(Path::to_path_buf),
-        redis_server: options.redis_server.map(Path::to_path_buf),
+        nats_server: options.binaries.nats_server.clone(),
+        redis_server: options.binaries.redis_server.clone(),
         scheduler: false,
         scheduler_args: Vec::new(),
         worker_backend: WorkerBackend::Torch { model_path: options.model_path.to_path_buf() },

@@ -55,6 +55,28 @@ pub enum WorkerBackend {
     Torch { model_path: PathBuf },
 }
 
+/// Where the stack's programs are: the flags every bench that starts a stack takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Binaries {
+    /// The `switchyard` binary (with its default `torch` feature for the torch benches;
+    /// default: next to this binary, else target/bench/release, else target/release, else PATH).
+    #[arg(long)]
+    pub switchyard: Option<PathBuf>,
+    /// nats-server binary (default: .switchyard/bin/nats-server, else PATH).
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// redis-server binary (default: .switchyard/bin/redis-server, else PATH).
+    #[arg(long)]
+    pub redis_server: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// `--switchyard`, else where [`find_switchyard`] finds it.
+    pub fn switchyard(&self) -> anyhow::Result<PathBuf> {
+        self.switchyard.clone().map_or_else(find_switchyard, Ok)
+    }
+}
+
 pub struct StackOptions {
     pub switchyard: PathBuf,
     pub nats_server: Option<PathBuf>,

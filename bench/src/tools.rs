@@ -3,7 +3,6 @@
 //! concurrency 1 and calls/s at 64 clients. The job path is the same (a job on NATS, a worker,
 //! events back); the figures say what a tool call adds to it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -19,16 +18,8 @@ const TOOL_MODEL: &str = "demo-tools";
 
 #[derive(Debug, Args, Clone)]
 pub struct ToolsOptions {
-    /// The `switchyard` binary (default: next to this binary, else target/bench/release, else
-    /// target/release, else PATH).
-    #[arg(long)]
-    switchyard: Option<PathBuf>,
-    /// nats-server binary (default: .switchyard/bin/nats-server, else PATH).
-    #[arg(long)]
-    nats_server: Option<PathBuf>,
-    /// redis-server binary (default: .switchyard/bin/redis-server, else PATH).
-    #[arg(long)]
-    redis_server: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: crate::stack::Binaries,
     /// Sequential requests measured per figure at concurrency 1.
     #[arg(long, default_value_t = 3000)]
     requests: usize,
@@ -49,15 +40,12 @@ pub struct ToolsOptions {
 }
 
 pub async fn run(options: ToolsOptions) -> anyhow::Result<()> {
-    let switchyard = match &options.switchyard {
-        Some(path) => path.clone(),
-        None => stack::find_switchyard()?,
-    };
+    let switchyard = options.binaries.switchyard()?;
     eprintln!("starting a stack on free ports with {}: an echo worker and a tools-demo worker", switchyard.display());
     let mut stack = Stack::start(&StackOptions {
         switchyard: switchyard.clone(),
-        nats_server: options.nats_server.clone(),
-        redis_server: options.redis_server.clone(),
+        nats_server: options.binaries.nats_server.clone(),
+        redis_server: options.binaries.redis_server.clone(),
         scheduler: false,
         scheduler_args: Vec::new(),
         worker_backend: stack::WorkerBackend::Echo,
