@@ -78,14 +78,24 @@ fn is_tool_model(entry: &ModelEntry) -> bool {
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", responses((status = 200, body = ToolList), ErrorResponses))]
 /// Every function the key may call, across the tool models that have a live worker.
 pub async fn list(caller: Caller, State(state): State<AppState>) -> Json<ToolList> {
-    let data = state
+    let data = visible(&state, &caller).into_iter().map(|(model, spec)| HostedTool::new(&model, &spec)).collect();
+    Json(ToolList { object: "list", data })
+}
+
+/// Every function `caller` may call, with the tool model hosting it (models by name, then
+/// functions in the order the worker declares them): what `GET /v1/tools` and MCP's
+/// `tools/list` show.
+pub(crate) fn visible(state: &AppState, caller: &Caller) -> Vec<(String, FunctionSpec)> {
+    state
         .directory
         .live()
         .into_iter()
         .filter(|m| is_tool_model(m) && caller.may_use(&m.card))
-        .flat_map(|m| tools_of(&m.card).collect::<Vec<_>>())
-        .collect();
-    Json(ToolList { object: "list", data })
+        .flat_map(|m| {
+            let ModelCard { name, functions, .. } = m.card;
+            functions.into_iter().map(move |spec| (name.clone(), spec))
+        })
+        .collect()
 }
 
 /// `GET /v1/tools/{model}` lists one tool model's functions; `POST /v1/tools/{model}/{function}`
@@ -133,25 +143,49 @@ pub async fn call(
         method: "POST".into(),
         path: format!("/v1/tools/{path}"),
     })?;
-    let entry = tool_model(&state, &caller, model).await?;
-    let spec = entry
-        .card
-        .functions
-        .iter()
-        .find(|f| f.name == function)
-        .ok_or_else(|| ApiError::ToolNotFound { model: model.to_owned(), function: function.to_owned() })?;
+    let (entry, spec) = function_of(&state, &caller, model, function).await?;
     let mut arguments = arguments(&body)?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    let stream = wants_sse || take_stream_flag(&mut arguments, spec)?;
-    let request = JobRequest::Tool { function: function.to_owned(), arguments };
-    let submit = async { Ok::<_, ApiError>(state.jobs.submit(Lane::Interactive, model, request).await?) };
-    let (admission, handle) = state.gate.admit_and_dispatch(&caller, &entry.card, 0, submit).await?;
+    let stream = wants_sse || take_stream_flag(&mut arguments, &spec)?;
+    let (admission, handle) = start_call(&state, &caller, &entry, function, arguments).await?;
     let limit_headers = admission.headers().clone();
-    let response = if stream { stream_call(handle, admission).await? } else { whole_call(handle, admission, spec.streams).await? };
+    let response = if stream {
+        stream_call(handle, admission).await?
+    } else {
+        Json(Outputs::new(handle, admission, spec.streams).collect().await?).into_response()
+    };
     Ok((limit_headers, response).into_response())
+}
+
+/// A function the caller may call, with its tool model; a model the caller may not use is
+/// `model_not_found`, like one that does not exist.
+pub(crate) async fn function_of(state: &AppState, caller: &Caller, model: &str, function: &str) -> Result<(ModelEntry, FunctionSpec), ApiError> {
+    let entry = tool_model(state, caller, model).await?;
+    let spec = entry
+        .card
+        .functions
+        .iter()
+        .find(|f| f.name == function)
+        .cloned()
+        .ok_or_else(|| ApiError::ToolNotFound { model: model.to_owned(), function: function.to_owned() })?;
+    Ok((entry, spec))
+}
+
+/// Submits a call of `function` as a tool job, admitted against the caller's and the
+/// model's limits (429 when refused). Dropping the handle cancels the call.
+pub(crate) async fn start_call(
+    state: &AppState,
+    caller: &Caller,
+    entry: &ModelEntry,
+    function: &str,
+    arguments: Value,
+) -> Result<(Admission, switchyard_client::JobHandle), ApiError> {
+    let request = JobRequest::Tool { function: function.to_owned(), arguments };
+    let submit = async { Ok::<_, ApiError>(state.jobs.submit(Lane::Interactive, &entry.card.name, request).await?) };
+    state.gate.admit_and_dispatch(caller, &entry.card, 0, submit).await
 }
 
 /// The body as the arguments object; an empty body is no arguments.
@@ -178,28 +212,62 @@ fn take_stream_flag(arguments: &mut Value, spec: &FunctionSpec) -> Result<bool, 
     }
 }
 
-/// The result, or a streaming function's chunks as one array.
-async fn whole_call(mut handle: switchyard_client::JobHandle, admission: Admission, streams: bool) -> Result<Response, ApiError> {
-    let mut chunks = Vec::new();
-    let mut result = None;
-    let outcome = loop {
-        match handle.next_output().await {
-            Ok(EventBody::ToolResult { value }) => result = Some(value),
-            Ok(EventBody::ToolChunk { value }) => chunks.push(value),
-            Ok(EventBody::Done { .. }) => break Ok(()),
-            Ok(EventBody::Error { code, message }) => break Err(JobFailure::new(code, message, "arguments").into()),
-            Ok(_) => {}
-            Err(e) => break Err(ApiError::from(e)),
+/// What a call answers, read as it comes: a streaming function's chunks one by one, then the
+/// whole value. The admission is settled when the job ends (or when this is dropped, which
+/// also cancels the job).
+pub(crate) struct Outputs {
+    handle: switchyard_client::JobHandle,
+    admission: Option<Admission>,
+    streams: bool,
+    chunks: Vec<Value>,
+    result: Option<Value>,
+}
+
+impl Outputs {
+    pub(crate) fn new(handle: switchyard_client::JobHandle, admission: Admission, streams: bool) -> Outputs {
+        Outputs { handle, admission: Some(admission), streams, chunks: Vec::new(), result: None }
+    }
+
+    /// The next chunk, or `None` once the call has ended well; a failed function is
+    /// [`ApiError::Job`] (`function_failed`, `invalid_arguments`).
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Value>, ApiError> {
+        if self.admission.is_none() {
+            return Ok(None);
         }
-    };
-    admission.settle(0);
-    outcome?;
-    let value = match result {
-        Some(value) if chunks.is_empty() => value,
-        None if streams || !chunks.is_empty() => Value::Array(chunks),
-        _ => Value::Null,
-    };
-    Ok(Json(value).into_response())
+        let outcome = loop {
+            match self.handle.next_output().await {
+                Ok(EventBody::ToolResult { value }) => self.result = Some(value),
+                Ok(EventBody::ToolChunk { value }) => {
+                    self.chunks.push(value.clone());
+                    return Ok(Some(value));
+                }
+                Ok(EventBody::Done { .. }) => break Ok(None),
+                Ok(EventBody::Error { code, message }) => break Err(JobFailure::new(code, message, "arguments").into()),
+                Ok(_) => {}
+                Err(e) => break Err(ApiError::from(e)),
+            }
+        };
+        if let Some(admission) = self.admission.take() {
+            admission.settle(0);
+        }
+        outcome
+    }
+
+    /// Reads the call to its end: its result, or a streaming function's chunks as one array.
+    pub(crate) async fn collect(mut self) -> Result<Value, ApiError> {
+        while self.next_chunk().await?.is_some() {}
+        Ok(self.into_value())
+    }
+
+    /// What the call answered so far: its result, or the chunks as one array (a function that
+    /// returned nothing: `null`).
+    pub(crate) fn into_value(self) -> Value {
+        match self.result {
+            Some(value) if self.chunks.is_empty() => value,
+            None if self.streams || !self.chunks.is_empty() => Value::Array(self.chunks),
+            _ => Value::Null,
+        }
+    }
 }
 
 /// The chunks (or the one result) as SSE. An error before any output is an ordinary HTTP
