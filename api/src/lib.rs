@@ -127,7 +127,7 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         redis,
     });
     let gate = state.gate.clone();
-    let app = routes::router(state, options.body_limit, &openapi::ApiDoc::openapi()).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = routes::router(state, options.body_limit, &routes::mcp::described(openapi::ApiDoc::openapi())).layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?
@@ -136,7 +136,12 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
             let _ = tcp.set_nodelay(true);
         });
     tracing::info!(listen = %options.listen, instance, replies = %subject::replies_of(&instance), "api ready");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    // Open MCP sessions (their SSE streams) end with the server, not after it.
+    let shutdown = async move {
+        shutdown.cancelled().await;
+        routes::mcp::end_sessions();
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     // Rate-limit corrections still waiting for a next admission that will not come.
     if let Err(e) = gate.flush_settlements().await {
         tracing::warn!(error = %e, "sending the last rate-limit corrections failed; concurrency slots free themselves when they expire");

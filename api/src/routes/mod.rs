@@ -6,6 +6,7 @@ pub(crate) mod embeddings;
 pub(crate) mod files;
 pub(crate) mod generate;
 pub(crate) mod health;
+pub mod mcp;
 pub(crate) mod models;
 mod run;
 mod sse;
@@ -45,6 +46,7 @@ pub fn router(state: AppState, body_limit: usize, openapi: &utoipa::openapi::Ope
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/tools", get(tools::list))
         .route("/v1/tools/{*path}", get(tools::list_model).post(tools::call))
+        .merge(mcp::router(&state, body_limit))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(|| async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }))
