@@ -118,15 +118,15 @@ class Worker:
         self,
         obj: Any,
         name: str,
-        nats_url: str = "nats://127.0.0.1:4222",
-        redis_url: str = "redis://127.0.0.1:6379",
+        nats_url: Optional[str] = None,
+        redis_url: Optional[str] = None,
         slots: int = 4,
         batch_reserve: Optional[int] = None,
         heartbeat: float = 2.0,
         drain_timeout: float = 30.0,
         ack_wait: float = 10.0,
         max_deliver: int = 3,
-        permissions: str = "groups: default",
+        permissions: Optional[str] = None,
         model_rpm: Optional[int] = None,
         model_tpm: Optional[int] = None,
     ):
@@ -134,7 +134,11 @@ class Worker:
         if not self.functions:
             raise ValueError(f"{type(obj).__name__} has no @remote_callable function")
         self.model = name
-        self.nats_url, self.redis_url = nats_url, redis_url
+        # Unset options fall back to the environment the Rust workers read, then their defaults.
+        self.nats_url = nats_url or os.environ.get("SWITCHYARD_NATS_URL") or "nats://127.0.0.1:4222"
+        self.redis_url = redis_url or os.environ.get("SWITCHYARD_REDIS_URL") or "redis://127.0.0.1:6379"
+        if permissions is None:
+            permissions = os.environ.get("SWITCHYARD_PERMISSIONS") or "groups: default"
         self.slots_total = max(1, int(slots))
         self.batch_reserve = batch_reserve if batch_reserve is not None else (1 if self.slots_total > 1 else 0)
         self.heartbeat, self.drain_timeout = heartbeat, drain_timeout
@@ -173,8 +177,16 @@ class Worker:
         async def reconnected() -> None:
             self.connects += 1
 
+        async def nats_error(e: Exception) -> None:
+            log.warning("nats (%s): %s", self.nats_url, e or type(e).__name__)
+
         self.nc = await nats.connect(
-            self.nats_url, name=self.id, max_reconnect_attempts=-1, reconnect_time_wait=0.5, reconnected_cb=reconnected
+            self.nats_url,
+            name=self.id,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            reconnected_cb=reconnected,
+            error_cb=nats_error,
         )
         self.connects = 1
         self.redis = aioredis.from_url(self.redis_url)
@@ -702,12 +714,19 @@ def model_name_of(obj: Any) -> str:
 
 def serve(obj: Any, name: Optional[str] = None, **options: Any) -> None:
     """Serves `obj`'s `@remote_callable` functions until SIGTERM / SIGINT (then drains).
-    `options` are `Worker`'s (nats_url, redis_url, slots, permissions, …)."""
+    `options` are `Worker`'s (nats_url, redis_url, slots, permissions, …); unset ones come
+    from the Rust workers' environment variables (`SWITCHYARD_NATS_URL`, …)."""
+    if not logging.getLogger().handlers:
+        _log_to_stderr()
     asyncio.run(Worker(obj, name or model_name_of(obj), **options).run())
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def _log_to_stderr() -> None:
     logging.basicConfig(level=os.environ.get("SWITCHYARD_PY_LOG", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    _log_to_stderr()
     args = parser().parse_args(argv)
     obj = load(args.target)
     worker = Worker(obj, args.name or model_name_of(obj), **options_from(args))
