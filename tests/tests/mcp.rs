@@ -201,6 +201,32 @@ async fn keys_and_permissions_apply_as_on_rest() {
     }
     as_alice.cancel().await.unwrap();
     as_bob.cancel().await.unwrap();
+
+    // The key's limits apply as on REST: a refusal is a JSON-RPC error carrying the 429.
+    let limits = switchyard_schemas::RateLimits { rpm: Some(1), tpm: None };
+    let (limited, _) = keys.create(KeySpec { user: "alice".into(), limits, ..Default::default() }).await.unwrap();
+    let (client, _) = connect(&stack, Some(&limited)).await;
+    tool_names(&client, "custom_method").await;
+    assert_eq!(text(&call(&client, "custom_method", json!({})).await.unwrap()), "3");
+    let refused = call(&client, "custom_method", json!({})).await.unwrap_err();
+    let ServiceError::McpError(data) = &refused else { panic!("not an MCP error: {refused:?}") };
+    assert_eq!(data.code, ErrorCode::INTERNAL_ERROR, "{refused:?}");
+    let data = data.data.as_ref().expect("error data");
+    assert_eq!(data["status"], 429, "{data}");
+    assert_eq!(data["error"]["code"], "rate_limit_exceeded", "{data}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn open_sessions_do_not_hold_up_the_apis_shutdown() {
+    let stack = Stack::start().await;
+    let _worker = stack.ready_worker(&["tools-demo"], MODEL).await;
+    let (client, _) = connect(&stack, None).await;
+    tool_names(&client, "custom_method").await;
+    stack.api().sigterm();
+    let status = stack.api().wait_exit(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "the api exited at once, cleanly: {status:?}\n{}", tail(&stack.api().log(), 20));
+    drop(client);
 }
 
 #[tokio::test]
