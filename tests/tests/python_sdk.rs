@@ -4,7 +4,9 @@
 //! consumers, answering plain, streamed, invalid and failing calls, cancelled by a client that
 //! goes away, redelivered when killed, drained on SIGTERM, two of them sharing one model — and the
 //! Python client (`get_worker_sync_functions` / `get_worker_async_functions`) against the api.
-//! Also runs the SDK's own pytest suite. The interpreter is `.switchyard/py-venv/bin/python`,
+//! Also: a drain that times out hands its call back, permissions and the client's key, jobs
+//! published straight onto either lane (unknown function, past deadline, not a tool call), and
+//! the SDK's own pytest suite. The interpreter is `.switchyard/py-venv/bin/python`,
 //! made by `scripts/setup.sh --test-tools`.
 
 use std::collections::{HashMap, HashSet};
@@ -381,4 +383,143 @@ async fn the_sdk_unit_tests_pass() {
     let stdout = run_python(command, Duration::from_secs(120)).await;
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(summary.contains(" passed") && !summary.contains("skipped") && !summary.contains("failed"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_drain_that_times_out_hands_the_call_back_to_another_worker() {
+    let stack = Stack::start().await;
+    let (a, a_id) = ready_python_worker(&stack, "py-worker-a", &["--drain-timeout", "300ms"]).await;
+    let mut tap = stack.tap_replies().await;
+    let (path, arguments) = (call_path("slow"), json!({"seconds": 3.0}));
+    let ((status, body), (b, b_id)) = tokio::join!(stack.post_json(&path, &arguments), async {
+        // The call runs on a (the only worker); then b comes, and a is told to stop: its drain
+        // times out with the call still running, so a hands it back to the queue.
+        tap.wait_for(Duration::from_secs(20), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the call started");
+        let b = python_worker(&stack, "py-worker-b", &stack.log_dir().join("b-markers"), &[]);
+        let b_id = stack.worker_id(&b).await;
+        a.sigterm();
+        (b, b_id)
+    });
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pid"], b.pid(), "the call a handed back ran again on b: {body}");
+    let exit = a.wait_exit(Duration::from_secs(30)).await.expect("a exits after its drain");
+    assert!(exit.success(), "{}", tail(&a.log(), 20));
+    assert!(a.log().contains("handed back to the queue"), "{}", tail(&a.log(), 20));
+    tap.drain(Duration::from_millis(300)).await;
+    let started: Vec<(String, u32)> = tap.started_by().into_iter().map(|(_, worker, attempt)| (worker, attempt)).collect();
+    assert_eq!(started, vec![(a_id, 1), (b_id, 2)]);
+    // a sent no terminal event for the call it handed back: the client saw one answer.
+    let terminal = tap.seen().iter().filter(|(_, e)| e.body.is_terminal()).count();
+    assert_eq!(terminal, 1);
+}
+
+#[tokio::test]
+async fn permissions_apply_to_python_workers_and_the_client_sends_its_key() {
+    use switchyard_broker::apikeys::{ApiKeys, KeySpec};
+    let stack = Stack::builder().with_auth().start().await;
+    let markers = stack.log_dir().join("markers");
+    let worker = python_worker(&stack, "py-worker", &markers, &["--permissions", "users: alice"]);
+    stack.worker_id(&worker).await;
+    let keys = ApiKeys::new(switchyard_broker::connect_redis(&stack.redis_url()).await.expect("redis"));
+    let (alice, _) = keys.create(KeySpec { user: "alice".into(), ..Default::default() }).await.unwrap();
+    let (bob, _) = keys.create(KeySpec { user: "bob".into(), ..Default::default() }).await.unwrap();
+    let script = r#"
+import json, sys
+from switchyard import SwitchyardError, get_worker_sync_functions
+base_url, model, key = sys.argv[1:4]
+try:
+    funcs = get_worker_sync_functions(model, api_key=key, base_url=base_url)
+    print(json.dumps({"add": funcs["add"](a=40)}))
+except SwitchyardError as e:
+    print(json.dumps({"status": e.status, "code": e.code}))
+"#;
+    let run = |key: String| {
+        let mut command = python_command();
+        command.arg("-c").arg(script).arg(stack.api_url("/v1")).arg(MODEL).arg(key);
+        run_python(command, Duration::from_secs(60))
+    };
+    let answer = eventually(Duration::from_secs(30), "alice to reach the model", || {
+        let run = run(alice.clone());
+        async move { Some(run.await).filter(|out| out.contains("add")) }
+    })
+    .await;
+    assert_eq!(serde_json::from_str::<Value>(answer.trim()).unwrap(), json!({"add": 42}));
+    let answer = run(bob.clone()).await;
+    assert_eq!(serde_json::from_str::<Value>(answer.trim()).unwrap(), json!({"status": 404, "code": "model_not_found"}), "bob sees no such model");
+    // No key at all: 401.
+    let answer = run(String::new()).await;
+    assert_eq!(serde_json::from_str::<Value>(answer.trim()).unwrap()["status"], 401);
+}
+
+/// A job published straight onto the batch lane, as a direct publisher (or the scheduler)
+/// would: the Python worker answers on the envelope's reply subject in the wire format the
+/// Rust schemas decode — including what the api never lets through (an unknown function, a
+/// deadline already past, a job that is not a tool call).
+#[tokio::test]
+async fn direct_publishers_get_wire_events_on_both_lanes() {
+    use switchyard_schemas::{ErrorCode, JobEnvelope, JobRequest, StreamEvent, WIRE_VERSION, decode, encode, now_ms};
+    let stack = Stack::start().await;
+    let (_worker, worker_id) = ready_python_worker(&stack, "py-worker", &[]).await;
+    let nats = stack.nats_client().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut replies = nats.subscribe("test.reply.>").await.unwrap();
+    switchyard_broker::sync_with_server(&nats).await.unwrap();
+    let cases: Vec<(Lane, &str, JobRequest, Option<u64>)> = vec![
+        (Lane::Batch, "batch-add", JobRequest::Tool { function: "add".into(), arguments: json!({"a": 1, "b": 41}) }, None),
+        (Lane::Interactive, "unknown", JobRequest::Tool { function: "nope".into(), arguments: json!({}) }, None),
+        (Lane::Batch, "late", JobRequest::Tool { function: "add".into(), arguments: json!({"a": 1}) }, Some(now_ms() - 1000)),
+        (Lane::Interactive, "not-a-tool", JobRequest::Embedding { input: vec!["x".into()] }, None),
+        (Lane::Batch, "batch-stream", JobRequest::Tool { function: "count".into(), arguments: json!({"n": 3}) }, None),
+    ];
+    for (lane, id, request, deadline_ms) in &cases {
+        let envelope = JobEnvelope {
+            v: WIRE_VERSION,
+            id: (*id).into(),
+            kind: JobKind::Tool,
+            model: MODEL.into(),
+            request: request.clone(),
+            lane: *lane,
+            deadline_ms: *deadline_ms,
+            reply_to: format!("test.reply.{id}"),
+            resume_to: format!("test.resume.{id}"),
+            traceparent: None,
+            created_ms: now_ms(),
+        };
+        js.publish(subject::job(*lane, JobKind::Tool, MODEL), encode(&envelope).unwrap().into()).await.unwrap().await.unwrap();
+    }
+    let mut events: HashMap<String, Vec<(u64, EventBody)>> = HashMap::new();
+    while events.values().filter(|e| e.last().is_some_and(|(_, b)| b.is_terminal())).count() < cases.len() {
+        let message = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(&mut replies))
+            .await
+            .unwrap_or_else(|_| panic!("every job answered; so far {events:?}"))
+            .unwrap();
+        let message: StreamEvent = decode(&message.payload).expect("a StreamEvent the Rust schemas decode");
+        let job = events.entry(message.job_id.clone()).or_default();
+        job.extend(message.events.into_iter().map(|e| (message.seq, e)));
+    }
+    let bodies = |id: &str| events[id].iter().map(|(_, b)| b.clone()).collect::<Vec<_>>();
+    let started = EventBody::Started { worker_id: worker_id.clone(), attempt: 1, prompt_tokens: None };
+    let done = EventBody::Done { finish_reason: FinishReason::Stop, usage: Default::default() };
+    assert_eq!(bodies("batch-add"), vec![started.clone(), EventBody::ToolResult { value: json!(42) }, done.clone()]);
+    let chunks = (0..3).map(|i| EventBody::ToolChunk { value: json!(i) });
+    assert_eq!(bodies("batch-stream"), [started.clone()].into_iter().chain(chunks).chain([done]).collect::<Vec<_>>());
+    assert!(matches!(&bodies("unknown")[..], [s, EventBody::Error { code: ErrorCode::UnknownFunction, message }] if *s == started && message.contains("nope")), "{:?}", bodies("unknown"));
+    assert!(matches!(&bodies("late")[..], [EventBody::Error { code: ErrorCode::DeadlineExceeded, .. }]), "{:?}", bodies("late"));
+    assert!(matches!(&bodies("not-a-tool")[..], [_, EventBody::Error { code: ErrorCode::InvalidRequest, .. }]), "{:?}", bodies("not-a-tool"));
+    for (id, job) in &events {
+        let mut seqs: Vec<u64> = job.iter().map(|(seq, _)| *seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "job {id}");
+    }
+    // Every job was acknowledged: nothing is left on either lane's consumer.
+    let stream = js.get_stream(subject::JOBS_STREAM).await.unwrap();
+    eventually(Duration::from_secs(20), "both lanes to be empty and acknowledged", || async {
+        let mut idle = true;
+        for lane in Lane::ALL {
+            let info = stream.consumer_info(subject::job_consumer(lane, JobKind::Tool, MODEL)).await.unwrap();
+            idle &= info.num_pending == 0 && info.num_ack_pending == 0;
+        }
+        idle.then_some(())
+    })
+    .await;
 }
