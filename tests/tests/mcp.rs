@@ -295,3 +295,31 @@ async fn the_python_mcp_client_lists_and_calls() {
     assert_eq!(report["fail"], json!({"text": "it broke", "is_error": true}));
     assert_eq!(report["no_key"], "refused");
 }
+
+/// What is not MCP gets a 4xx from the transport, never a 5xx.
+#[tokio::test]
+async fn malformed_requests_are_refused_with_4xx() {
+    let stack = Stack::builder().with_auth().body_limit(64 * 1024).start().await;
+    let keys = ApiKeys::new(switchyard_broker::connect_redis(&stack.redis_url()).await.expect("redis"));
+    let (key, _) = keys.create(KeySpec { user: "alice".into(), ..Default::default() }).await.unwrap();
+    let url = stack.api_url("/mcp");
+    let both = "application/json, text/event-stream";
+    let big = format!("{{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\", \"params\": {{\"x\": \"{}\"}}}}", "x".repeat(100 * 1024));
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("not JSON", stack.http().post(&url).header("accept", both).header("content-type", "application/json").body("{oops")),
+        ("not JSON-RPC", stack.http().post(&url).header("accept", both).json(&json!({"hello": 1}))),
+        ("no Accept", stack.http().post(&url).json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))),
+        ("a form", stack.http().post(&url).header("accept", both).header("content-type", "text/plain").body("a=1")),
+        ("an unknown session", stack.http().post(&url).header("accept", both).header("mcp-session-id", "nope").json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))),
+        ("GET without a session", stack.http().get(&url).header("accept", "text/event-stream")),
+        ("DELETE without a session", stack.http().delete(&url)),
+        ("PUT", stack.http().put(&url).body("x")),
+        ("over the body limit", stack.http().post(&url).header("accept", both).header("content-type", "application/json").body(big)),
+    ];
+    for (what, request) in cases {
+        let response = request.bearer_auth(&key).send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(status.is_client_error(), "{what}: {status} {body}");
+    }
+}
