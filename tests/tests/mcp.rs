@@ -141,6 +141,12 @@ async fn tools_are_listed_and_called_plain_and_streamed() {
     // The worker goes on serving, and the prefixed name always works.
     assert_eq!(text(&call(&client, "demo-tools.custom_method", json!({"a": 2, "b": 2})).await.unwrap()), "4");
     client.cancel().await.unwrap();
+
+    // /openapi.json says where MCP is.
+    let doc: Value = stack.http().get(stack.api_url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(doc["info"]["description"].as_str().unwrap().contains("`/mcp`"), "{}", doc["info"]);
+    let tag = doc["tags"].as_array().unwrap().iter().find(|t| t["name"] == "mcp").expect("an mcp tag");
+    assert!(tag["description"].as_str().unwrap().contains("Authorization: Bearer"), "{tag}");
 }
 
 #[tokio::test]
