@@ -118,7 +118,7 @@ async fn python_functions_are_registered_and_listed_with_schemas_from_type_hints
     let card = &record.models[0];
     assert_eq!((card.name.as_str(), card.kind), (MODEL, ModelKind::Tool));
     let names: Vec<&str> = card.functions.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["acount", "add", "boom", "count", "describe", "slow"], "only @remote_callable methods");
+    assert_eq!(names, ["acount", "add", "big", "boom", "count", "describe", "slow"], "only @remote_callable methods");
     assert_eq!(card.permissions.groups, ["default"]);
     // Heartbeats: the record's TTL is three heartbeats (2 s each), and it is refreshed.
     let mut redis = stack.redis_conn().await;
@@ -222,13 +222,20 @@ async fn plain_streamed_invalid_and_failing_calls() {
     let error = assert_openai_error(&body);
     assert_eq!((error["code"].clone(), error["message"].clone()), (json!("function_failed"), json!("it broke")));
     assert_eq!(stack.post_json(&call_path("add"), &json!({"a": 2, "b": 2})).await, (200, json!(4)));
+    // A result over NATS's max payload (1 MiB) cannot travel: a clean function_failed too.
+    let (status, body) = stack.post_json(&call_path("big"), &json!({"size": 2_000_000})).await;
+    assert_eq!(status, 500, "{body}");
+    let error = assert_openai_error(&body);
+    assert_eq!(error["code"], "function_failed");
+    assert!(error["message"].as_str().unwrap().contains("max payload"), "{body}");
+    assert_eq!(stack.post_json(&call_path("big"), &json!({"size": 3})).await, (200, json!("xxx")));
     assert!(worker.is_running());
 
     // On the wire: every job started by this worker, its messages numbered from 0, ended
     // by exactly one Done or Error.
     tap.drain(Duration::from_millis(300)).await;
     let jobs = messages_by_job(tap.seen());
-    assert!(jobs.len() >= 14, "{} jobs seen", jobs.len());
+    assert!(jobs.len() >= 16, "{} jobs seen", jobs.len());
     for (job, events) in &jobs {
         assert!(matches!(&events[0].body, EventBody::Started { worker_id, attempt: 1, .. } if *worker_id == id), "job {job}: {:?}", events[0].body);
         let terminal: Vec<_> = events.iter().filter(|e| e.body.is_terminal()).collect();
@@ -347,7 +354,7 @@ async fn the_python_client_calls_functions_sync_and_async() {
         .map(|v| (v["check"].as_str().unwrap().to_owned(), v["value"].clone()))
         .collect();
     let check = |name: &str| checks.get(name).unwrap_or_else(|| panic!("no {name:?} in:\n{stdout}")).clone();
-    assert_eq!(check("names"), json!(["acount", "add", "boom", "count", "describe", "slow"]));
+    assert_eq!(check("names"), json!(["acount", "add", "big", "boom", "count", "describe", "slow"]));
     assert_eq!(check("signature"), json!("(a, b=2)"));
     assert_eq!(check("doc"), json!("Returns a + b."));
     assert_eq!(check("sync add"), json!(12));

@@ -543,6 +543,9 @@ class Events:
 
     async def send(self, *bodies: Dict[str, Any]) -> None:
         payload = wire.encode(wire.stream_event(self.job_id, self.seq, list(bodies)))
+        limit = getattr(self.nc, "max_payload", 0) or 0
+        if limit and len(payload) > limit:
+            raise ToolError("function_failed", f"the result is {len(payload)} bytes as MessagePack, over the NATS server's max payload ({limit} bytes)")
         self.seq += 1
         await self.nc.publish(self.reply_to, payload)
 

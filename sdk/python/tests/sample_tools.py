@@ -65,5 +65,10 @@ class SampleTools:
         await asyncio.sleep(seconds)
         return {"slept": seconds, "pid": os.getpid()}
 
+    @remote_callable
+    def big(self, size: int) -> str:
+        """A string of `size` bytes (over NATS's max payload: a clean function_failed)."""
+        return "x" * size
+
     def not_hosted(self) -> int:
         return 0

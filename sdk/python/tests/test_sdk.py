@@ -189,3 +189,38 @@ def test_remote_function_signatures():
     assert remote.path() == "/tools/m/x/f"
     with pytest.raises(TypeError):
         remote.arguments((1, 2, 3), {})
+
+
+SCHEMA_FILE = __import__("pathlib").Path(__file__).resolve().parents[3] / "schemas/json/switchyard.schema.json"
+
+
+def test_messages_match_the_published_json_schema():
+    """What the worker writes is valid against schemas/json/switchyard.schema.json (the wire
+    contract generated from the Rust types)."""
+    import json
+
+    import jsonschema
+
+    from switchyard.worker import Worker
+
+    schemas = json.loads(SCHEMA_FILE.read_text())
+    worker = Worker(Sample(), "m/x", permissions="groups: a; users: b; owner: c", model_rpm=5)
+    # Through msgpack and back, as a reader in another language would see it.
+    record = wire.decode(wire.encode(worker.record()))
+    jsonschema.validate(record, schemas["WorkerRecord"])
+    jsonschema.validate(record["models"][0], schemas["ModelCard"])
+    assert record["models"][0]["permissions"] == {"groups": ["a"], "users": ["b"], "owner": "c"}
+    bodies = [
+        wire.started("w", 2),
+        wire.tool_result({"a": [1, 2.5, None, "x"]}),
+        wire.tool_chunk(3),
+        wire.done("stop"),
+        wire.done("cancelled"),
+        wire.error("invalid_arguments", "m"),
+        wire.error("function_failed", "m"),
+        wire.error("unknown_function", "m"),
+        wire.error("deadline_exceeded", "m"),
+    ]
+    event = wire.decode(wire.encode(wire.stream_event("j", 7, bodies)))
+    jsonschema.validate(event, schemas["StreamEvent"])
+    worker.pool.shutdown()
