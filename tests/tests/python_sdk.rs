@@ -530,3 +530,20 @@ async fn direct_publishers_get_wire_events_on_both_lanes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn in_progress_acks_keep_a_long_call_with_its_worker() {
+    let stack = Stack::start().await;
+    // An ack wait of 1 s and a call of 3.5 s: without in-progress acks JetStream would hand
+    // the call to the other worker (a second Started, attempt 2) before it ends.
+    let args = ["--ack-wait", "1s"];
+    let (_a, _) = ready_python_worker(&stack, "py-worker-a", &args).await;
+    let (_b, _) = ready_python_worker(&stack, "py-worker-b", &args).await;
+    let mut tap = stack.tap_replies().await;
+    let (status, body) = stack.post_json(&call_path("slow"), &json!({"seconds": 3.5})).await;
+    assert_eq!(status, 200, "{body}");
+    tap.drain(Duration::from_millis(1500)).await;
+    let started = tap.started_by();
+    assert_eq!(started.len(), 1, "delivered once: {started:?}");
+    assert_eq!(started[0].2, 1);
+}
