@@ -547,3 +547,67 @@ async fn in_progress_acks_keep_a_long_call_with_its_worker() {
     assert_eq!(started.len(), 1, "delivered once: {started:?}");
     assert_eq!(started[0].2, 1);
 }
+
+/// Waits until some job's cancel flag is in Redis (the api set it when its client left).
+async fn wait_for_a_cancel_flag(stack: &Stack) {
+    let redis = stack.redis_conn().await;
+    eventually(Duration::from_secs(20), "a cancel flag in Redis", || {
+        let mut redis = redis.clone();
+        async move {
+            let flags: Vec<String> = redis::cmd("KEYS").arg(keys::CANCEL_FLAGS).query_async(&mut redis).await.unwrap();
+            (!flags.is_empty()).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A call whose client gives up after `after` while it is still queued.
+async fn abandoned_call(stack: &Stack, after: Duration) {
+    let impatient = switchyard_tests::http_client().no_proxy().timeout(after).build().unwrap();
+    let result = impatient.post(stack.api_url(&call_path("slow"))).json(&json!({"seconds": 0.1})).send().await;
+    assert!(result.is_err(), "the call was still queued when its client left: {result:?}");
+}
+
+#[tokio::test]
+async fn a_call_cancelled_while_queued_is_skipped() {
+    let stack = Stack::start().await;
+    let (_worker, _) = ready_python_worker(&stack, "py-worker", &["--slots", "1"]).await;
+    let mut tap = stack.tap_replies().await;
+    let (path, arguments) = (call_path("slow"), json!({"seconds": 5.0}));
+    let ((status, body), ()) = tokio::join!(stack.post_json(&path, &arguments), async {
+        // While the one slot is busy, a second call waits in the queue; its client leaves.
+        tap.wait_for(Duration::from_secs(20), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the first call started");
+        abandoned_call(&stack, Duration::from_millis(500)).await;
+        wait_for_a_cancel_flag(&stack).await;
+    });
+    assert_eq!(status, 200, "{body}");
+    // A call queued after it is served, so the worker has pulled (and skipped) the cancelled one.
+    assert_eq!(stack.post_json(&call_path("add"), &json!({"a": 1})).await, (200, json!(3)));
+    tap.drain(Duration::from_millis(300)).await;
+    assert_eq!(tap.started_by().len(), 2, "the cancelled call never started: {:?}", tap.started_by());
+}
+
+#[tokio::test]
+async fn a_call_cancelled_before_its_worker_listened_is_skipped_by_its_redis_flag() {
+    let stack = Stack::start().await;
+    let (_a, _) = ready_python_worker(&stack, "py-worker-a", &["--slots", "1"]).await;
+    let mut tap = stack.tap_replies().await;
+    // (Long enough that b is up and has pulled the cancelled call before a's slot frees.)
+    let (path, arguments) = (call_path("slow"), json!({"seconds": 10.0}));
+    let ((status, body), b) = tokio::join!(stack.post_json(&path, &arguments), async {
+        // a's one slot is busy; a second call waits in the queue and its client leaves. Then b
+        // starts: it never heard that cancellation (it was announced before b listened), so
+        // when b pulls the call it asks the Redis flag, and skips it.
+        tap.wait_for(Duration::from_secs(20), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the first call started");
+        abandoned_call(&stack, Duration::from_millis(500)).await;
+        wait_for_a_cancel_flag(&stack).await;
+        let b = python_worker(&stack, "py-worker-b", &stack.log_dir().join("b-markers"), &[]);
+        stack.worker_id(&b).await;
+        eventually(Duration::from_secs(20), "b to skip the cancelled call", || async { b.log().contains("cancelled while queued").then_some(()) }).await;
+        b
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(b.is_running());
+    tap.drain(Duration::from_millis(300)).await;
+    assert_eq!(tap.started_by().len(), 1, "the cancelled call never started: {:?}", tap.started_by());
+}
