@@ -155,18 +155,25 @@ class Worker:
         self.connects_at_baseline = -1
         self.busy = 0
         self.handing_back = False
-        self.stopping = asyncio.Event()
+        self.stop_requested = False
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.slots_total + 2, thread_name_prefix="switchyard-call")
         self.started_ms = wire.now_ms()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Starts the drain (what SIGTERM does)."""
-        self.stopping.set()
+        """Starts the drain (what SIGTERM does); thread-safe once `run` has started."""
+        self.stop_requested = True
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(self.stopping.set)
 
     async def run(self, install_signal_handlers: bool = True) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
+        # Made here, on the loop that runs the worker (asyncio objects bind to one on 3.9).
+        self.stopping = asyncio.Event()
+        if self.stop_requested:
+            self.stopping.set()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 try:
