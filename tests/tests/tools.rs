@@ -243,3 +243,23 @@ async fn two_workers_of_one_tool_model_share_the_calls() {
     }
     assert_eq!(pids, HashSet::from([a.pid(), b.pid()]), "both workers served calls");
 }
+
+#[tokio::test]
+async fn calls_of_a_tool_model_without_a_live_worker_wait_in_the_queue() {
+    let stack = Stack::builder().queue_timeout(Duration::from_secs(20)).start().await;
+    let (first, _) = stack.ready_worker(&["tools-demo"], MODEL).await;
+    first.sigterm();
+    first.wait_exit(Duration::from_secs(30)).await.expect("the worker drained and left");
+    eventually(Duration::from_secs(30), "the tool model to leave /v1/tools", || async {
+        let (_, list) = get(&stack, "/v1/tools", None).await;
+        listed(&list, "custom_method").is_none().then_some(())
+    })
+    .await;
+    // Still known: the call waits for a worker instead of being told the model does not exist.
+    let (path, arguments) = (call_path("custom_method"), json!({"a": 1, "b": 2}));
+    let ((status, body), _second) = tokio::join!(stack.post_json(&path, &arguments), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stack.worker(&["tools-demo"])
+    });
+    assert_eq!((status, body), (200, json!(3)), "a worker that started later took the queued call");
+}

@@ -72,7 +72,7 @@ fn tools_of(card: &ModelCard) -> impl Iterator<Item = HostedTool> + '_ {
 }
 
 fn is_tool_model(entry: &ModelEntry) -> bool {
-    entry.card.kind == ModelKind::Tool && entry.live_workers > 0
+    entry.card.kind == ModelKind::Tool
 }
 
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", responses((status = 200, body = ToolList), ErrorResponses))]
@@ -90,7 +90,7 @@ pub(crate) fn visible(state: &AppState, caller: &Caller) -> Vec<(String, Functio
         .directory
         .live()
         .into_iter()
-        .filter(|m| is_tool_model(m) && caller.may_use(&m.card))
+        .filter(|m| is_tool_model(m) && m.live_workers > 0 && caller.may_use(&m.card))
         .flat_map(|m| {
             let ModelCard { name, functions, .. } = m.card;
             functions.into_iter().map(move |spec| (name.clone(), spec))
@@ -103,9 +103,16 @@ pub(crate) fn visible(state: &AppState, caller: &Caller) -> Vec<(String, Functio
 #[utoipa::path(get, path = "/v1/tools/{model}", tag = "tools", params(("model" = String, Path, description = "Tool model name; may contain `/`")), responses((status = 200, body = ToolList), ErrorResponses))]
 pub async fn list_model(caller: Caller, State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<ToolList>, ApiError> {
     let entry = tool_model(&state, &caller, &model).await?;
+    // Listed, like `/v1/models/{model}`, only while a worker serves it.
+    if entry.live_workers == 0 {
+        return Err(ApiError::ModelNotFound(model));
+    }
     Ok(Json(ToolList { object: "list", data: tools_of(&entry.card).collect() }))
 }
 
+/// A tool model the registry knows and the caller may use. Like a chat model's, its calls
+/// are queued even while no worker is live: one that starts within the queue timeout takes
+/// them, else they are answered 503.
 async fn tool_model(state: &AppState, caller: &Caller, model: &str) -> Result<ModelEntry, ApiError> {
     match state.model_for(caller, model).await {
         Ok(entry) if is_tool_model(&entry) => Ok(entry),
