@@ -228,11 +228,14 @@ impl Stack {
     /// (e.g. `tools-demo` beside the echo worker), with the workers' environment.
     pub fn add_worker(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
         let mut worker = Command::new(&self.switchyard);
-        worker
-            .arg("worker")
-            .args(args)
-            .args(["--nats-url", &self.nats_url, "--redis-url", &self.redis_url])
-            .envs(self.worker_env.iter().cloned());
+        worker.arg("worker").args(args);
+        self.add_worker_command(name, worker)
+    }
+
+    /// Starts another program as a worker of this stack (e.g. a Python tool worker): it gets
+    /// `--nats-url` and `--redis-url` after its own arguments, and the workers' environment.
+    pub fn add_worker_command(&mut self, name: &str, mut worker: Command) -> anyhow::Result<()> {
+        worker.args(["--nats-url", &self.nats_url, "--redis-url", &self.redis_url]).envs(self.worker_env.iter().cloned());
         self.parts.push(spawn(name, &mut worker, &self.dir)?);
         Ok(())
     }

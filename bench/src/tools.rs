@@ -15,6 +15,8 @@ use crate::stack::{self, Stack, StackOptions};
 use crate::{LoadResult, Stats, chat_body, check_completion, load, ms, sequential, thousands, wait_for_model};
 
 const TOOL_MODEL: &str = "demo-tools";
+/// The Python worker's model: `sdk/python/tests/sample_tools.py`'s `SampleTools`.
+const PY_MODEL: &str = "py-tools";
 
 #[derive(Debug, Args, Clone)]
 pub struct ToolsOptions {
@@ -37,6 +39,14 @@ pub struct ToolsOptions {
     /// Rounds: echo and the tool take turns, so a change in the machine's load hits both.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Python for the Python SDK's worker (`add` of sdk/python/tests/sample_tools.py); default:
+    /// .switchyard/py-venv/bin/python (scripts/setup.sh --test-tools). Without one, that row
+    /// is left out.
+    #[arg(long)]
+    python: Option<std::path::PathBuf>,
+    /// Slots of the Python worker (its calls run on a thread each).
+    #[arg(long, default_value_t = 64)]
+    python_slots: u32,
 }
 
 pub async fn run(options: ToolsOptions) -> anyhow::Result<()> {
@@ -59,7 +69,20 @@ pub async fn run(options: ToolsOptions) -> anyhow::Result<()> {
         nats_store: None,
     })?;
     stack.add_worker("worker-tools", &["tools-demo", "--slots", "256"])?;
-    let result = bench(&options, &mut stack).await;
+    let python = options.python.clone().unwrap_or_else(|| stack::repo_root().join(".switchyard/py-venv/bin/python"));
+    let python = python.exists().then_some(python);
+    if let Some(python) = &python {
+        let mut worker = std::process::Command::new(python);
+        let sample = stack::repo_root().join("sdk/python/tests/sample_tools.py");
+        worker
+            .args(["-m", "switchyard.worker"])
+            .arg(format!("{}:SampleTools", sample.display()))
+            .args(["--name", PY_MODEL, "--slots", &options.python_slots.to_string()]);
+        stack.add_worker_command("worker-python", worker)?;
+    } else {
+        eprintln!("no .switchyard/py-venv (scripts/setup.sh --test-tools): the Python worker's row is left out");
+    }
+    let result = bench(&options, &mut stack, python.is_some()).await;
     if result.is_err() {
         stack.keep_logs();
     }
@@ -71,10 +94,13 @@ struct Side {
     loads: Vec<LoadResult>,
 }
 
-async fn bench(options: &ToolsOptions, stack: &mut Stack) -> anyhow::Result<()> {
+async fn bench(options: &ToolsOptions, stack: &mut Stack, with_python: bool) -> anyhow::Result<()> {
     let target = Target::parse(&stack.api_url, stack.api_key.as_deref())?;
     wait_for_model(&target, Some(&mut *stack), "echo", false, Duration::from_secs(60)).await?;
     wait_for_model(&target, Some(&mut *stack), TOOL_MODEL, false, Duration::from_secs(60)).await?;
+    if with_python {
+        wait_for_model(&target, Some(&mut *stack), PY_MODEL, false, Duration::from_secs(60)).await?;
+    }
 
     let chat = chat_body("hello world", false);
     let chat_path = "/v1/chat/completions";
@@ -100,6 +126,15 @@ async fn bench(options: &ToolsOptions, stack: &mut Stack) -> anyhow::Result<()> 
         tool.loads.push(load(&target, c, options.warmup_duration, options.duration, Method::POST, &call_path, &call).await?);
         stack.check_alive()?;
     }
+    let python = if with_python {
+        let py_path = format!("/v1/tools/{PY_MODEL}/add");
+        eprintln!("· the Python worker: {} × add at concurrency 1, then {} clients for {:?}", per_round, options.concurrency, options.duration);
+        let latency = sequential(&target, Method::POST, &py_path, &call, options.warmup, per_round, check_sum).await?;
+        let load = load(&target, options.concurrency, options.warmup_duration, options.duration, Method::POST, &py_path, &call).await?;
+        Some((Stats::of(latency), load))
+    } else {
+        None
+    };
     let (echo_stats, tool_stats) = (Stats::of(echo.latency), Stats::of(tool.latency));
     let rate = |loads: &[LoadResult]| {
         let mut rates: Vec<f64> = loads.iter().map(LoadResult::rate).collect();
@@ -135,5 +170,17 @@ async fn bench(options: &ToolsOptions, stack: &mut Stack) -> anyhow::Result<()> 
         verdict(rate_ok)
     );
     println!("| errors under load | {} | {} | | 0 |", errors(&tool.loads), errors(&echo.loads));
+    if let Some((latency, load)) = python {
+        println!();
+        println!("| the Python SDK's worker (`add`, {} slots) | | | | target |", options.python_slots);
+        println!("|---|---|---|---|---|");
+        println!("| p50 / p99 at concurrency 1 | {} / {} | | | — (reported) |", ms(latency.p50), ms(latency.p99));
+        println!(
+            "| calls/s at {} clients | {} ({} errors) | | | — (reported) |",
+            options.concurrency,
+            thousands(load.rate()),
+            load.errors + load.non_200
+        );
+    }
     Ok(())
 }
