@@ -156,24 +156,16 @@ pub async fn run(options: EmbedOptions) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     let mut reference = None;
     if !options.no_reference {
-        match reference::python_works(&python) {
-            Ok(()) => {
-                let batch = options.batch_size.to_string();
-                let args = [
-                    "--encoder".as_ref(),
-                    model.as_os_str(),
-                    "--sentences".as_ref(),
-                    file.as_os_str(),
-                    "--batch-size".as_ref(),
-                    batch.as_ref(),
-                ];
-                match Reference::start(&python, options.threads, &args) {
-                    Ok(r) => reference = Some(r),
-                    Err(e) => notes.push(format!("reference missing: {e:#}")),
-                }
-            }
-            Err(e) => notes.push(format!("reference missing: {e}")),
-        }
+        let batch = options.batch_size.to_string();
+        let args = [
+            "--encoder".as_ref(),
+            model.as_os_str(),
+            "--sentences".as_ref(),
+            file.as_os_str(),
+            "--batch-size".as_ref(),
+            batch.as_ref(),
+        ];
+        reference = Reference::start_or_note(&python, options.threads, &args, &mut notes);
     }
 
     let (mut stack, switchyard, name, target) = reference::start_torch_stack(

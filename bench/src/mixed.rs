@@ -236,16 +236,8 @@ pub async fn run(options: MixedOptions) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     let mut reference = None;
     if !options.no_reference {
-        match reference::python_works(&python) {
-            Ok(()) => {
-                let args = ["--decoder".as_ref(), model.as_os_str(), "--attn-implementation".as_ref(), options.attn.as_ref()];
-                match Reference::start(&python, options.threads, &args) {
-                    Ok(r) => reference = Some(r),
-                    Err(e) => notes.push(format!("reference missing: {e:#}")),
-                }
-            }
-            Err(e) => notes.push(format!("reference missing: {e}")),
-        }
+        let args = ["--decoder".as_ref(), model.as_os_str(), "--attn-implementation".as_ref(), options.attn.as_ref()];
+        reference = Reference::start_or_note(&python, options.threads, &args, &mut notes);
     }
 
     let (mut stack, switchyard, name, target) = reference::start_torch_stack(

@@ -197,6 +197,16 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// The reference serving `args`, or `None` with why in `notes` (no working Python, or
+    /// the reference failed to start): the bench then prints Switchyard's side alone.
+    pub fn start_or_note(python: &Path, threads: usize, args: &[&std::ffi::OsStr], notes: &mut Vec<String>) -> Option<Reference> {
+        if let Err(e) = python_works(python) {
+            notes.push(format!("reference missing: {e}"));
+            return None;
+        }
+        Reference::start(python, threads, args).map_err(|e| notes.push(format!("reference missing: {e:#}"))).ok()
+    }
+
     /// `args`: reference.py's arguments beyond `--serve` and `--threads` (`--decoder DIR`, …).
     pub fn start(python: &Path, threads: usize, args: &[&std::ffi::OsStr]) -> anyhow::Result<Reference> {
         std::fs::create_dir_all(models_dir())?;

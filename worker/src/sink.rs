@@ -109,14 +109,31 @@ fn merge_delta(last: &mut EventBody, next: EventBody) -> Option<EventBody> {
     }
 }
 
+/// Bytes of `value` as compact JSON (about its MessagePack size), counted without building
+/// the text.
+fn json_size(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Roughly the encoded size of an event, to keep messages bounded.
 fn approximate_size(event: &EventBody) -> usize {
     match event {
         EventBody::Delta { text, logprobs, .. } => 16 + text.len() + logprobs.len() * 48,
         EventBody::Embeddings { vectors, .. } => 16 + vectors.iter().map(|v| 4 + v.len() * 5).sum::<usize>(),
         EventBody::Error { message, .. } => 32 + message.len(),
-        // Compact JSON is about the size of its MessagePack.
-        EventBody::ToolResult { value } | EventBody::ToolChunk { value } => 16 + value.to_string().len(),
+        EventBody::ToolResult { value } | EventBody::ToolChunk { value } => 16 + json_size(value),
         EventBody::Started { .. } | EventBody::Done { .. } => 64,
     }
 }

@@ -30,22 +30,12 @@ pub(crate) async fn respond(
     let mut events: Events = futures::stream::select_all(
         handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event.map_err(ApiError::from))).boxed()),
     );
-    // Hold the status line until the first output: an error before any text (queue timeout,
-    // context too long) is still an ordinary HTTP error, not a broken stream.
-    let first = match events.next().await {
-        Some((_, Ok(EventBody::Error { code, message }))) => Err(JobFailure::new(code, message, reply.prompt_param()).into()),
-        Some((_, Err(error))) => Err(error),
-        Some(first) => Ok(first),
-        None => Err(ApiError::Internal("the job ended without output".into())),
+    let (index, first) = match events.next().await {
+        Some((index, event)) => (index, Some(event)),
+        None => (0, None),
     };
-    let first = match first {
-        Ok(first) => first,
-        // Refused before any output: nothing to charge.
-        Err(error) => {
-            admission.settle(0);
-            return Err(error);
-        }
-    };
+    let (first, admission) = first_output(first, reply.prompt_param(), admission)?;
+    let first = (index, Ok(first));
     let state = SseState {
         reply,
         include_usage,
@@ -58,6 +48,30 @@ pub(crate) async fn respond(
     let pending = futures::stream::iter(std::iter::once(first)).chain(events);
     let body = sse_body(state, pending.ready_chunks(256));
     Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(body)).into_response())
+}
+
+/// A streamed answer's first output event. The status line waits for it, so an error before
+/// any output (queue timeout, context too long, bad arguments) is still an ordinary HTTP
+/// error, not a broken stream — and, refused before any output, it costs nothing: the
+/// admission settles at 0.
+pub(crate) fn first_output(
+    event: Option<Result<EventBody, ApiError>>,
+    prompt_param: &str,
+    admission: Admission,
+) -> Result<(EventBody, Admission), ApiError> {
+    let first = match event {
+        Some(Ok(EventBody::Error { code, message })) => Err(JobFailure::new(code, message, prompt_param).into()),
+        Some(Err(error)) => Err(error),
+        Some(Ok(first)) => Ok(first),
+        None => Err(ApiError::Internal("the job ended without output".into())),
+    };
+    match first {
+        Ok(first) => Ok((first, admission)),
+        Err(error) => {
+            admission.settle(0);
+            Err(error)
+        }
+    }
 }
 
 struct SseState {

@@ -281,19 +281,8 @@ impl Outputs {
 /// error; after, it is a last `data: {"error": …}` event.
 async fn stream_call(handle: switchyard_client::JobHandle, admission: Admission) -> Result<Response, ApiError> {
     let mut events = Box::pin(handle.into_stream());
-    let first = match events.next().await {
-        Some(Ok(EventBody::Error { code, message })) => Err(JobFailure::new(code, message, "arguments").into()),
-        Some(Err(e)) => Err(ApiError::from(e)),
-        Some(Ok(first)) => Ok(first),
-        None => Err(ApiError::Internal("the job ended without output".into())),
-    };
-    let first = match first {
-        Ok(first) => first,
-        Err(error) => {
-            admission.settle(0);
-            return Err(error);
-        }
-    };
+    let first = events.next().await.map(|event| event.map_err(ApiError::from));
+    let (first, admission) = super::sse::first_output(first, "arguments", admission)?;
     let mut admission = Some(admission);
     let frames = futures::stream::iter([Ok(first)]).chain(events).map(move |event| {
         // Each event is one frame; the job's last one settles the admission.
