@@ -79,7 +79,7 @@ mod tokenizer;
 mod weights;
 
 pub use backend::TorchBackend;
-pub use chat::ChatMessage;
+pub use chat::{ChatMessage, ToolCall};
 pub use cli::{GenerateArgs, TorchWorkerArgs, run_generate};
 pub use config::{DType, parse_device};
 pub use engine::{
@@ -97,6 +97,27 @@ pub mod testing {
     use crate::config::DType;
     use crate::error::{Result, TorchError};
     use crate::models::{self, Model};
+
+    /// `template` (a chat template's text) rendered for `messages` and `tools` with the special
+    /// tokens of `dir`'s `tokenizer_config.json`, as the engine renders the model's own
+    /// template: for checking other models' templates against transformers without their
+    /// weights.
+    pub fn render_chat_template(
+        dir: &Path,
+        template: &str,
+        messages: &[crate::ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let cfg: crate::config::TokenizerConfig =
+            crate::config::read_json_opt(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        let special_tokens = crate::chat::ChatTemplate::special_tokens(&cfg);
+        crate::chat::ChatTemplate::new(template.to_owned(), special_tokens)?.render(
+            messages,
+            tools,
+            add_generation_prompt,
+        )
+    }
 
     /// The f32 logits at the last position of `ids`, from a fresh cache, run alone.
     pub fn last_logits(dir: &Path, dtype: DType, ids: &[u32]) -> Result<Vec<f32>> {

@@ -45,7 +45,7 @@ fn check(name: &str, architecture: &str) {
     }
     for c in expected["chat"].as_array().unwrap() {
         let messages: Vec<ChatMessage> = serde_json::from_value(c["messages"].clone()).unwrap();
-        let rendered = engine.render_chat(&messages, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        let rendered = engine.render_chat(&messages, None, c["add_generation_prompt"].as_bool().unwrap()).unwrap();
         assert_eq!(rendered, c["rendered"].as_str().unwrap());
         let ids: Vec<u32> = serde_json::from_value(c["input_ids_add_special_tokens_false"].clone()).unwrap();
         assert_eq!(engine.tokenize(&rendered, false).unwrap(), ids);

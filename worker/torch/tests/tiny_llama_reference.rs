@@ -75,7 +75,7 @@ fn chat_template_text_and_ids_match() {
     for c in chats {
         let messages: Vec<ChatMessage> = serde_json::from_value(c["messages"].clone()).unwrap();
         let add = c["add_generation_prompt"].as_bool().unwrap();
-        let rendered = engine.render_chat(&messages, add).unwrap();
+        let rendered = engine.render_chat(&messages, None, add).unwrap();
         assert_eq!(rendered, c["rendered"].as_str().unwrap());
         let ids: Vec<u32> = serde_json::from_value(c["input_ids_add_special_tokens_false"].clone()).unwrap();
         assert_eq!(engine.tokenize(&rendered, false).unwrap(), ids);

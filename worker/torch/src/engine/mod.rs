@@ -124,6 +124,9 @@ pub struct ModelInfo {
     /// Ids that end generation unless a request sets `ignore_eos`.
     pub eos_token_ids: Vec<u32>,
     pub has_chat_template: bool,
+    /// The chat template does something with a request's `tools` (a heuristic: it mentions
+    /// them; see [`Engine::chat_template_source`] for the text itself).
+    pub chat_template_supports_tools: bool,
     /// Length of an embedding vector (encoders only).
     pub embedding_dim: Option<u32>,
     pub dtype: DType,
@@ -333,9 +336,24 @@ impl Engine {
         rx.await.map_err(|_| TorchError::EngineStopped)?
     }
 
-    /// The chat template's text for `messages`, as transformers' `apply_chat_template`.
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        render_chat(&self.shared, messages, add_generation_prompt)
+    /// The chat template's text for `messages` and the request's `tools` (OpenAI tool
+    /// definitions, passed to the template as they are), as transformers'
+    /// `apply_chat_template(messages, tools=tools, add_generation_prompt=…)`. `None` is
+    /// `tools=None`.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        render_chat(&self.shared, messages, tools, add_generation_prompt)
+    }
+
+    /// The text of the chat template a request with tools renders with (the model's
+    /// `tool_use` template if it names one, else its only one), e.g. to tell which tool-call
+    /// format the model writes. `None` without a template.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.shared.template.as_ref().map(|t| t.tools_source())
     }
 
     /// Token ids of `text` (with the tokenizer's special tokens when `add_special_tokens`).
@@ -349,12 +367,17 @@ impl Engine {
     }
 }
 
-fn render_chat(shared: &Shared, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+fn render_chat(
+    shared: &Shared,
+    messages: &[ChatMessage],
+    tools: Option<&[serde_json::Value]>,
+    add_generation_prompt: bool,
+) -> Result<String> {
     let template = shared
         .template
         .as_ref()
         .ok_or_else(|| TorchError::InvalidRequest(format!("model {} has no chat template", shared.info.name)))?;
-    template.render(messages, add_generation_prompt)
+    template.render(messages, tools, add_generation_prompt)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -428,6 +451,7 @@ impl Worker {
             context_length: context_length as u32,
             eos_token_ids: eos,
             has_chat_template: template.is_some(),
+            chat_template_supports_tools: template.as_ref().is_some_and(ChatTemplate::supports_tools),
             embedding_dim,
             dtype: loaded.dtype,
             device: device_name,

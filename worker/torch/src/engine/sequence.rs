@@ -50,7 +50,7 @@ impl Sequence {
         let params = &req.params;
         let prompt_ids = match &req.prompt {
             Prompt::Text(text) => codec.encode(text, true)?,
-            Prompt::Chat(messages) => codec.encode(&render_chat(shared, messages, true)?, false)?,
+            Prompt::Chat(messages) => codec.encode(&render_chat(shared, messages, None, true)?, false)?,
         };
         if prompt_ids.is_empty() {
             return Err(TorchError::InvalidRequest("the prompt has no tokens".into()));
