@@ -103,7 +103,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         parts.push(spawn("scheduler", part(&["scheduler"]).args(urls).args(["--listen", &scheduler_listen]), &logs)?);
         let mut models = Vec::new();
         if !options.no_workers {
-            parts.push(spawn("worker-echo", part(&["worker", "echo"]).args(urls), &logs)?);
+            parts.push(spawn("worker-echo", part(&["worker", "echo", "--tools-name", "echo-tools"]).args(urls), &logs)?);
             models.push("echo (chat, debug)".to_string());
             models.push("echo-embedding (embeddings, debug)".to_string());
             parts.push(spawn("worker-dummy", part(&["worker", "dummy"]).args(urls), &logs)?);

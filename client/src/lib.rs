@@ -72,10 +72,9 @@ pub struct Jobs {
 
 struct Inflight {
     tx: mpsc::UnboundedSender<EventBody>,
-    next_seq: u64,
-    /// Text delivered so far and the tokens it holds: what a resuming worker continues after.
-    text: String,
-    tokens: u32,
+    /// What was delivered so far (text, tool calls, chunks) and the next sequence number: what
+    /// a resuming worker continues after.
+    progress: ResumeState,
 }
 
 impl Jobs {
@@ -107,7 +106,7 @@ impl Jobs {
         let route = Route { reply_to: subject::reply(&self.instance, &id), resume_to: subject::resume(&self.instance, &id), deadline_ms: Some(deadline) };
         let (tx, rx) = mpsc::unbounded_channel();
         // Listen before publishing: a fast worker may answer before the publish ack arrives.
-        self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, next_seq: 0, text: String::new(), tokens: 0 });
+        self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, progress: ResumeState::start() });
         let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false };
         if let Err(e) = self.publish(id, lane, model, request, route).await {
             handle.finished = true;
@@ -253,27 +252,25 @@ async fn route_events(jobs: std::sync::Weak<Jobs>, mut replies: async_nats::Subs
         };
         let mut inflight = jobs.inflight.lock().unwrap();
         let Some(job) = inflight.get_mut(&message.job_id) else { continue };
+        let expected = job.progress.next_seq;
         if message.seq != OUT_OF_BAND_SEQ {
-            if message.seq < job.next_seq {
+            if message.seq < expected {
                 debug!(job_id = %message.job_id, seq = message.seq, "duplicate message dropped");
                 continue;
             }
-            if message.seq > job.next_seq {
+            if message.seq > expected {
                 let text = format!(
-                    "Lost messages {}..{} of this job between worker and api; the output would be incomplete.",
-                    job.next_seq, message.seq
+                    "Lost messages {expected}..{} of this job between worker and api; the output would be incomplete.",
+                    message.seq
                 );
                 let _ = job.tx.send(EventBody::Error { code: ErrorCode::StreamGap, message: text });
-                job.next_seq = u64::MAX - 1;
+                job.progress.next_seq = u64::MAX - 1;
                 continue;
             }
-            job.next_seq += 1;
+            job.progress.next_seq += 1;
         }
         for event in message.events {
-            if let EventBody::Delta { text, tokens, .. } = &event {
-                job.text.push_str(text);
-                job.tokens += tokens;
-            }
+            job.progress.record(&event);
             let _ = job.tx.send(event);
         }
     }
@@ -285,13 +282,8 @@ async fn answer_resumes(jobs: std::sync::Weak<Jobs>, mut requests: async_nats::S
         let Some(reply) = request.reply else { continue };
         let state = subject::job_id_of(&request.subject)
             .and_then(|id| {
-                jobs.inflight.lock().unwrap().get(&id).map(|job| ResumeState {
-                    v: WIRE_VERSION,
-                    wanted: true,
-                    text: job.text.clone(),
-                    completion_tokens: job.tokens,
-                    next_seq: job.next_seq,
-                })
+                // Still in flight, so still wanted, whatever it streamed.
+                jobs.inflight.lock().unwrap().get(&id).map(|job| ResumeState { wanted: true, ..job.progress.clone() })
             })
             .unwrap_or(ResumeState { v: WIRE_VERSION, ..Default::default() });
         if let Ok(bytes) = encode(&state) {

@@ -64,13 +64,18 @@ impl JobFailure {
         JobFailure { code, message, param }
     }
 
+    /// The worker's events did not make sense (a worker bug, never the client's fault).
+    pub fn stream(message: String) -> Self {
+        JobFailure { code: ErrorCode::BackendError, message, param: None }
+    }
+
     pub fn status(&self) -> u16 {
         match self.code {
             ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded | ErrorCode::InvalidArguments => 400,
             ErrorCode::UnknownFunction => 404,
             ErrorCode::DeadlineExceeded => 504,
             ErrorCode::StreamGap | ErrorCode::MaxDeliveriesExceeded => 502,
-            ErrorCode::Cancelled | ErrorCode::BackendError | ErrorCode::FunctionFailed => 500,
+            ErrorCode::Cancelled | ErrorCode::BackendError | ErrorCode::FunctionFailed | ErrorCode::MalformedToolCall => 500,
         }
     }
 

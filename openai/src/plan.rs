@@ -8,7 +8,7 @@
 //! ```
 
 use serde::Serialize;
-use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelCard, ModelKind, SamplingParams, TokenLogprob, Usage};
+use switchyard_schemas::{EventBody, FinishReason, JobRequest, ModelCard, ModelKind, SamplingParams, TokenLogprob, ToolCall, Usage};
 
 use crate::error::{Invalid, JobFailure};
 use crate::request::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, EncodingFormat};
@@ -81,10 +81,18 @@ pub struct Embeddings {
 pub fn plan_chat(request: ChatCompletionRequest, limits: &Limits, card: &ModelCard) -> Result<Plan, Invalid> {
     validate::serves(&request.model, card, ModelKind::Chat)?;
     let model = request.model.clone();
-    let (messages, params, n) = validate::chat(request, limits, card)?;
-    let prompt_chars: usize = messages.iter().map(|m| m.content.len()).sum();
+    let validate::Chat { messages, params, n, tools, response_format } = validate::chat(request, limits, card)?;
+    let prompt_chars: usize = messages.iter().map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>()).sum::<usize>()
+        + tools.iter().flat_map(|t| &t.tools).map(|t| t.parameters.as_ref().map_or(0, |p| p.to_string().len())).sum::<usize>();
     let estimate = estimate_tokens(prompt_chars, params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)).saturating_mul(n);
-    let jobs = (0..n).map(|i| JobRequest::Chat { messages: messages.clone(), params: choice_params(&params, i) }).collect();
+    let jobs = (0..n)
+        .map(|i| JobRequest::Chat {
+            messages: messages.clone(),
+            params: choice_params(&params, i),
+            tools: tools.clone(),
+            response_format: response_format.clone(),
+        })
+        .collect();
     let reply = Generation::new(format!("chatcmpl-{}", ulid::Ulid::new()), model, Flavor::Chat, n, params.logprobs);
     Ok(Plan { jobs, estimate, reply: Reply::Generation(reply) })
 }
@@ -129,6 +137,8 @@ fn choice_params(params: &SamplingParams, i: u32) -> SamplingParams {
 #[derive(Debug, Clone, Default)]
 pub struct JobOutput {
     pub text: String,
+    /// The calls the model made, their arguments as complete as the events were.
+    pub tool_calls: Vec<ToolCall>,
     pub logprobs: Vec<TokenLogprob>,
     /// Embedding vectors as they came: the index of the batch's first input, and its vectors.
     pub vectors: Vec<(u32, Vec<Vec<f32>>)>,
@@ -145,6 +155,16 @@ impl JobOutput {
                 self.text.push_str(&text);
                 self.logprobs.extend(logprobs);
             }
+            EventBody::ToolCallStart { index, id, name } => {
+                if index as usize != self.tool_calls.len() {
+                    return Err(JobFailure::stream(format!("tool call {index} began after {} calls", self.tool_calls.len())));
+                }
+                self.tool_calls.push(ToolCall { id, name, arguments: String::new() });
+            }
+            EventBody::ToolCallArguments { index, delta, .. } => match self.tool_calls.get_mut(index as usize) {
+                Some(call) => call.arguments.push_str(&delta),
+                None => return Err(JobFailure::stream(format!("arguments of tool call {index}, which never began"))),
+            },
             EventBody::Embeddings { first_index, vectors } => self.vectors.push((first_index, vectors)),
             EventBody::Done { finish_reason, usage } => {
                 self.finish_reason = Some(finish_reason);
@@ -263,7 +283,7 @@ impl Generation {
                         index,
                         logprobs: self.logprobs.then(|| ChatLogprobs::new(&output.logprobs)),
                         finish_reason: output.finish_reason.map(FinishReason::as_str),
-                        message: AssistantMessage { role: "assistant", content: output.text, refusal: None },
+                        message: AssistantMessage::new(output.text, output.tool_calls),
                     })
                     .collect();
                 Answer::Chat(self.completion("chat.completion", choices, usage))
@@ -349,6 +369,7 @@ mod tests {
             limits: RateLimits::default(),
             created: 0,
             last_seen_ms: 0,
+            supports: Default::default(),
             functions: Vec::new(),
         }
     }

@@ -53,6 +53,26 @@ pub struct ChatCompletionRequest {
     pub seed: Option<u64>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Functions the model may call.
+    #[serde(default)]
+    pub tools: Option<Vec<ToolIn>>,
+    /// `none`, `auto`, `required`, or `{"type": "function", "function": {"name": …}}`.
+    /// OpenAI's default: `none` without tools, `auto` with them.
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceIn>,
+    /// Whether the model may make several calls in one answer (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormatIn>,
+    /// The deprecated predecessors of `tools` and `tool_choice`: refused by name, never
+    /// ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub functions: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub function_call: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -62,6 +82,109 @@ pub struct ChatMessageIn {
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
+    /// An assistant message's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// One of an assistant message's `tool_calls`, as OpenAI returned it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ToolCallIn {
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: FunctionType,
+    pub function: FunctionCallIn,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FunctionCallIn {
+    pub name: String,
+    /// The arguments as a JSON object's text.
+    pub arguments: String,
+}
+
+/// The only tool type OpenAI's chat completions have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionType {
+    Function,
+}
+
+/// One of a request's `tools`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ToolIn {
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: FunctionType,
+    pub function: FunctionDefinition,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct FunctionDefinition {
+    /// `^[a-zA-Z0-9_-]{1,64}$`.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON Schema of the arguments object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoiceIn {
+    /// `none`, `auto` or `required`.
+    Mode(ToolChoiceMode),
+    Named(NamedToolChoice),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoiceMode {
+    None,
+    Auto,
+    Required,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: FunctionType,
+    pub function: NamedFunction,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// The answer's shape: `{"type": "text"}`, `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormatIn {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -93,7 +93,7 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     /// Present (not null) when the request set `logprobs: true`.
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop`, `length`, `cancelled`.
+    /// `stop`, `length`, `tool_calls`, `cancelled`.
     pub finish_reason: Option<&'static str>,
 }
 
@@ -101,9 +101,46 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     /// `assistant`.
     pub role: &'static str,
-    pub content: String,
+    /// Null when the model only called tools.
+    pub content: Option<String>,
     #[schema(value_type = Option<String>)]
     pub refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+impl AssistantMessage {
+    pub fn new(content: String, tool_calls: Vec<switchyard_schemas::ToolCall>) -> AssistantMessage {
+        AssistantMessage {
+            role: "assistant",
+            content: (!content.is_empty() || tool_calls.is_empty()).then_some(content),
+            refusal: None,
+            tool_calls: tool_calls.into_iter().map(ToolCallOut::from).collect(),
+        }
+    }
+}
+
+/// One of an answer's `tool_calls`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments, as the text of a JSON object.
+    pub arguments: String,
+}
+
+impl From<switchyard_schemas::ToolCall> for ToolCallOut {
+    fn from(call: switchyard_schemas::ToolCall) -> ToolCallOut {
+        ToolCallOut { id: call.id, kind: "function", function: FunctionCallOut { name: call.name, arguments: call.arguments } }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -223,8 +260,9 @@ pub struct ChatChunkChoice<'a> {
     pub finish_reason: Option<&'static str>,
 }
 
-/// What a chat chunk adds: the role (first chunk), text, or nothing (the finishing chunk).
-#[derive(Debug, Serialize)]
+/// What a chat chunk adds: the role (first chunk), text, a piece of a tool call, or nothing
+/// (the finishing chunk).
+#[derive(Debug, Default, Serialize)]
 pub struct ChatDelta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -232,6 +270,27 @@ pub struct ChatDelta<'a> {
     pub content: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Option<()>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+}
+
+/// A piece of one tool call: its first carries the id, type and name (and empty arguments),
+/// the next ones more of the arguments.
+#[derive(Debug, Serialize)]
+pub struct ToolCallDelta<'a> {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub arguments: &'a str,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,10 +1,18 @@
 //! Checks every request before anything is queued, and turns OpenAI parameters into the
 //! job's [`SamplingParams`]. Each error names the offending `param`.
 
-use switchyard_schemas::{ChatMessage, ModelCard, ModelKind, SamplingParams};
+use std::collections::HashSet;
+
+use serde_json::Value;
+use switchyard_schemas::{
+    ChatMessage, FunctionSpec, ModelCard, ModelKind, ResponseFormat, SamplingParams, ToolCall, ToolChoice, ToolDefinition, ToolUse,
+};
 
 use crate::error::Invalid;
-use crate::request::{ChatCompletionRequest, ChatMessageIn, CompletionRequest, EmbeddingInput, MessageContent, Prompt};
+use crate::request::{
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, EmbeddingInput, MessageContent, Prompt, ResponseFormatIn, ToolChoiceIn,
+    ToolChoiceMode, ToolIn,
+};
 
 /// Limits an operator can set. Serializable: a batch keeps the limits of the api that
 /// accepted it, so its lines are held to what its interactive requests would be.
@@ -110,12 +118,32 @@ fn in_range(param: &'static str, value: Option<f32>, min: f32, max: f32) -> Resu
     }
 }
 
-/// A chat request's messages, sampling parameters and `n`, checked against `card`.
-pub fn chat(request: ChatCompletionRequest, limits: &Limits, card: &ModelCard) -> Result<(Vec<ChatMessage>, SamplingParams, u32), Invalid> {
+/// A chat request, checked: what its jobs carry.
+#[derive(Debug)]
+pub struct Chat {
+    pub messages: Vec<ChatMessage>,
+    pub params: SamplingParams,
+    pub n: u32,
+    /// `None` when the request has no tools, or only tools its model is told not to call and
+    /// cannot read.
+    pub tools: Option<ToolUse>,
+    pub response_format: ResponseFormat,
+}
+
+/// A chat request's messages, sampling parameters, `n`, tools and response format, checked
+/// against `card`.
+pub fn chat(request: ChatCompletionRequest, limits: &Limits, card: &ModelCard) -> Result<Chat, Invalid> {
     if request.max_tokens.is_some() && request.max_completion_tokens.is_some() {
         return Err(Invalid::new("max_tokens", "Set either 'max_tokens' or 'max_completion_tokens', not both."));
     }
+    for (param, value) in [("functions", &request.functions), ("function_call", &request.function_call)] {
+        if value.is_some() {
+            return Err(Invalid::new(param, format!("'{param}' is deprecated and not supported; use 'tools' and 'tool_choice'.")));
+        }
+    }
     let messages = messages(request.messages)?;
+    let tools = tool_use(request.tools, request.tool_choice, request.parallel_tool_calls, &request.model, card)?;
+    let response_format = response_format(request.response_format, &request.model, card)?;
     let (mut params, n) = check_common(
         Common {
             max_tokens_param: if request.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" },
@@ -142,14 +170,119 @@ pub fn chat(request: ChatCompletionRequest, limits: &Limits, card: &ModelCard) -
         }
         params.top_logprobs = top;
     }
-    Ok((messages, params, n))
+    Ok(Chat { messages, params, n, tools, response_format })
 }
 
+/// `tools`, `tool_choice` and `parallel_tool_calls`, checked as OpenAI checks them, and
+/// refused when the model cannot call tools but would be asked to.
+fn tool_use(
+    tools: Option<Vec<ToolIn>>,
+    choice: Option<ToolChoiceIn>,
+    parallel: Option<bool>,
+    model: &str,
+    card: &ModelCard,
+) -> Result<Option<ToolUse>, Invalid> {
+    let tools = tools.unwrap_or_default();
+    if tools.is_empty() {
+        if matches!(choice, Some(ToolChoiceIn::Named(_)) | Some(ToolChoiceIn::Mode(ToolChoiceMode::Auto | ToolChoiceMode::Required))) {
+            return Err(Invalid::new("tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."));
+        }
+        if parallel.is_some() {
+            return Err(Invalid::new(
+                "parallel_tool_calls",
+                "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' are specified.",
+            ));
+        }
+        return Ok(None);
+    }
+    if tools.len() > 128 {
+        return Err(Invalid::new("tools", format!("Invalid 'tools': array too long. Expected at most 128 tools, got {}.", tools.len())));
+    }
+    let mut names = HashSet::new();
+    let mut definitions = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.into_iter().enumerate() {
+        let function = tool.function;
+        if !FunctionSpec::valid_name(&function.name) {
+            return Err(Invalid::new(
+                format!("tools[{i}].function.name"),
+                format!("Invalid 'tools[{i}].function.name': '{}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'.", function.name),
+            ));
+        }
+        if !names.insert(function.name.clone()) {
+            return Err(Invalid::new(format!("tools[{i}].function.name"), format!("Duplicate function name '{}' in 'tools'.", function.name)));
+        }
+        if let Some(parameters) = &function.parameters {
+            check_schema(&format!("tools[{i}].function.parameters"), parameters, true)?;
+        }
+        definitions.push(ToolDefinition {
+            name: function.name,
+            description: function.description,
+            parameters: function.parameters,
+            strict: function.strict,
+        });
+    }
+    let choice = match choice {
+        None | Some(ToolChoiceIn::Mode(ToolChoiceMode::Auto)) => ToolChoice::Auto,
+        Some(ToolChoiceIn::Mode(ToolChoiceMode::None)) => ToolChoice::None,
+        Some(ToolChoiceIn::Mode(ToolChoiceMode::Required)) => ToolChoice::Required,
+        Some(ToolChoiceIn::Named(named)) => {
+            if !names.contains(&named.function.name) {
+                return Err(Invalid::new(
+                    "tool_choice",
+                    format!("Invalid value for 'tool_choice': no function named '{}' was specified in 'tools'.", named.function.name),
+                ));
+            }
+            ToolChoice::Function(named.function.name)
+        }
+    };
+    if !card.supports.tools {
+        // A model told not to call tools it cannot read loses nothing by not seeing them.
+        if choice == ToolChoice::None {
+            return Ok(None);
+        }
+        return Err(Invalid::new("tools", format!("The model `{model}` does not support tools (function calling).")));
+    }
+    Ok(Some(ToolUse { tools: definitions, choice, parallel: parallel.unwrap_or(true) }))
+}
+
+fn response_format(format: Option<ResponseFormatIn>, model: &str, card: &ModelCard) -> Result<ResponseFormat, Invalid> {
+    let format = match format {
+        None | Some(ResponseFormatIn::Text) => return Ok(ResponseFormat::Text),
+        Some(ResponseFormatIn::JsonObject) => ResponseFormat::JsonObject,
+        Some(ResponseFormatIn::JsonSchema { json_schema }) => {
+            if !FunctionSpec::valid_name(&json_schema.name) {
+                return Err(Invalid::new(
+                    "response_format.json_schema.name",
+                    format!("Invalid 'response_format.json_schema.name': '{}' does not match '^[a-zA-Z0-9_-]{{1,64}}$'.", json_schema.name),
+                ));
+            }
+            let schema = json_schema.schema.unwrap_or_else(|| Value::Object(Default::default()));
+            check_schema("response_format.json_schema.schema", &schema, false)?;
+            ResponseFormat::JsonSchema { name: json_schema.name, schema, strict: json_schema.strict.unwrap_or(false) }
+        }
+    };
+    if !card.supports.json_output {
+        return Err(Invalid::new("response_format", format!("The model `{model}` supports only the 'text' response format.")));
+    }
+    Ok(format)
+}
+
+/// A JSON Schema a client sent: it must compile, and a function's parameters must describe an
+/// object.
+fn check_schema(param: &str, schema: &Value, object: bool) -> Result<(), Invalid> {
+    if !schema.is_object() {
+        return Err(Invalid::new(param, format!("Invalid '{param}': a JSON Schema object is expected.")));
+    }
+    if object && schema.get("type").is_some_and(|t| t != "object") {
+        return Err(Invalid::new(param, format!("Invalid '{param}': the schema must be of type 'object'.")));
+    }
+    jsonschema::validator_for(schema).map(drop).map_err(|e| Invalid::new(param, format!("Invalid '{param}': {e}")))
+}
 fn messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, Invalid> {
     if messages.is_empty() {
         return Err(Invalid::new("messages", "'messages' must contain at least one message."));
     }
-    messages
+    let messages = messages
         .into_iter()
         .enumerate()
         .map(|(i, message)| {
@@ -184,9 +317,71 @@ fn messages(messages: Vec<ChatMessageIn>) -> Result<Vec<ChatMessage>, Invalid> {
                     ));
                 }
             };
-            Ok(ChatMessage { role: message.role, content, name: message.name })
+            let tool_calls = message.tool_calls.unwrap_or_default();
+            if !tool_calls.is_empty() && message.role != "assistant" {
+                return Err(Invalid::new(
+                    format!("messages[{i}].tool_calls"),
+                    format!("Invalid parameter: only 'assistant' messages may have 'tool_calls', not '{}'.", message.role),
+                ));
+            }
+            let tool_calls = tool_calls
+                .into_iter()
+                .enumerate()
+                .map(|(j, call)| {
+                    let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
+                    if !serde_json::from_str::<Value>(&call.function.arguments).is_ok_and(|v| v.is_object()) {
+                        return Err(Invalid::new(param.clone(), format!("Invalid '{param}': not the text of a JSON object.")));
+                    }
+                    Ok(ToolCall { id: call.id, name: call.function.name, arguments: call.function.arguments })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if message.role == "tool" && message.tool_call_id.is_none() {
+                return Err(Invalid::new(
+                    format!("messages[{i}].tool_call_id"),
+                    format!("Missing required parameter: 'messages[{i}].tool_call_id'."),
+                ));
+            }
+            let tool_call_id = if message.role == "tool" { message.tool_call_id } else { None };
+            Ok(ChatMessage { role: message.role, content, name: message.name, tool_calls, tool_call_id })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    check_tool_turns(&messages)?;
+    Ok(messages)
+}
+
+/// OpenAI's rules for a conversation with tool calls: a `tool` message answers a call of the
+/// assistant message before it, and every such call is answered before the next other message.
+fn check_tool_turns(messages: &[ChatMessage]) -> Result<(), Invalid> {
+    let mut open: Vec<&str> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        if message.role == "tool" {
+            let id = message.tool_call_id.as_deref().unwrap_or_default();
+            let Some(at) = open.iter().position(|call| *call == id) else {
+                return Err(Invalid::new(
+                    format!("messages[{i}].role"),
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceding message with 'tool_calls'.",
+                ));
+            };
+            open.remove(at);
+            continue;
+        }
+        unanswered(&open)?;
+        open = message.tool_calls.iter().map(|call| call.id.as_str()).collect();
+    }
+    unanswered(&open)
+}
+
+fn unanswered(calls: &[&str]) -> Result<(), Invalid> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        "messages",
+        format!(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+            calls.join(", ")
+        ),
+    ))
 }
 
 /// A completion request's prompts, sampling parameters and `n`, checked against `card`.

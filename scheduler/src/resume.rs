@@ -4,7 +4,7 @@
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use switchyard_schemas::{EventBody, OUT_OF_BAND_SEQ, ResumeState, WIRE_VERSION, encode, subject};
+use switchyard_schemas::{OUT_OF_BAND_SEQ, ResumeState, encode, subject};
 use tracing::warn;
 
 /// Answers resume requests until the subscription ends.
@@ -28,20 +28,13 @@ pub async fn answer(js: jetstream::Context, nats: async_nats::Client, mut reques
 /// Where the next worker continues: after the text already in the stream, with the next
 /// sequence number. A job that already ended is not wanted again.
 fn resume_state(messages: impl Iterator<Item = switchyard_schemas::StreamEvent>) -> ResumeState {
-    let mut state = ResumeState { v: WIRE_VERSION, wanted: true, ..Default::default() };
+    let mut state = ResumeState::start();
     for message in messages {
         if message.seq != OUT_OF_BAND_SEQ {
             state.next_seq = message.seq + 1;
         }
-        for event in message.events {
-            match event {
-                EventBody::Delta { text, tokens, .. } => {
-                    state.text.push_str(&text);
-                    state.completion_tokens += tokens;
-                }
-                event if event.is_terminal() => state.wanted = false,
-                _ => {}
-            }
+        for event in &message.events {
+            state.record(event);
         }
     }
     state
@@ -49,7 +42,7 @@ fn resume_state(messages: impl Iterator<Item = switchyard_schemas::StreamEvent>)
 
 #[cfg(test)]
 mod tests {
-    use switchyard_schemas::{FinishReason, StreamEvent, Usage};
+    use switchyard_schemas::{EventBody, FinishReason, StreamEvent, Usage};
 
     use super::*;
 

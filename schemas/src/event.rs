@@ -59,6 +59,16 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<TokenLogprob>,
     },
+    /// The model began a call of one of the request's tools: OpenAI's first `tool_calls` delta
+    /// of call `index` (0, 1, … in the order the model wrote them).
+    ToolCallStart { index: u32, id: String, name: String },
+    /// More of call `index`'s `arguments`: the pieces, in order, are the arguments' exact text.
+    ToolCallArguments {
+        index: u32,
+        delta: String,
+        /// Tokens the piece took (as [`EventBody::Delta`]'s `tokens`).
+        tokens: u32,
+    },
     /// Embedding vectors for inputs `first_index..first_index + vectors.len()`.
     Embeddings { first_index: u32, vectors: Vec<Vec<f32>> },
     /// What a hosted function returned (any JSON value). At most one per job, never beside
@@ -146,6 +156,9 @@ pub enum ErrorCode {
     InvalidArguments,
     /// The hosted function raised an error (its worker goes on serving).
     FunctionFailed,
+    /// The model wrote a tool call that is not one: broken JSON, an unknown function, arguments
+    /// that do not match the function's schema, or no call where one was required.
+    MalformedToolCall,
 }
 
 impl ErrorCode {
@@ -161,6 +174,7 @@ impl ErrorCode {
             ErrorCode::UnknownFunction => "unknown_function",
             ErrorCode::InvalidArguments => "invalid_arguments",
             ErrorCode::FunctionFailed => "function_failed",
+            ErrorCode::MalformedToolCall => "malformed_tool_call",
         }
     }
 }

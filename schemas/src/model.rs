@@ -94,11 +94,27 @@ pub struct ModelCard {
     #[serde(default)]
     pub last_seen_ms: u64,
     /// The functions a `kind: tool` model hosts (empty for other kinds).
+    /// What a chat model can do beyond plain text; the api refuses (400) a request that needs
+    /// more than its model's card says.
+    #[serde(default)]
+    pub supports: Supports,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionSpec>,
 }
 
 /// One hosted function, as a tool model's card lists it.
+/// A chat model's optional abilities, as its worker announces them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Supports {
+    /// It reads `tools` and its calls come back as `tool_calls` (a tool-capable chat template
+    /// whose call format the worker parses, or a backend that passes tools on).
+    #[serde(default)]
+    pub tools: bool,
+    /// It honours `response_format` `json_object` and `json_schema`.
+    #[serde(default)]
+    pub json_output: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FunctionSpec {
     /// Valid as an OpenAI tool name: `^[a-zA-Z0-9_-]{1,64}$`.

@@ -118,7 +118,7 @@ async fn python_functions_are_registered_and_listed_with_schemas_from_type_hints
     let card = &record.models[0];
     assert_eq!((card.name.as_str(), card.kind), (MODEL, ModelKind::Tool));
     let names: Vec<&str> = card.functions.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["acount", "add", "big", "boom", "count", "describe", "slow"], "only @remote_callable methods");
+    assert_eq!(names, ["acount", "add", "big", "boom", "breaks", "count", "describe", "slow"], "only @remote_callable methods");
     assert_eq!(card.permissions.groups, ["default"]);
     // Heartbeats: the record's TTL is three heartbeats (2 s each), and it is refreshed.
     let mut redis = stack.redis_conn().await;
@@ -202,6 +202,17 @@ async fn plain_streamed_invalid_and_failing_calls() {
     let chunks = stack.post_stream_all(&call_path("acount"), &json!({"n": 3, "stream": true})).await;
     assert_eq!(chunks, vec![json!("a0"), json!("a1"), json!("a2")]);
     assert_eq!(stack.post_stream_all(&call_path("add"), &json!({"a": 1, "stream": true})).await, vec![json!(3)]);
+
+    // A stream that fails after its first chunks ends with a frame named `error`; its chunks,
+    // whatever they look like, are plain `data:` frames.
+    let response = stack.post(&call_path("breaks"), &json!({"n": 2, "stream": true})).await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
+    assert_eq!(frames.len(), 3, "{text}");
+    assert!(frames[0].starts_with("data: {\"error\"") && frames[1].starts_with("data: "), "{text}");
+    let last = frames[2].strip_prefix("event: error\ndata: ").unwrap_or_else(|| panic!("the last frame is the error: {text}"));
+    assert_eq!(serde_json::from_str::<Value>(last).unwrap()["error"]["code"], "function_failed", "{text}");
 
     // Invalid arguments: 400, naming the argument — wrong type, missing, unknown.
     for (arguments, named) in [(json!({"a": "five"}), "`a`"), (json!({}), "`a`"), (json!({"a": 1, "c": 2}), "`c`"), (json!({"n": -1.5}), "`n`")] {
@@ -354,7 +365,7 @@ async fn the_python_client_calls_functions_sync_and_async() {
         .map(|v| (v["check"].as_str().unwrap().to_owned(), v["value"].clone()))
         .collect();
     let check = |name: &str| checks.get(name).unwrap_or_else(|| panic!("no {name:?} in:\n{stdout}")).clone();
-    assert_eq!(check("names"), json!(["acount", "add", "big", "boom", "count", "describe", "slow"]));
+    assert_eq!(check("names"), json!(["acount", "add", "big", "boom", "breaks", "count", "describe", "slow"]));
     assert_eq!(check("signature"), json!("(a, b=2)"));
     assert_eq!(check("doc"), json!("Returns a + b."));
     assert_eq!(check("sync add"), json!(12));
@@ -366,6 +377,12 @@ async fn the_python_client_calls_functions_sync_and_async() {
     assert_eq!((invalid["status"].clone(), invalid["code"].clone()), (json!(400), json!("invalid_arguments")));
     assert!(invalid["message"].as_str().unwrap().contains("`a`"), "{invalid}");
     assert_eq!(check("sync boom"), json!({"status": 500, "code": "function_failed", "message": "it broke"}));
+    let chunk = |i: u32| json!({"error": {"message": format!("chunk {i}"), "type": "not_an_error"}});
+    assert_eq!(
+        check("sync breaks"),
+        json!({"error": {"status": 500, "code": "function_failed", "message": "broke after 2 chunks"}, "chunks": [chunk(0), chunk(1)]}),
+        "chunks shaped like errors are chunks; the stream's error is its `event: error` frame"
+    );
     assert_eq!(check("sync count closed early"), json!([0, 1]));
     assert_eq!(check("async is coroutine"), json!(true));
     assert_eq!(check("async add"), json!(5));

@@ -207,6 +207,24 @@ async fn a_call_of_a_killed_worker_is_redelivered_and_completes() {
 }
 
 #[tokio::test]
+async fn a_streamed_call_of_a_killed_worker_goes_on_without_repeating_chunks() {
+    let stack = Stack::start().await;
+    let args = ["tools-demo", "--ack-wait", "1s"];
+    let (a, _) = stack.ready_worker(&args, MODEL).await;
+    let mut reader = stack.post_stream(&call_path("get_stream"), &json!({"count": 40, "interval_ms": 50, "stream": true})).await;
+    for i in 0..5 {
+        assert_eq!(reader.next_json().await, Some(json!(i)));
+    }
+    let b = stack.worker(&args);
+    stack.worker_id(&b).await;
+    a.sigkill();
+    // The second worker runs the function again from the start and sends only what the client
+    // does not have yet: every number once, in order.
+    let rest = reader.rest().await;
+    assert_eq!(rest, (5..40).map(|i| json!(i)).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn a_client_that_goes_away_cancels_its_streamed_call() {
     let stack = Stack::start().await;
     let _worker = stack.ready_worker(&["tools-demo"], MODEL).await;

@@ -248,6 +248,7 @@ impl Backend for Toolbox {
             limits: Default::default(),
             created: switchyard_schemas::now_ms() / 1000,
             last_seen_ms: 0,
+            supports: Default::default(),
             functions: self.specs(),
         }]
     }
@@ -274,10 +275,20 @@ impl Backend for Toolbox {
             }
             Body::Stream(open) => {
                 let mut items = open(arguments.clone(), call)?;
+                // A redelivered call runs again from the start; the chunks the client already
+                // has are not sent twice.
+                let mut delivered = job.resume.as_ref().map_or(0, |state| state.chunks);
                 loop {
                     tokio::select! {
                         item = items.next() => match item {
-                            Some(value) => sink.tool_chunk(value?),
+                            Some(value) => {
+                                let value = value?;
+                                if delivered > 0 {
+                                    delivered -= 1;
+                                } else {
+                                    sink.tool_chunk(value);
+                                }
+                            }
                             None => break,
                         },
                         _ = cancel.cancelled() => return done(FinishReason::Cancelled),

@@ -14,6 +14,7 @@ mod running;
 pub mod runtime;
 pub mod sink;
 pub mod slots;
+pub mod tool_calls;
 
 pub use backend::{Backend, BackendError, Finish, Job};
 pub use runtime::{RuntimeOptions, run_worker};

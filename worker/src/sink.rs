@@ -49,6 +49,16 @@ impl EventSink {
         }
     }
 
+    /// The model began tool call `index` (see [`crate::tool_calls`]).
+    pub fn tool_call_start(&self, index: u32, id: String, name: String) {
+        self.send(EventBody::ToolCallStart { index, id, name });
+    }
+
+    /// More of tool call `index`'s arguments text, `tokens` tokens long.
+    pub fn tool_call_arguments(&self, index: u32, delta: impl Into<String>, tokens: u32) {
+        self.send(EventBody::ToolCallArguments { index, delta: delta.into(), tokens });
+    }
+
     /// Sends what a hosted function returned.
     pub fn tool_result(&self, value: serde_json::Value) {
         self.send(EventBody::ToolResult { value });
@@ -93,7 +103,8 @@ pub(crate) async fn publish(nats: &async_nats::Client, job_id: &str, reply_to: S
     }
 }
 
-/// Appends `next` to `last` when both are text; otherwise gives `next` back.
+/// Appends `next` to `last` when both are text, or both pieces of one tool call's arguments;
+/// otherwise gives `next` back.
 fn merge_delta(last: &mut EventBody, next: EventBody) -> Option<EventBody> {
     match (last, next) {
         (
@@ -103,6 +114,14 @@ fn merge_delta(last: &mut EventBody, next: EventBody) -> Option<EventBody> {
             text.push_str(&more_text);
             *tokens += more_tokens;
             logprobs.extend(more_logprobs);
+            None
+        }
+        (
+            EventBody::ToolCallArguments { index, delta, tokens },
+            EventBody::ToolCallArguments { index: more_index, delta: more_delta, tokens: more_tokens },
+        ) if *index == more_index => {
+            delta.push_str(&more_delta);
+            *tokens += more_tokens;
             None
         }
         (_, next) => Some(next),
@@ -134,6 +153,8 @@ fn approximate_size(event: &EventBody) -> usize {
         EventBody::Embeddings { vectors, .. } => 16 + vectors.iter().map(|v| 4 + v.len() * 5).sum::<usize>(),
         EventBody::Error { message, .. } => 32 + message.len(),
         EventBody::ToolResult { value } | EventBody::ToolChunk { value } => 16 + json_size(value),
+        EventBody::ToolCallStart { id, name, .. } => 32 + id.len() + name.len(),
+        EventBody::ToolCallArguments { delta, .. } => 24 + delta.len(),
         EventBody::Started { .. } | EventBody::Done { .. } => 64,
     }
 }

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
-use switchyard_openai::response::{ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionLogprobs, TextChunkChoice, UsageOut};
+use switchyard_openai::response::{
+    ChatChunkChoice, ChatDelta, ChatLogprobs, CompletionLogprobs, FunctionDelta, TextChunkChoice, ToolCallDelta, UsageOut,
+};
 use switchyard_openai::{Flavor, Generation, JobFailure};
 use switchyard_schemas::{EventBody, FinishReason, TokenLogprob, Usage};
 
@@ -108,23 +110,24 @@ fn sse_body(
 
 impl SseState {
     fn frame_batch(&mut self, batch: Vec<(usize, Result<EventBody, ApiError>)>, out: &mut String) {
-        let mut pending: Option<(usize, String, Vec<TokenLogprob>)> = None;
+        // Consecutive pieces of one choice's text (or of one tool call's arguments) in a batch
+        // go out as one chunk.
+        let mut pending: Option<Pending> = None;
         for (index, event) in batch {
-            if let Some((open_index, text, logprobs)) = &mut pending {
-                match &event {
-                    Ok(EventBody::Delta { text: more, logprobs: more_logprobs, .. }) if *open_index == index => {
-                        text.push_str(more);
-                        logprobs.extend(more_logprobs.iter().cloned());
-                        continue;
-                    }
-                    _ => {
-                        let (i, text, logprobs) = pending.take().unwrap();
-                        self.frame_delta(i, &text, &logprobs, out);
-                    }
+            if let Some(open) = &mut pending {
+                if open.absorb(index, &event) {
+                    continue;
                 }
+                let open = pending.take().unwrap();
+                self.frame_pending(open, out);
             }
             match event {
-                Ok(EventBody::Delta { text, logprobs, .. }) => pending = Some((index, text, logprobs)),
+                Ok(EventBody::Delta { text, logprobs, .. }) => pending = Some(Pending::Text { index, text, logprobs }),
+                Ok(EventBody::ToolCallArguments { index: call, delta, .. }) => pending = Some(Pending::Arguments { index, call, delta }),
+                Ok(EventBody::ToolCallStart { index: call, id, name }) => {
+                    let start = ToolCallDelta { index: call, id: Some(&id), kind: Some("function"), function: FunctionDelta { name: Some(&name), arguments: "" } };
+                    self.frame_tool_call(index, start, out);
+                }
                 Ok(EventBody::Done { finish_reason, usage }) => {
                     self.usages[index] = usage;
                     self.frame_finish(index, finish_reason, out);
@@ -151,9 +154,28 @@ impl SseState {
                 ) => {}
             }
         }
-        if let Some((i, text, logprobs)) = pending {
-            self.frame_delta(i, &text, &logprobs, out);
+        if let Some(open) = pending {
+            self.frame_pending(open, out);
         }
+    }
+
+    fn frame_pending(&mut self, pending: Pending, out: &mut String) {
+        match pending {
+            Pending::Text { index, text, logprobs } => self.frame_delta(index, &text, &logprobs, out),
+            Pending::Arguments { index, call, delta } => {
+                let more = ToolCallDelta { index: call, id: None, kind: None, function: FunctionDelta { name: None, arguments: &delta } };
+                self.frame_tool_call(index, more, out);
+            }
+        }
+    }
+
+    /// A chunk with a piece of choice `index`'s tool call (only chat streams have them).
+    fn frame_tool_call(&mut self, index: usize, call: ToolCallDelta<'_>, out: &mut String) {
+        if !self.role_sent[index] {
+            self.frame_delta(index, "", &[], out);
+        }
+        let delta = ChatDelta { tool_calls: Some([call]), ..Default::default() };
+        self.write_chunk(&[ChatChunkChoice { index, delta, logprobs: None, finish_reason: None }], None, out);
     }
 
     /// One SSE chunk of this response holding `choices` (and, with `include_usage`, a
@@ -167,11 +189,11 @@ impl SseState {
         match &self.reply.flavor {
             Flavor::Chat => {
                 if first {
-                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None) };
+                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None), tool_calls: None };
                     self.write_chunk(&[ChatChunkChoice { index, delta: role, logprobs: None, finish_reason: None }], None, out);
                 }
                 let logprobs = self.reply.logprobs.then(|| ChatLogprobs::new(logprobs));
-                let delta = ChatDelta { role: None, content: Some(text), refusal: None };
+                let delta = ChatDelta { content: Some(text), ..Default::default() };
                 self.write_chunk(&[ChatChunkChoice { index, delta, logprobs, finish_reason: None }], None, out);
             }
             Flavor::Completion { .. } => {
@@ -193,7 +215,7 @@ impl SseState {
         let finish_reason = Some(reason.as_str());
         match self.reply.flavor {
             Flavor::Chat => {
-                let delta = ChatDelta { role: None, content: None, refusal: None };
+                let delta = ChatDelta::default();
                 self.write_chunk(&[ChatChunkChoice { index, delta, logprobs: None, finish_reason }], None, out);
             }
             Flavor::Completion { .. } => self.write_chunk(&[TextChunkChoice { text: "", index, logprobs: None, finish_reason }], None, out),
@@ -217,6 +239,34 @@ impl SseState {
         write_event(out, &error.body());
         out.push_str("data: [DONE]\n\n");
         self.done = true;
+    }
+}
+
+/// Events of one choice waiting to go out together.
+enum Pending {
+    Text { index: usize, text: String, logprobs: Vec<TokenLogprob> },
+    Arguments { index: usize, call: u32, delta: String },
+}
+
+impl Pending {
+    /// Takes `event` in when it continues what is pending.
+    fn absorb(&mut self, event_index: usize, event: &Result<EventBody, ApiError>) -> bool {
+        match (self, event) {
+            (Pending::Text { index, text, logprobs }, Ok(EventBody::Delta { text: more, logprobs: more_logprobs, .. }))
+                if *index == event_index =>
+            {
+                text.push_str(more);
+                logprobs.extend(more_logprobs.iter().cloned());
+                true
+            }
+            (Pending::Arguments { index, call, delta }, Ok(EventBody::ToolCallArguments { index: more_call, delta: more, .. }))
+                if *index == event_index && call == more_call =>
+            {
+                delta.push_str(more);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -277,8 +277,10 @@ impl Outputs {
     }
 }
 
-/// The chunks (or the one result) as SSE. An error before any output is an ordinary HTTP
-/// error; after, it is a last `data: {"error": …}` event.
+/// The chunks (or the one result) as SSE, each a `data:` frame of its JSON value. An error
+/// before any output is an ordinary HTTP error; after, it is a last frame named `event: error`
+/// holding the OpenAI error body, so no chunk a function yields (a `{"error": …}` object, say)
+/// can be mistaken for it.
 async fn stream_call(handle: switchyard_client::JobHandle, admission: Admission) -> Result<Response, ApiError> {
     let mut events = Box::pin(handle.into_stream());
     let first = events.next().await.map(|event| event.map_err(ApiError::from));
@@ -302,5 +304,5 @@ async fn stream_call(handle: switchyard_client::JobHandle, admission: Admission)
 }
 
 fn error_frame(error: ApiError) -> String {
-    format!("data: {}\n\n", serde_json::to_string(&error.body()).unwrap_or_default())
+    format!("event: error\ndata: {}\n\n", serde_json::to_string(&error.body()).unwrap_or_default())
 }

@@ -598,7 +598,8 @@ fn job_failure(failure: JobFailure) -> Failure {
         | ErrorCode::Cancelled
         | ErrorCode::UnknownFunction
         | ErrorCode::InvalidArguments
-        | ErrorCode::FunctionFailed => Failure::Final(status, body),
+        | ErrorCode::FunctionFailed
+        | ErrorCode::MalformedToolCall => Failure::Final(status, body),
     }
 }
 

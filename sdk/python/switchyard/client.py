@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 import httpx
@@ -41,9 +41,24 @@ def _error_from(status: int, text: str) -> SwitchyardError:
         return SwitchyardError(status, text or f"HTTP {status}")
 
 
-def _is_error_frame(value: Any) -> bool:
-    """The api's last SSE frame when a stream fails after its first chunk: an OpenAI error body."""
-    return isinstance(value, dict) and set(value) == {"error"} and isinstance(value["error"], dict) and "message" in value["error"] and "type" in value["error"]
+class _Frames:
+    """Reads SSE lines into frames. A stream that fails after its first chunk ends with a frame
+    named `event: error` holding an OpenAI error body; every other frame is a chunk's JSON."""
+
+    def __init__(self) -> None:
+        self.event = ""
+
+    def feed(self, line: str) -> Optional[Tuple[str, str]]:
+        """The (event, data) of the frame `line` completes, if it is a data line."""
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+            return None
+        if not line.startswith("data:"):
+            if not line.strip():
+                self.event = ""
+            return None
+        event, self.event = self.event, ""
+        return event, line[5:].strip()
 
 
 def _base_url(base_url: Optional[str]) -> str:
@@ -154,6 +169,7 @@ class SyncStream:
     def __init__(self, response: httpx.Response):
         self.response = response
         self.lines = response.iter_lines()
+        self.frames = _Frames()
         self.closed = False
 
     def __iter__(self) -> "SyncStream":
@@ -163,17 +179,17 @@ class SyncStream:
         if self.closed:
             raise StopIteration
         for line in self.lines:
-            if not line.startswith("data:"):
+            frame = self.frames.feed(line)
+            if frame is None:
                 continue
-            data = line[5:].strip()
+            event, data = frame
+            if event == "error":
+                self.close()
+                raise _error_from(500, data)
             if data == "[DONE]":
                 self.close()
                 raise StopIteration
-            value = json.loads(data)
-            if _is_error_frame(value):
-                self.close()
-                raise _error_from(500, data)
-            return value
+            return json.loads(data)
         self.close()
         raise SwitchyardError(502, "the stream ended before [DONE]")
 
@@ -244,6 +260,7 @@ class AsyncStream:
         self.client: Optional[httpx.AsyncClient] = None
         self.response: Optional[httpx.Response] = None
         self.lines: Optional[AsyncIterator[str]] = None
+        self.frames = _Frames()
         self.closed = False
 
     async def open(self) -> "AsyncStream":
@@ -264,17 +281,17 @@ class AsyncStream:
         await self.open()
         assert self.lines is not None
         async for line in self.lines:
-            if not line.startswith("data:"):
+            frame = self.frames.feed(line)
+            if frame is None:
                 continue
-            data = line[5:].strip()
+            event, data = frame
+            if event == "error":
+                await self.aclose()
+                raise _error_from(500, data)
             if data == "[DONE]":
                 await self.aclose()
                 raise StopAsyncIteration
-            value = json.loads(data)
-            if _is_error_frame(value):
-                await self.aclose()
-                raise _error_from(500, data)
-            return value
+            return json.loads(data)
         await self.aclose()
         raise SwitchyardError(502, "the stream ended before [DONE]")
 

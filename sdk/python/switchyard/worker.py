@@ -481,14 +481,15 @@ class Worker:
                 log.info("job %s: deadline passed before the job started; skipped", job_id)
                 await self.publish_alone(envelope, wire.error("deadline_exceeded", "the job's deadline passed before a worker could start it"))
                 return False
-            first_seq = 0
+            first_seq, skip_chunks = 0, 0
             if attempt > 1:
                 resume = await self.ask_resume(envelope)
                 if resume is None or not resume.get("wanted"):
                     log.info("job %s: redelivered job nobody waits for any more; skipped", job_id)
                     return False
                 first_seq = int(resume.get("next_seq") or 0)
-            events = Events(self.nc, job_id, envelope["reply_to"], first_seq)
+                skip_chunks = int(resume.get("chunks") or 0)
+            events = Events(self.nc, job_id, envelope["reply_to"], first_seq, skip_chunks)
             await events.send(wire.started(self.id, attempt))
             try:
                 finish = await self.call(envelope, job, events)
@@ -543,12 +544,18 @@ class Worker:
 
 
 class Events:
-    """A job's messages on its reply subject, numbered from `first_seq`."""
+    """A job's messages on its reply subject, numbered from `first_seq`. A redelivered
+    streaming call runs again from the start: its first `skip_chunks` chunks, which the client
+    already has, are not sent again."""
 
-    def __init__(self, nc: Any, job_id: str, reply_to: str, first_seq: int):
+    def __init__(self, nc: Any, job_id: str, reply_to: str, first_seq: int, skip_chunks: int = 0):
         self.nc, self.job_id, self.reply_to, self.seq = nc, job_id, reply_to, first_seq
+        self.skip_chunks = skip_chunks
 
     async def send(self, *bodies: Dict[str, Any]) -> None:
+        if self.skip_chunks and len(bodies) == 1 and bodies[0]["type"] == "tool_chunk":
+            self.skip_chunks -= 1
+            return
         payload = wire.encode(wire.stream_event(self.job_id, self.seq, list(bodies)))
         limit = getattr(self.nc, "max_payload", 0) or 0
         if limit and len(payload) > limit:

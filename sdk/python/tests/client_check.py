@@ -38,6 +38,8 @@ out("sync count", list(funcs["count"](n=4)))
 out("sync acount", list(funcs.acount(n=2)))
 out("sync invalid", error_of(lambda: funcs.add(a="five")))
 out("sync boom", error_of(lambda: funcs.boom(message="it broke")))
+chunks = []
+out("sync breaks", {"error": error_of(lambda: chunks.extend(funcs.breaks(n=2))), "chunks": chunks})
 # A stream left early: closing it disconnects, which cancels the call.
 stream = funcs["count"](n=100000, interval=0.02)
 first = [next(stream), next(stream)]

@@ -55,6 +55,14 @@ class SampleTools:
             yield f"a{i}"
 
     @remote_callable
+    def breaks(self, n: int = 2) -> Iterator[dict]:
+        """Streams n chunks shaped like an api error body, then raises: a client must tell the
+        chunks from the stream's real error."""
+        for i in range(n):
+            yield {"error": {"message": f"chunk {i}", "type": "not_an_error"}}
+        raise ValueError(f"broke after {n} chunks")
+
+    @remote_callable
     def boom(self, message: str) -> None:
         """Always raises ValueError(message)."""
         raise ValueError(message)

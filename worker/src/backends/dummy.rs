@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use switchyard_schemas::{JobRequest, ModelCard, ModelKind};
 use tokio_util::sync::CancellationToken;
 
-use super::{debug_card, debug_tokens, stream_text};
+use super::{debug_card, debug_tokens, plain_text_only, stream_text};
 use crate::{Backend, BackendError, EventSink, Finish, Job};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -39,7 +39,10 @@ impl Backend for Dummy {
 
     async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError> {
         let (params, prompt_tokens) = match &job.envelope.request {
-            JobRequest::Chat { messages, params } => (params, messages.iter().map(|m| debug_tokens(&m.content).len()).sum()),
+            JobRequest::Chat { messages, params, tools, response_format } => {
+                plain_text_only(tools.as_ref(), response_format)?;
+                (params, messages.iter().map(|m| debug_tokens(&m.content).len()).sum())
+            }
             JobRequest::Completion { prompt, params } => (params, debug_tokens(prompt).len()),
             JobRequest::Embedding { .. } => return Err(BackendError::invalid("the dummy backend serves no embeddings")),
             JobRequest::Tool { .. } => return Err(BackendError::invalid("the dummy backend hosts no functions")),

@@ -1,13 +1,20 @@
 //! `echo`: reflects the last user message (or the completion prompt) token by token, and
 //! answers embedding requests with a deterministic debug vector. For testing transport.
+//!
+//! With `--tools-name NAME` it also serves a chat model `NAME` that takes `tools`: the reflected text is read as a model's
+//! output in the Hermes format (`<tool_call>{"name": …, "arguments": …}</tool_call>`), through
+//! the same [`crate::tool_calls`] stream the torch backend uses, so a client can test tool
+//! calling end to end by sending the calls it wants back. A debugging backend: nothing here
+//! decides to call a tool.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchyard_schemas::{JobRequest, ModelCard, ModelKind};
+use switchyard_schemas::{JobRequest, ModelCard, ModelKind, ToolChoice};
 use tokio_util::sync::CancellationToken;
 
-use super::{debug_card, debug_tokens, stream_text};
+use super::{debug_card, debug_tokens, plain_text_only, stream_text, stream_tokens};
+use crate::tool_calls::{ToolCallStream, ToolFormat};
 use crate::runtime::parse_duration;
 use crate::{Backend, BackendError, EventSink, Finish, Job};
 
@@ -25,6 +32,11 @@ pub struct EchoArgs {
     /// Dimensions of the debug embedding vectors.
     #[arg(long, default_value_t = 16)]
     pub dimensions: usize,
+    /// Also serve a chat model of this name that accepts `tools`, reading the reflected text
+    /// as Hermes-format tool calls (after the forced opening of a named or `required`
+    /// `tool_choice`).
+    #[arg(long)]
+    pub tools_name: Option<String>,
 }
 
 pub struct Echo {
@@ -44,18 +56,32 @@ impl Backend for Echo {
     }
 
     fn models(&self) -> Vec<ModelCard> {
-        vec![
-            debug_card(&self.args.name, ModelKind::Chat, "echo"),
-            debug_card(&self.args.embedding_name, ModelKind::Embedding, "echo"),
-        ]
+        let mut cards =
+            vec![debug_card(&self.args.name, ModelKind::Chat, "echo"), debug_card(&self.args.embedding_name, ModelKind::Embedding, "echo")];
+        if let Some(name) = &self.args.tools_name {
+            let mut tools = debug_card(name, ModelKind::Chat, "echo");
+            tools.supports.tools = true;
+            cards.push(tools);
+        }
+        cards
     }
 
     async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError> {
         let (text, params, prompt_tokens) = match &job.envelope.request {
-            JobRequest::Chat { messages, params } => {
+            JobRequest::Chat { messages, params, tools, response_format } => {
                 let last_user = messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-                let prompt_tokens = messages.iter().map(|m| debug_tokens(&m.content).len()).sum::<usize>();
-                (last_user, params, prompt_tokens)
+                let prompt_tokens = messages.iter().map(|m| debug_tokens(&m.content).len()).sum::<usize>() as u32;
+                match tools {
+                    Some(tools)
+                        if self.args.tools_name.as_ref() == Some(&job.envelope.model)
+                            && tools.choice != ToolChoice::None
+                            && response_format.is_text() =>
+                    {
+                        return self.call_tools(last_user, params, tools, &job, prompt_tokens, sink, &cancel).await;
+                    }
+                    _ => plain_text_only(tools.as_ref(), response_format)?,
+                }
+                (last_user, params, prompt_tokens as usize)
             }
             JobRequest::Completion { prompt, params } => (prompt.as_str(), params, debug_tokens(prompt).len()),
             JobRequest::Embedding { input } => {
@@ -70,6 +96,30 @@ impl Backend for Echo {
             JobRequest::Tool { .. } => return Err(BackendError::invalid("the echo backend hosts no functions")),
         };
         Ok(stream_text(text, params, job.resume.as_ref(), prompt_tokens as u32, self.args.delay, sink, &cancel).await)
+    }
+}
+
+impl Echo {
+    /// Tool-call mode: the reflected text, after any forced opening, parsed as a model's.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_tools(
+        &self,
+        text: &str,
+        params: &switchyard_schemas::SamplingParams,
+        tools: &switchyard_schemas::ToolUse,
+        job: &Job,
+        prompt_tokens: u32,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Finish, BackendError> {
+        let mut calls = ToolCallStream::new(ToolFormat::Hermes, tools, sink, job.resume.as_ref())?;
+        let each = |token: &str| {
+            calls.push(token, 1)?;
+            Ok(calls.wants_more())
+        };
+        let (reason, produced) = stream_tokens(text, params, self.args.delay, cancel, each).await?;
+        let reason = calls.finish(reason)?;
+        Ok(Finish { reason, usage: switchyard_schemas::Usage { prompt_tokens, completion_tokens: produced } })
     }
 }
 

@@ -40,10 +40,13 @@ mod tests {
 
 use std::time::Duration;
 
-use switchyard_schemas::{FinishReason, ModelCard, ModelKind, Permissions, ResumeState, SamplingParams, Usage, WIRE_VERSION, now_ms};
+use switchyard_schemas::{
+    FinishReason, ModelCard, ModelKind, Permissions, ResponseFormat, ResumeState, SamplingParams, ToolChoice, ToolUse, Usage, WIRE_VERSION,
+    now_ms,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::{EventSink, Finish};
+use crate::{BackendError, EventSink, Finish};
 
 /// A model card for a debugging backend (no context limit: it has no model).
 pub fn debug_card(name: &str, kind: ModelKind, backend: &str) -> ModelCard {
@@ -58,6 +61,7 @@ pub fn debug_card(name: &str, kind: ModelKind, backend: &str) -> ModelCard {
         limits: Default::default(),
         created: now_ms() / 1000,
         last_seen_ms: 0,
+        supports: Default::default(),
         functions: Vec::new(),
     }
 }
@@ -74,19 +78,39 @@ pub async fn stream_text(
     sink: &EventSink,
     cancel: &CancellationToken,
 ) -> Finish {
+    // Text a previous worker already delivered is skipped, even if it ended mid-token.
+    let already_sent = resume.map_or(0, |state| state.text.len());
+    let mut offset = 0;
+    let each = |token: &str| {
+        let end = offset + token.len();
+        let unsent = &token[already_sent.clamp(offset, end) - offset..];
+        offset = end;
+        if !unsent.is_empty() {
+            sink.delta(unsent, 1);
+        }
+        Ok(true)
+    };
+    let (reason, produced) = stream_tokens(text, params, delay, cancel, each).await.expect("the text sink never fails");
+    Finish { reason, usage: Usage { prompt_tokens, completion_tokens: produced } }
+}
+
+/// Hands `text` to `each` token by token, as [`stream_text`] streams it: cut at the first
+/// stop string, at most `max_tokens`, `delay` apart, until cancelled or `each` says stop
+/// (`Ok(false)`). Returns why it ended and how many tokens it handed over.
+pub async fn stream_tokens(
+    text: &str,
+    params: &SamplingParams,
+    delay: Duration,
+    cancel: &CancellationToken,
+    mut each: impl FnMut(&str) -> Result<bool, BackendError>,
+) -> Result<(FinishReason, u32), BackendError> {
     let (text, mut reason) = match params.stop.iter().filter_map(|stop| text.find(stop.as_str())).min() {
         Some(cut) => (&text[..cut], FinishReason::Stop),
         None => (text, FinishReason::Stop),
     };
     let max_tokens = params.max_tokens.map_or(usize::MAX, |max| max as usize);
-    // Text a previous worker already delivered is skipped, even if it ended mid-token.
-    let already_sent = resume.map_or(0, |state| state.text.len());
-    let mut offset = 0;
     let mut produced = 0;
     for token in debug_tokens(text) {
-        let end = offset + token.len();
-        let unsent = &token[already_sent.clamp(offset, end) - offset..];
-        offset = end;
         if produced >= max_tokens {
             reason = FinishReason::Length;
             break;
@@ -96,9 +120,6 @@ pub async fn stream_text(
             break;
         }
         produced += 1;
-        if unsent.is_empty() {
-            continue;
-        }
         if !delay.is_zero() {
             tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = cancel.cancelled() => { reason = FinishReason::Cancelled; break; } }
         } else if produced % 16 == 0 {
@@ -106,8 +127,21 @@ pub async fn stream_text(
             // token would cost a context switch per token and cap throughput.
             tokio::task::yield_now().await;
         }
-        sink.delta(unsent, 1);
+        if !each(token)? {
+            break;
+        }
     }
-    let sent_tokens = produced;
-    Finish { reason, usage: Usage { prompt_tokens, completion_tokens: sent_tokens as u32 } }
+    Ok((reason, produced as u32))
+}
+
+/// Refuses what a backend that only makes plain text cannot honour (the api refuses it first,
+/// from the model card; this answers direct publishers the same).
+pub fn plain_text_only(tools: Option<&ToolUse>, response_format: &ResponseFormat) -> Result<(), BackendError> {
+    if tools.is_some_and(|tools| tools.choice != ToolChoice::None) {
+        return Err(BackendError::invalid("tools: this model does not support tools (function calling)"));
+    }
+    if !response_format.is_text() {
+        return Err(BackendError::invalid("response_format: this model supports only the 'text' response format"));
+    }
+    Ok(())
 }

@@ -60,6 +60,7 @@ impl TorchBackend {
             limits: Default::default(),
             created: wire::now_ms() / 1000,
             last_seen_ms: 0,
+            supports: Default::default(),
             functions: Vec::new(),
         }
     }
@@ -101,10 +102,27 @@ impl Backend for TorchBackend {
 
     async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError> {
         let (prompt, params) = match &job.envelope.request {
-            wire::JobRequest::Chat { messages, params } => (
-                Prompt::Chat(messages.iter().map(|m| ChatMessage::new(m.role.clone(), m.content.clone())).collect()),
-                params,
-            ),
+            wire::JobRequest::Chat { messages, params, tools, response_format } => {
+                switchyard_worker::backends::plain_text_only(tools.as_ref(), response_format)?;
+                (
+                    Prompt::Chat(
+                        messages
+                            .iter()
+                            .map(|m| ChatMessage {
+                                tool_calls: m
+                                    .tool_calls
+                                    .iter()
+                                    .map(|c| crate::ToolCall::new(c.id.clone(), c.name.clone(), c.arguments.clone()))
+                                    .collect(),
+                                tool_call_id: m.tool_call_id.clone(),
+                                name: m.name.clone(),
+                                ..ChatMessage::new(m.role.clone(), m.content.clone())
+                            })
+                            .collect(),
+                    ),
+                    params,
+                )
+            }
             wire::JobRequest::Completion { prompt, params } => (Prompt::Text(prompt.clone()), params),
             wire::JobRequest::Embedding { input } => return self.embed(input, sink, &cancel).await,
             wire::JobRequest::Tool { .. } => {
