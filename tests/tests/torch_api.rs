@@ -434,3 +434,93 @@ async fn concurrent_embeddings_on_one_worker_match_each_alone() {
     }
     eprintln!("32 concurrent embeddings: worst cosine with each alone {worst:.9}");
 }
+
+/// `worker/torch/tests/data/tiny-qwen2-tools`: a tiny random Qwen2 with Qwen2.5-Instruct's chat
+/// template, which teaches the Hermes `<tool_call>` format.
+fn tools_model_dir() -> PathBuf {
+    workspace_root().join("worker/torch/tests/data/tiny-qwen2-tools")
+}
+
+fn add_tool() -> Value {
+    json!({"type": "function", "function": {"name": "add", "description": "a + b",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}})
+}
+
+#[tokio::test]
+async fn a_tool_capable_model_calls_a_forced_tool_streamed_or_not() {
+    let (stack, _worker) = torch_stack(tools_model_dir(), "tiny-qwen2-tools").await;
+    let card = stack.http().get(stack.api_url("/v1/models/tiny-qwen2-tools")).send().await.unwrap();
+    assert_eq!(card.status(), 200);
+
+    // A named tool_choice: the worker opens and names the call, and constrains the arguments
+    // to the function's schema, so even random weights make a valid call.
+    let body = json!({"model": "tiny-qwen2-tools", "messages": [{"role": "user", "content": "add 2 and 3"}],
+        "tools": [add_tool()], "tool_choice": {"type": "function", "function": {"name": "add"}}, "temperature": 0, "max_tokens": 120});
+    let (status, answer) = stack.post_json(CHAT, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+    assert_eq!(choice["message"]["content"], Value::Null, "{answer}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "add");
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).expect("arguments are JSON");
+    assert!(arguments["a"].is_number() && arguments["b"].is_number(), "{arguments}");
+    let usage = &answer["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0 && usage["prompt_tokens"].as_u64().unwrap() > 100, "{usage}");
+
+    // Streamed (greedy, so the same call): the name first, then the arguments in pieces that
+    // put together are the non-streamed arguments byte for byte.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let chunks = stack.post_stream_all(CHAT, &streamed).await;
+    let mut name = None;
+    let mut pieces = String::new();
+    for chunk in &chunks {
+        for c in chunk["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            if let Some(n) = c["function"]["name"].as_str() {
+                assert!(name.is_none(), "one call");
+                name = Some(n.to_string());
+            }
+            pieces.push_str(c["function"]["arguments"].as_str().unwrap());
+        }
+    }
+    assert_eq!(name.as_deref(), Some("add"));
+    assert_eq!(pieces, call["function"]["arguments"].as_str().unwrap());
+    assert_eq!(chunks.iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str()), Some("tool_calls"));
+
+    // response_format json_schema: the content is JSON of the schema.
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]});
+    let body = json!({"model": "tiny-qwen2-tools", "messages": [{"role": "user", "content": "a number"}], "temperature": 0, "max_tokens": 80,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}});
+    let (status, answer) = stack.post_json(CHAT, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let content: Value = serde_json::from_str(answer["choices"][0]["message"]["content"].as_str().unwrap()).expect("JSON content");
+    assert!(content["answer"].is_number(), "{content}");
+
+    // `auto`: whatever the random model writes is either text or a checked call — never a
+    // call left in the text.
+    let body = json!({"model": "tiny-qwen2-tools", "messages": [{"role": "user", "content": "hi"}], "tools": [add_tool()], "temperature": 0, "max_tokens": 30});
+    let (status, answer) = stack.post_json(CHAT, &body).await;
+    if status == 200 {
+        let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or("");
+        assert!(!content.contains("<tool_call>"), "{answer}");
+    } else {
+        assert_eq!(assert_openai_error(&answer)["code"], "malformed_tool_call", "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_model_without_a_tools_template_refuses_tools() {
+    let (stack, _worker) = torch_stack(tiny_llama_dir(), LLAMA).await;
+    let body = json!({"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "tools": [add_tool()]});
+    let (status, answer) = stack.post_json(CHAT, &body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(assert_openai_error(&answer)["param"], "tools");
+    // Its JSON output works all the same: constrained decoding needs no template support.
+    let body = json!({"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "flag", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}}});
+    let (status, answer) = stack.post_json(CHAT, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let content: Value = serde_json::from_str(answer["choices"][0]["message"]["content"].as_str().unwrap()).expect("JSON content");
+    assert!(content["ok"].is_boolean(), "{content}");
+}

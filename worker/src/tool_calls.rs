@@ -42,13 +42,41 @@ pub struct ToolCallStream<'a> {
     closed: bool,
 }
 
-/// The delivered prefix of a redelivered job: this backend regenerates the answer and keeps
-/// quiet until it is past what the client has.
+/// The delivered part of a redelivered job: the backend regenerates the answer and keeps
+/// quiet until it is past what the client has. A regeneration that does not reproduce it (an
+/// unseeded sample) is an error, never a spliced answer.
 #[derive(Default)]
 struct Skip {
-    text: usize,
-    /// Per delivered call: its arguments' delivered length.
-    calls: Vec<usize>,
+    text: Delivered,
+    /// Per delivered call: its arguments as delivered.
+    calls: Vec<Delivered>,
+}
+
+/// Delivered text not yet matched by the regenerated one.
+#[derive(Default)]
+struct Delivered {
+    text: String,
+    matched: usize,
+}
+
+impl Delivered {
+    fn new(text: &str) -> Delivered {
+        Delivered { text: text.to_owned(), matched: 0 }
+    }
+
+    /// The part of the regenerated `piece` past what was delivered.
+    fn rest<'p>(&mut self, piece: &'p str) -> Result<&'p str, BackendError> {
+        let left = &self.text[self.matched..];
+        let common = left.len().min(piece.len());
+        if left.as_bytes()[..common] != piece.as_bytes()[..common] {
+            return Err(BackendError::new(
+                ErrorCode::BackendError,
+                "the redelivered job's answer differs from what its first worker delivered (an unseeded sample cannot be resumed)",
+            ));
+        }
+        self.matched += common;
+        Ok(&piece[common..])
+    }
 }
 
 impl<'a> ToolCallStream<'a> {
@@ -69,7 +97,10 @@ impl<'a> ToolCallStream<'a> {
             ToolChoice::None | ToolChoice::Auto => None,
         };
         let skip = resume
-            .map(|state| Skip { text: state.text.len(), calls: state.tool_calls.iter().map(|c| c.arguments.len()).collect() })
+            .map(|state| Skip {
+                text: Delivered::new(&state.text),
+                calls: state.tool_calls.iter().map(|c| Delivered::new(&c.arguments)).collect(),
+            })
             .unwrap_or_default();
         let mut stream = ToolCallStream {
             sink,
@@ -140,7 +171,7 @@ impl<'a> ToolCallStream<'a> {
                     if self.closed {
                         continue;
                     }
-                    let text = skip_prefix(&text, &mut self.skip.text);
+                    let text = self.skip.text.rest(&text)?;
                     if !text.is_empty() || self.tokens > 0 {
                         self.sink.delta(text, std::mem::take(&mut self.tokens));
                     }
@@ -176,7 +207,7 @@ impl<'a> ToolCallStream<'a> {
                     let Some((_, arguments)) = self.calls.get_mut(index as usize) else { continue };
                     arguments.push_str(&delta);
                     let delta = match self.skip.calls.get_mut(index as usize) {
-                        Some(delivered) => skip_prefix(&delta, delivered),
+                        Some(delivered) => delivered.rest(&delta)?,
                         None => &delta,
                     };
                     if !delta.is_empty() {
@@ -214,16 +245,6 @@ impl<'a> ToolCallStream<'a> {
         }
         Ok(())
     }
-}
-
-/// `text` less what is left of a delivered prefix (`*delivered` bytes, counted down).
-fn skip_prefix<'t>(text: &'t str, delivered: &mut usize) -> &'t str {
-    let mut cut = (*delivered).min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    *delivered -= cut;
-    &text[cut..]
 }
 
 fn malformed(error: ParseError) -> BackendError {

@@ -10,9 +10,11 @@ use switchyard_schemas as wire;
 use switchyard_worker::{Backend, BackendError, EventSink, Finish, Job};
 use tokio_util::sync::CancellationToken;
 
+use switchyard_worker::tool_calls::{ToolCallStream, ToolFormat};
+
 use crate::{
-    ChatMessage, Engine, FinishReason, GenerateEvent, GenerateRequest, ModelKind, Prompt, SamplingParams, TokenLogprob,
-    TorchError, TorchWorkerArgs,
+    ChatMessage, Engine, FinishReason, GenerateEvent, GenerateRequest, Matcher, ModelKind, Prompt, SamplingParams,
+    TokenLogprob, TorchError, TorchWorkerArgs,
 };
 
 /// One local model served through the worker runtime.
@@ -60,7 +62,11 @@ impl TorchBackend {
             limits: Default::default(),
             created: wire::now_ms() / 1000,
             last_seen_ms: 0,
-            supports: Default::default(),
+            supports: wire::Supports {
+                tools: self.tool_format().is_some(),
+                // Constrained decoding works for every decoder.
+                json_output: info.kind == ModelKind::Decoder,
+            },
             functions: Vec::new(),
         }
     }
@@ -101,29 +107,13 @@ impl Backend for TorchBackend {
     }
 
     async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError> {
-        let (prompt, params) = match &job.envelope.request {
+        let (prompt, params, tools, response_format) = match &job.envelope.request {
             wire::JobRequest::Chat { messages, params, tools, response_format } => {
-                switchyard_worker::backends::plain_text_only(tools.as_ref(), response_format)?;
-                (
-                    Prompt::Chat(
-                        messages
-                            .iter()
-                            .map(|m| ChatMessage {
-                                tool_calls: m
-                                    .tool_calls
-                                    .iter()
-                                    .map(|c| crate::ToolCall::new(c.id.clone(), c.name.clone(), c.arguments.clone()))
-                                    .collect(),
-                                tool_call_id: m.tool_call_id.clone(),
-                                name: m.name.clone(),
-                                ..ChatMessage::new(m.role.clone(), m.content.clone())
-                            })
-                            .collect(),
-                    ),
-                    params,
-                )
+                (Prompt::Chat(messages.iter().map(chat_message).collect()), params, tools.as_ref(), response_format)
             }
-            wire::JobRequest::Completion { prompt, params } => (Prompt::Text(prompt.clone()), params),
+            wire::JobRequest::Completion { prompt, params } => {
+                (Prompt::Text(prompt.clone()), params, None, &wire::ResponseFormat::Text)
+            }
             wire::JobRequest::Embedding { input } => return self.embed(input, sink, &cancel).await,
             wire::JobRequest::Tool { .. } => {
                 return Err(BackendError::invalid(format!("{} is a language model; it hosts no functions", self.name)));
@@ -132,40 +122,138 @@ impl Backend for TorchBackend {
         if self.engine.info().kind != ModelKind::Decoder {
             return Err(BackendError::invalid(format!("{} is an embedding model; it cannot generate text", self.name)));
         }
-        let resume = job.resume.as_ref().filter(|r| !r.text.is_empty());
-        let request =
-            GenerateRequest { prompt, params: sampling_params(params), resume_text: resume.map(|r| r.text.clone()) };
+        let answer = self.answer(tools, response_format)?;
+        // A tool-calling answer is regenerated on redelivery, its delivered part skipped by the
+        // tool-call stream; plain text continues after what was delivered.
+        let resume = job.resume.as_ref().filter(|r| !r.text.is_empty() && answer.calls.is_none());
+        let mut request = GenerateRequest::new(prompt, sampling_params(params));
+        request.tools = tools.map(|t| t.tools.iter().map(wire::ToolDefinition::to_openai).collect());
+        request.resume_text = resume.map(|r| r.text.clone());
+        request.constraint = answer.constraint;
+        let mut calls = match answer.calls {
+            Some((format, tools)) => {
+                let calls = ToolCallStream::new(format, tools, sink, job.resume.as_ref())?;
+                request.answer_prefix = calls.forced_prefix().to_owned();
+                Some((calls, format))
+            }
+            None => None,
+        };
         let want_logprobs = params.logprobs || params.top_logprobs > 0;
-        let mut events = self.engine.generate(request, cancel);
+        let mut events = self.engine.generate(request, cancel.clone());
         let mut resumed_tokens = 0;
         while let Some(event) = events.recv().await {
             match event {
                 GenerateEvent::Started { resumed_tokens: n, .. } => resumed_tokens = n,
-                GenerateEvent::Delta { text, tokens, logprobs } => {
-                    if want_logprobs {
-                        sink.delta_with_logprobs(text, logprobs.into_iter().map(wire_logprob).collect());
-                    } else {
-                        sink.delta(text, tokens);
+                GenerateEvent::Delta { text, tokens, logprobs } => match &mut calls {
+                    Some((calls, _)) => {
+                        calls.push(&text, tokens)?;
+                        if !calls.wants_more() {
+                            cancel.cancel();
+                        }
                     }
-                }
+                    None if want_logprobs => sink.delta_with_logprobs(text, logprobs.into_iter().map(wire_logprob).collect()),
+                    None => sink.delta(text, tokens),
+                },
                 GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => {
                     // The earlier worker's own count of what it generated is the real one; our
                     // re-tokenization of its text is the fallback when it is unknown.
                     let earlier = resume.map(|r| r.completion_tokens).filter(|&n| n > 0).unwrap_or(resumed_tokens);
                     let completion_tokens = completion_tokens - resumed_tokens + earlier;
-                    return Ok(Finish {
-                        reason: match reason {
-                            FinishReason::Stop => wire::FinishReason::Stop,
-                            FinishReason::Length => wire::FinishReason::Length,
-                            FinishReason::Cancelled => wire::FinishReason::Cancelled,
-                        },
-                        usage: wire::Usage { prompt_tokens, completion_tokens },
-                    });
+                    let mut reason = match reason {
+                        FinishReason::Stop => wire::FinishReason::Stop,
+                        FinishReason::Length => wire::FinishReason::Length,
+                        FinishReason::Cancelled => wire::FinishReason::Cancelled,
+                    };
+                    if let Some((mut calls, format)) = calls.take() {
+                        if !calls.wants_more() {
+                            // Stopped on purpose after the one call the request allows.
+                            reason = wire::FinishReason::Stop;
+                        } else if answer.closes_call && reason == wire::FinishReason::Stop {
+                            // The constrained arguments are complete: the call's closing is ours.
+                            calls.push(format.call_closing(), 0)?;
+                        }
+                        reason = calls.finish(reason)?;
+                    }
+                    return Ok(Finish { reason, usage: wire::Usage { prompt_tokens, completion_tokens } });
                 }
                 GenerateEvent::Error(e) => return Err(BackendError::new(error_code(e.code), e.message)),
             }
         }
         Err(BackendError::new(wire::ErrorCode::BackendError, "the model thread stopped mid-generation"))
+    }
+}
+
+/// How a chat job's answer is generated beyond plain text.
+struct Answer<'j> {
+    /// The model's tool-call format and the request's tools, when the model may call them.
+    calls: Option<(ToolFormat, &'j wire::ToolUse)>,
+    /// Constrained decoding: a forced call's arguments, or a JSON `response_format`.
+    constraint: Option<Matcher>,
+    /// The constraint covers a forced call's arguments: the call's closing text is not
+    /// generated but added when they are complete.
+    closes_call: bool,
+}
+
+impl TorchBackend {
+    /// The model's tool-call format, if its chat template teaches one this worker reads.
+    fn tool_format(&self) -> Option<ToolFormat> {
+        let info = self.engine.info();
+        if !info.chat_template_supports_tools {
+            return None;
+        }
+        self.engine.chat_template_source().and_then(ToolFormat::detect)
+    }
+
+    fn answer<'j>(
+        &self,
+        tools: Option<&'j wire::ToolUse>,
+        response_format: &wire::ResponseFormat,
+    ) -> Result<Answer<'j>, BackendError> {
+        let tools = tools.filter(|t| t.choice != wire::ToolChoice::None);
+        let calls = match tools {
+            Some(tools) => match self.tool_format() {
+                Some(format) => Some((format, tools)),
+                None => return Err(BackendError::invalid(format!("tools: {} does not support tools", self.name))),
+            },
+            None => None,
+        };
+        let json = match response_format {
+            wire::ResponseFormat::Text => None,
+            wire::ResponseFormat::JsonObject => Some(None),
+            wire::ResponseFormat::JsonSchema { schema, .. } => Some(Some(schema)),
+        };
+        if let Some((_, tools)) = calls
+            && let wire::ToolChoice::Function(name) = &tools.choice
+        {
+            // The call is opened and named for the model: its arguments are constrained to the
+            // function's schema (any JSON object without one).
+            let schema = tools.tools.iter().find(|t| t.name == *name).and_then(|t| t.parameters.as_ref());
+            let matcher = Matcher::new(Some(schema.unwrap_or(&serde_json::json!({"type": "object"}))));
+            // A schema the matcher cannot represent leaves the arguments free; they are still
+            // checked against it when the call ends.
+            return Ok(Answer { calls, constraint: matcher.ok(), closes_call: true });
+        }
+        let constraint = match json {
+            None => None,
+            Some(_) if calls.is_some() => {
+                return Err(BackendError::invalid(
+                    "response_format: a JSON response_format cannot be combined with tools the model may call",
+                ));
+            }
+            Some(schema) => Some(Matcher::new(schema).map_err(|e| {
+                BackendError::invalid(format!("response_format: this schema cannot be used for constrained decoding: {e}"))
+            })?),
+        };
+        Ok(Answer { calls, constraint, closes_call: false })
+    }
+}
+
+fn chat_message(m: &wire::ChatMessage) -> ChatMessage {
+    ChatMessage {
+        tool_calls: m.tool_calls.iter().map(|c| crate::ToolCall::new(c.id.clone(), c.name.clone(), c.arguments.clone())).collect(),
+        tool_call_id: m.tool_call_id.clone(),
+        name: m.name.clone(),
+        ..ChatMessage::new(m.role.clone(), m.content.clone())
     }
 }
 

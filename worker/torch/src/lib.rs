@@ -84,7 +84,7 @@ pub use cli::{GenerateArgs, TorchWorkerArgs, run_generate};
 pub use config::{DType, parse_device};
 pub use engine::{
     BatchOptions, EMBED_BATCH, Embeddings, Engine, EngineOptions, FinishReason, GenerateError, GenerateEvent,
-    GenerateEvents, GenerateRequest, ModelInfo, ModelKind, Prompt,
+    GenerateEvents, GenerateRequest, Matcher, ModelInfo, ModelKind, Prompt,
 };
 pub use error::TorchError;
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};

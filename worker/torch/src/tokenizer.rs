@@ -73,12 +73,28 @@ impl Codec {
         self.tokenizer.token_to_id(token)
     }
 
+    /// Every token's bytes as constrained decoding sees them: special tokens (EOS, chat
+    /// markers) have none, so no constraint ever allows them.
+    pub fn constraint_bytes(&self) -> Vec<Vec<u8>> {
+        let added = self.tokenizer.get_added_tokens_decoder();
+        (0..self.tokenizer.get_vocab_size(true) as u32)
+            .map(|id| match added.get(&id) {
+                Some(token) if token.special => Vec::new(),
+                token => self.bytes_of(id, token.is_some()),
+            })
+            .collect()
+    }
+
     /// The raw bytes one token stands for (what OpenAI's `bytes` field reports); a token
     /// holding part of a UTF-8 character has no text of its own, but it has bytes.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.bytes_of(id, self.tokenizer.get_added_tokens_decoder().contains_key(&id))
+    }
+
+    /// `added`: the token is one of the tokenizer's added tokens (its text is its content).
+    fn bytes_of(&self, id: u32, added: bool) -> Vec<u8> {
         let Some(token) = self.tokenizer.id_to_token(id) else { return Vec::new() };
-        let added = self.tokenizer.get_added_tokens_decoder();
-        if added.contains_key(&id) {
+        if added {
             return token.into_bytes();
         }
         let mapped = self

@@ -15,6 +15,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use switchyard_constrain::Matcher;
+use switchyard_constrain::Vocabulary;
 use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -145,10 +147,19 @@ pub enum Prompt {
     Chat(Vec<ChatMessage>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Prompt,
     pub params: SamplingParams,
+    /// OpenAI tool definitions a chat prompt's template renders (`tools=` of
+    /// `apply_chat_template`); `None` without tools.
+    pub tools: Option<Vec<serde_json::Value>>,
+    /// Text the answer is made to begin with — a forced tool call's opening — appended to the
+    /// rendered prompt: the model writes what follows. Counted as prompt, never sent.
+    pub answer_prefix: String,
+    /// Only tokens that keep the answer a valid prefix of this JSON constraint are chosen;
+    /// once the value is complete and nothing may follow, generation stops (`Stop`).
+    pub constraint: Option<Matcher>,
     /// Completion text an earlier worker already produced (and sent): it is appended after
     /// the prompt and generation continues from there, without sending it again. Its tokens
     /// count towards `max_tokens`, the penalties and `completion_tokens`.
@@ -157,7 +168,7 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, params: SamplingParams) -> GenerateRequest {
-        GenerateRequest { prompt, params, resume_text: None }
+        GenerateRequest { prompt, params, tools: None, answer_prefix: String::new(), constraint: None, resume_text: None }
     }
 }
 
@@ -239,6 +250,14 @@ struct Shared {
     template: Option<ChatTemplate>,
     defaults: SamplingDefaults,
     batch: BatchOptions,
+    /// Every token's bytes, for constrained decoding; built on its first use.
+    vocabulary: std::sync::OnceLock<Arc<Vocabulary>>,
+}
+
+impl Shared {
+    fn vocabulary(&self) -> Arc<Vocabulary> {
+        self.vocabulary.get_or_init(|| Arc::new(Vocabulary::new(self.codec.constraint_bytes()))).clone()
+    }
 }
 
 /// A cheap-to-clone handle on a model running in its own thread.
@@ -465,7 +484,7 @@ impl Worker {
         }
         tracing::info!(max_batch_size = batch.max_batch_size, max_batch_total_tokens = ?batch.max_batch_total_tokens,
             max_batch_prefill_tokens = batch.max_batch_prefill_tokens, "batching");
-        let shared = Shared { info, codec, template, defaults, batch };
+        let shared = Shared { info, codec, template, defaults, batch, vocabulary: Default::default() };
         Ok(Worker { shared: Arc::new(shared), model: loaded.model, device })
     }
 

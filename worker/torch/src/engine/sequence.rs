@@ -6,11 +6,14 @@
 //! A `Sequence` is built (tokenized, chat template rendered, checked against the context
 //! length) on the caller's thread, before it reaches the model thread.
 
+use std::sync::Arc;
+
+use switchyard_constrain::Vocabulary;
 use tch::Tensor;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, Prompt, Shared, render_chat};
+use super::{FinishReason, GenerateError, GenerateEvent, GenerateRequest, Matcher, Prompt, Shared, render_chat};
 use crate::error::{Result, TorchError};
 use crate::sampling::{Choice, Sampler, TokenLogprob, TopLogprob};
 use crate::tokenizer::{Codec, Detokenizer, Gate, StopGate};
@@ -36,6 +39,15 @@ pub(super) struct Sequence {
     unsent_tokens: u32,
     /// The last token chosen: the next step's input.
     next: u32,
+    /// Constrained decoding: the JSON the answer must be.
+    constraint: Option<Constrained>,
+}
+
+/// A sequence's JSON constraint, with the vocabulary it masks and a mask buffer.
+struct Constrained {
+    matcher: Matcher,
+    vocabulary: Arc<Vocabulary>,
+    allowed: Vec<bool>,
 }
 
 impl Sequence {
@@ -49,8 +61,13 @@ impl Sequence {
         let codec = &shared.codec;
         let params = &req.params;
         let prompt_ids = match &req.prompt {
-            Prompt::Text(text) => codec.encode(text, true)?,
-            Prompt::Chat(messages) => codec.encode(&render_chat(shared, messages, None, true)?, false)?,
+            Prompt::Text(text) if req.answer_prefix.is_empty() => codec.encode(text, true)?,
+            Prompt::Text(text) => codec.encode(&format!("{text}{}", req.answer_prefix), true)?,
+            Prompt::Chat(messages) => {
+                let mut text = render_chat(shared, messages, req.tools.as_deref(), true)?;
+                text.push_str(&req.answer_prefix);
+                codec.encode(&text, false)?
+            }
         };
         if prompt_ids.is_empty() {
             return Err(TorchError::InvalidRequest("the prompt has no tokens".into()));
@@ -103,6 +120,10 @@ impl Sequence {
             sampler,
             logprobs: Vec::new(),
             unsent_tokens: 0,
+            constraint: req.constraint.map(|matcher| {
+                let vocabulary = shared.vocabulary();
+                Constrained { matcher, allowed: vec![false; vocabulary.len()], vocabulary }
+            }),
         };
         seq.send(GenerateEvent::Started { prompt_tokens, resumed_tokens });
         Ok(seq)
@@ -137,12 +158,37 @@ impl Sequence {
     /// Its choice is the row's argmax and nothing else (no penalties, no logprobs), so the
     /// scheduler may take it from one argmax over the whole batch.
     pub fn wants_argmax_only(&self) -> bool {
-        self.sampler.is_plain_greedy()
+        self.constraint.is_none() && self.sampler.is_plain_greedy()
     }
 
     /// Chooses the next token from row `row` of `logits` (`[rows, vocab]`, f32), or takes
-    /// `argmax` when [`Self::wants_argmax_only`].
+    /// `argmax` when [`Self::wants_argmax_only`]. Under a constraint, only the tokens it
+    /// allows (and a stop token once the value is complete) can be chosen; when the value is
+    /// complete and nothing may follow it, the choice is a stop token.
     pub fn choose(&mut self, logits: &Tensor, row: usize, argmax: Option<u32>) -> Choice {
+        if let Some(c) = &mut self.constraint {
+            c.matcher.allowed(&c.vocabulary, &mut c.allowed);
+            let complete = c.matcher.is_complete();
+            let stop = self.stop_ids.first().copied();
+            if complete {
+                for &id in &self.stop_ids {
+                    if let Some(slot) = c.allowed.get_mut(id as usize) {
+                        *slot = true;
+                    }
+                }
+            }
+            let any_other = c.allowed.iter().enumerate().any(|(id, &ok)| ok && !self.stop_ids.contains(&(id as u32)));
+            if complete && !any_other && let Some(id) = stop {
+                self.sampler.observe(id);
+                return Choice { id, logprob: None, top: Vec::new() };
+            }
+            let row = logits.get(row as i64);
+            let vocab = row.size()[0] as usize;
+            let mut mask = c.allowed.clone();
+            mask.resize(vocab, false);
+            let mask = Tensor::from_slice(&mask).to_device(row.device());
+            return self.sampler.choose(&row.masked_fill(&mask.logical_not(), f64::NEG_INFINITY));
+        }
         match argmax.filter(|_| self.wants_argmax_only()) {
             Some(id) => {
                 self.sampler.observe(id);
@@ -159,6 +205,12 @@ impl Sequence {
         if self.stop_ids.contains(&choice.id) {
             self.end(codec, FinishReason::Stop)?;
             return Ok(true);
+        }
+        if let Some(c) = &mut self.constraint
+            && c.matcher.advance(c.vocabulary.bytes(choice.id)).is_err()
+        {
+            // Only allowed tokens are chosen; a rejection is a bug, never silent output.
+            return Err(TorchError::InvalidRequest(format!("token {} broke the JSON constraint", choice.id)));
         }
         self.next = choice.id;
         self.unsent_tokens += 1;
