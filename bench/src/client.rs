@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -68,9 +68,24 @@ impl Conn {
 
     /// Sends one request whose body is of `content_type`; the response's body is still to be read.
     pub async fn send_as(&mut self, method: Method, path: &str, content_type: Option<&str>, body: &Bytes) -> anyhow::Result<Response<Incoming>> {
+        self.send_with(method, path, content_type, &[], body).await
+    }
+
+    /// [`send_as`](Conn::send_as) with more headers (MCP's `Accept`, `Mcp-Session-Id`, …).
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&HeaderName, &HeaderValue)],
+        body: &Bytes,
+    ) -> anyhow::Result<Response<Incoming>> {
         let mut builder = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.target.host_header);
         if let Some(content_type) = content_type {
             builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         if let Some(authorization) = &self.target.authorization {
             builder = builder.header(hyper::header::AUTHORIZATION, authorization.clone());

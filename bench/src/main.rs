@@ -9,6 +9,7 @@
 mod batch;
 mod client;
 mod embed;
+mod mcp;
 mod mixed;
 mod probe;
 mod reference;
@@ -48,8 +49,8 @@ enum Command {
     /// (d) of the torch benchmarks: 1,000 one-sentence /v1/embeddings requests from 64 clients
     /// to ONE torch worker (all-MiniLM-L6-v2) against sentence-transformers at batch 32.
     Embed(embed::EmbedOptions),
-    /// A trivial hosted function (`custom_method` of `tools-demo`) over REST beside echo chat:
-    /// latency at concurrency 1, calls/s at 64 clients.
+    /// A trivial hosted function (`custom_method` of `tools-demo`) over REST and through `/mcp`
+    /// beside echo chat: latency at concurrency 1, calls/s at 64 clients.
     Tools(tools::ToolsOptions),
 }
 
@@ -612,6 +613,53 @@ async fn wait_for_model(target: &Target, mut stack: Option<&mut Stack>, name: &s
     }
 }
 
+/// A request a simulated client repeats: how the client opens its connection (with whatever
+/// the protocol wants once per connection, e.g. MCP's handshake — never timed) and one call
+/// on it, answer read to its end (timed). [`Rest`] is one HTTP request; `tools.rs` has MCP's
+/// `tools/call`.
+trait Exchange: Clone + Send + Sync + 'static {
+    type Client: Send + 'static;
+    fn open(&self, target: &Target) -> impl Future<Output = anyhow::Result<Self::Client>> + Send;
+    /// One call: the answer's status and body (what `check`s see). An error is the connection's.
+    fn call(&self, client: &mut Self::Client) -> impl Future<Output = anyhow::Result<(StatusCode, Bytes)>> + Send;
+    /// Ends the client's session, if it has one (after its last call, not timed).
+    fn close(&self, client: Self::Client) -> impl Future<Output = ()> + Send {
+        async move { drop(client) }
+    }
+    /// What is sent, for messages: `POST /v1/chat/completions`.
+    fn describe(&self) -> String;
+}
+
+/// One HTTP request on a keep-alive connection, its body built once.
+#[derive(Clone)]
+struct Rest {
+    method: Method,
+    path: String,
+    body: Bytes,
+}
+
+impl Rest {
+    fn new(method: Method, path: &str, body: &Bytes) -> Rest {
+        Rest { method, path: path.to_string(), body: body.clone() }
+    }
+}
+
+impl Exchange for Rest {
+    type Client = Conn;
+
+    async fn open(&self, target: &Target) -> anyhow::Result<Conn> {
+        Conn::open(target).await
+    }
+
+    async fn call(&self, conn: &mut Conn) -> anyhow::Result<(StatusCode, Bytes)> {
+        conn.call(self.method.clone(), &self.path, &self.body).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
 /// `warmup` then `n` requests one after another on one connection; the latency of each of
 /// the `n`. `check` sees every body (outside the timed span).
 async fn sequential(
@@ -623,7 +671,7 @@ async fn sequential(
     n: usize,
     check: impl Fn(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<Duration>> {
-    sequential_expect(target, method, path, body, warmup, n, StatusCode::OK, check).await
+    sequential_calls(target, &Rest::new(method, path, body), warmup, n, StatusCode::OK, check).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -637,20 +685,34 @@ async fn sequential_expect(
     expect: StatusCode,
     check: impl Fn(&[u8]) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<Duration>> {
-    let mut conn = Conn::open(target).await?;
+    sequential_calls(target, &Rest::new(method, path, body), warmup, n, expect, check).await
+}
+
+/// `warmup` then `n` calls one after another on one client; the latency of each of the `n`.
+/// Every answer must have status `expect`; `check` sees every body (outside the timed span).
+async fn sequential_calls<E: Exchange>(
+    target: &Target,
+    exchange: &E,
+    warmup: usize,
+    n: usize,
+    expect: StatusCode,
+    check: impl Fn(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut client = exchange.open(target).await?;
     let mut latencies = Vec::with_capacity(n);
     for i in 0..warmup + n {
         let start = Instant::now();
-        let (status, response) = conn.call(method.clone(), path, body).await?;
+        let (status, response) = exchange.call(&mut client).await?;
         let elapsed = start.elapsed();
         if status != expect {
-            bail!("{method} {path} answered {status}: {}", String::from_utf8_lossy(&response[..response.len().min(500)]));
+            bail!("{} answered {status}: {}", exchange.describe(), String::from_utf8_lossy(&response[..response.len().min(500)]));
         }
-        check(&response)?;
+        check(&response).with_context(|| format!("{}, call {i}", exchange.describe()))?;
         if i >= warmup {
             latencies.push(elapsed);
         }
     }
+    exchange.close(client).await;
     Ok(latencies)
 }
 
@@ -684,17 +746,31 @@ async fn load(
     path: &str,
     body: &Bytes,
 ) -> anyhow::Result<LoadResult> {
+    load_calls(target, concurrency, warmup, duration, &Rest::new(method, path, body), |_| Ok(())).await
+}
+
+/// `concurrency` clients, each looping one call of `exchange` on its own connection, for
+/// `warmup` then `duration` (measured). `check` sees every 200 answer after its latency is
+/// taken; one it rejects fails the run (a wrong answer is not a result to count).
+async fn load_calls<E: Exchange>(
+    target: &Target,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    exchange: &E,
+    check: impl Fn(&[u8]) -> anyhow::Result<()> + Clone + Send + 'static,
+) -> anyhow::Result<LoadResult> {
     // Connect everyone first, so connection setup is not part of the warm-up or window.
-    let mut conns = Vec::with_capacity(concurrency);
+    let mut clients = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        conns.push(Conn::open(target).await?);
+        clients.push(exchange.open(target).await?);
     }
     let start = Instant::now();
     let measure_from = start + warmup;
     let until = measure_from + duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for mut conn in conns {
-        let (target, method, path, body) = (target.clone(), method.clone(), path.to_string(), body.clone());
+    for mut client in clients {
+        let (target, exchange, check) = (target.clone(), exchange.clone(), check.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
             let (mut non_200, mut errors) = (0u64, 0u64);
@@ -708,10 +784,11 @@ async fn load(
                 }
                 sent += 1;
                 let measured = t0 >= measure_from;
-                match conn.call(method.clone(), &path, &body).await {
+                match exchange.call(&mut client).await {
                     Ok((status, response)) => {
                         let t1 = Instant::now();
                         if status == StatusCode::OK {
+                            check(&response).with_context(|| format!("{} under load", exchange.describe()))?;
                             if measured {
                                 latencies.push(t1 - t0);
                                 last_done = last_done.max(t1);
@@ -725,13 +802,11 @@ async fn load(
                         errors += u64::from(measured);
                         first_problem.get_or_insert_with(|| format!("{e:#}"));
                         tokio::time::sleep(Duration::from_millis(10)).await;
-                        match Conn::open(&target).await {
-                            Ok(fresh) => conn = fresh,
-                            Err(e) => return Err(e),
-                        }
+                        client = exchange.open(&target).await?;
                     }
                 }
             }
+            exchange.close(client).await;
             Ok::<_, anyhow::Error>((latencies, non_200, errors, first_problem, last_done, sent))
         });
     }
