@@ -73,6 +73,36 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400 and e.param == "messages", (e.status_code, e.param, e.body)
 
+# Tool calls (echo-tools: the echo's debugging tool-call mode reads the reflected text as a
+# model's Hermes-format calls): the SDK's stream helper accumulates the streamed deltas into
+# the same calls as the non-streamed answer.
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+said = ('I will check.<tool_call>{"name": "get_weather", "arguments": {"city": "Kraków"}}</tool_call>'
+        '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>')
+messages = [{"role": "user", "content": said}]
+r = client.chat.completions.create(model="echo-tools", messages=messages, tools=tools)
+c = r.choices[0]
+assert c.finish_reason == "tool_calls" and c.message.content == "I will check.", r
+plain = [(t.type, t.function.name, t.function.arguments) for t in c.message.tool_calls]
+assert plain == [("function", "get_weather", '{"city": "Kraków"}'), ("function", "get_time", "{}")], plain
+with client.chat.completions.stream(model="echo-tools", messages=messages, tools=tools) as stream:
+    for _ in stream:
+        pass
+    final = stream.get_final_completion()
+fc = final.choices[0]
+assert fc.finish_reason == "tool_calls" and fc.message.content == "I will check.", final
+streamed = [(t.type, t.function.name, t.function.arguments) for t in fc.message.tool_calls]
+assert streamed == plain, (streamed, plain)
+assert all(t.id.startswith("call_") for t in fc.message.tool_calls), fc.message.tool_calls
+
+try:
+    client.chat.completions.create(model="echo", messages=messages, tools=tools)
+    raise AssertionError("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.param == "tools", (e.status_code, e.param, e.body)
+
 print("sdk ok")
 "#;
 
@@ -80,8 +110,9 @@ print("sdk ok")
 async fn the_openai_python_sdk_works_against_switchyard() {
     let python = tokio::task::spawn_blocking(python_with_openai).await.unwrap();
     let stack = Stack::start().await;
-    let (_worker, _) = stack.ready_worker(&["echo"], "echo").await;
+    let (_worker, _) = stack.ready_worker(&["echo", "--tools-name", "echo-tools"], "echo").await;
     stack.wait_for_model("echo-embedding").await;
+    stack.wait_for_model("echo-tools").await;
     let expected = serde_json::to_string(&[debug_vector("one input", 16), debug_vector("two inputs", 16)]).unwrap();
     let mut command = Command::new(python);
     command.arg("-c").arg(SCRIPT).arg(stack.api_url("/v1")).arg(expected).env_remove("OPENAI_API_KEY").env_remove("OPENAI_BASE_URL");
