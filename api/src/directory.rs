@@ -89,6 +89,12 @@ impl Directory {
         self.models.read().unwrap().get(name).cloned()
     }
 
+    /// Runs `visit` on every model with a live worker, in no order, under the lock: for
+    /// looking something up without copying every card.
+    pub fn visit_live(&self, mut visit: impl FnMut(&ModelEntry)) {
+        self.models.read().unwrap().values().filter(|m| m.live_workers > 0).for_each(&mut visit);
+    }
+
     /// Models with at least one live worker, sorted by name.
     pub fn live(&self) -> Vec<ModelEntry> {
         let mut live: Vec<ModelEntry> = self.models.read().unwrap().values().filter(|m| m.live_workers > 0).cloned().collect();

@@ -63,6 +63,10 @@ pub(crate) fn router(state: &AppState, body_limit: usize) -> Router<AppState> {
         .disable_allowed_hosts()
         .with_max_request_body_bytes(body_limit)
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        // No priming event before each answer: it cost every call an extra write and an extra
+        // client wake-up, and a client that reconnects finds its call cancelled anyway (a
+        // disconnect cancels the job).
+        .with_sse_retry(None)
         .with_cancellation_token(SESSIONS.child_token());
     let service = StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(LocalSessionManager::default()), config);
     Router::new().route_service("/mcp", service).layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -127,6 +131,33 @@ fn named(state: &AppState, caller: &Caller) -> Vec<Named> {
     visible.into_iter().zip(names).map(|((model, spec), name)| Named { name, model, spec }).collect()
 }
 
+/// The (model, function) an MCP tool name stands for among the caller's functions, by the
+/// naming of [`named`], found on every call without copying the registry's cards.
+fn resolve(state: &AppState, caller: &Caller, name: &str) -> Option<(String, String)> {
+    let (mut bare, mut bare_count, mut exact) = (None, 0, None);
+    state.directory.visit_live(|entry| {
+        if !tools::is_tool_model(entry) || !caller.may_use(&entry.card) {
+            return;
+        }
+        for spec in &entry.card.functions {
+            if spec.name == name {
+                bare_count += 1;
+                bare = Some(entry.card.name.clone());
+            } else if name.len() == entry.card.name.len() + 1 + spec.name.len()
+                && name.ends_with(spec.name.as_str())
+                && prefixed(&entry.card.name, &spec.name) == name
+            {
+                exact = Some((entry.card.name.clone(), spec.name.clone()));
+            }
+        }
+    });
+    match bare {
+        Some(model) if bare_count == 1 => Some((model, name.to_owned())),
+        // A name several models share is only reachable prefixed, as `named` lists it.
+        _ => exact,
+    }
+}
+
 fn tool_of(named: &Named) -> Tool {
     let schema = match &named.spec.parameters {
         Value::Object(schema) => schema.clone(),
@@ -159,11 +190,11 @@ impl Mcp {
     async fn call(&self, request: CallToolRequestParams, context: &RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
         let caller = caller_of(context)?;
         let name = request.name.as_ref();
-        let Some(found) = named(&self.state, &caller).into_iter().find(|n| n.name == name || prefixed(&n.model, &n.spec.name) == name) else {
+        let Some((model, function)) = resolve(&self.state, &caller, name) else {
             return Err(ErrorData::invalid_params(format!("Unknown tool: {name}"), None));
         };
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        let (entry, spec) = match tools::function_of(&self.state, &caller, &found.model, &found.spec.name).await {
+        let (entry, spec) = match tools::function_of(&self.state, &caller, &model, &function).await {
             Ok(found) => found,
             Err(ApiError::ModelNotFound(_) | ApiError::ToolNotFound { .. }) => {
                 return Err(ErrorData::invalid_params(format!("Unknown tool: {name}"), None));

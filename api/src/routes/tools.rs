@@ -71,7 +71,7 @@ fn tools_of(card: &ModelCard) -> impl Iterator<Item = HostedTool> + '_ {
     card.functions.iter().map(|spec| HostedTool::new(&card.name, spec))
 }
 
-fn is_tool_model(entry: &ModelEntry) -> bool {
+pub(crate) fn is_tool_model(entry: &ModelEntry) -> bool {
     entry.card.kind == ModelKind::Tool
 }
 
@@ -113,7 +113,7 @@ pub async fn list_model(caller: Caller, State(state): State<AppState>, Path(mode
 /// A tool model the registry knows and the caller may use. Like a chat model's, its calls
 /// are queued even while no worker is live: one that starts within the queue timeout takes
 /// them, else they are answered 503.
-async fn tool_model(state: &AppState, caller: &Caller, model: &str) -> Result<ModelEntry, ApiError> {
+pub(crate) async fn tool_model(state: &AppState, caller: &Caller, model: &str) -> Result<ModelEntry, ApiError> {
     match state.model_for(caller, model).await {
         Ok(entry) if is_tool_model(&entry) => Ok(entry),
         _ => Err(ApiError::ModelNotFound(model.to_owned())),
