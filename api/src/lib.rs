@@ -85,6 +85,10 @@ pub struct ApiOptions {
     /// The `completion_window`s a batch may ask for (OpenAI accepts `24h` only).
     #[arg(long, env = "SWITCHYARD_BATCH_COMPLETION_WINDOWS", default_value = "24h", value_delimiter = ',')]
     pub batch_completion_windows: Vec<String>,
+    /// Most rounds of hosted function calls (`tools` of type `hosted`) one chat request may
+    /// run; the answer after the last round is returned as it is, calls included.
+    #[arg(long, env = "SWITCHYARD_MAX_TOOL_ROUNDS", default_value_t = 8)]
+    pub max_tool_rounds: u32,
     /// How long `/v1/jobs` jobs, their events and results are kept.
     #[arg(long, env = "SWITCHYARD_JOB_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub job_retention: Duration,
@@ -118,6 +122,7 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         directory,
         gate,
         limits: Limits { max_n: options.max_n, max_embedding_inputs: options.max_embedding_inputs },
+        max_tool_rounds: options.max_tool_rounds,
         files: switchyard_broker::files::FileStore::open(&js).await?,
         files_limits: FilesLimits { max_file_bytes: options.max_file_bytes, max_batch_requests: options.max_batch_requests },
         batches: switchyard_scheduler::batches::store::BatchStore::open(&js).await?,

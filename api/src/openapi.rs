@@ -46,7 +46,7 @@ use switchyard_scheduler::batches::object::{Batch, BatchError, BatchErrors, Batc
         ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Completion<ChatChoice>, Completion<TextChoice>, EmbeddingList, ModelList,
         ModelObject, ErrorResponse, ErrorObject, UsageOut, Health, Readiness, FileObject, FileDeleted, Page<FileObject>, Page<Batch>,
         CreateBatch, ExpiresAfter, Batch, BatchStatus, BatchErrors, BatchError, RequestCounts, OutputLine, LineResponse, LineError,
-        CreateJob, JobObject, JobStatus, ToolList, HostedTool, FunctionDefinition
+        CreateJob, JobObject, JobStatus, ToolList, HostedTool, FunctionDefinition, HostedToolCallOut, ToolType
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

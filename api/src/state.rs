@@ -21,6 +21,8 @@ pub struct ApiState {
     pub directory: Directory,
     pub gate: Arc<Gate>,
     pub limits: Limits,
+    /// Most rounds of hosted function calls in one chat request.
+    pub max_tool_rounds: u32,
     pub files: switchyard_broker::files::FileStore,
     pub files_limits: FilesLimits,
     pub batches: switchyard_scheduler::batches::store::BatchStore,

@@ -114,13 +114,31 @@ pub enum FunctionType {
     Function,
 }
 
-/// One of a request's `tools`.
+/// One of a request's `tools`: `{"type": "function", "function": {…}}` (OpenAI's), or, a
+/// Switchyard extension, `{"type": "hosted", "model": …, "functions": […]}`: functions of a
+/// tool model that the api runs itself while the model answers (`/v1/chat/completions` only).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ToolIn {
-    /// `function`.
+    /// `function` or `hosted`.
     #[serde(rename = "type")]
-    pub kind: FunctionType,
-    pub function: FunctionDefinition,
+    pub kind: ToolType,
+    /// A `function` tool's definition (required for `function`).
+    #[serde(default)]
+    pub function: Option<FunctionDefinition>,
+    /// A `hosted` tool's tool model (required for `hosted`).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A `hosted` tool's functions, by name; all of the model's when absent.
+    #[serde(default)]
+    pub functions: Option<Vec<String>>,
+}
+
+/// The kinds of `tools`: OpenAI's `function`, and Switchyard's `hosted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolType {
+    Function,
+    Hosted,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -107,6 +107,30 @@ pub struct AssistantMessage {
     pub refusal: Option<()>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
+    /// Switchyard extension: the calls of hosted functions (`tools` of type `hosted`) the api
+    /// ran while answering, in the order the model made them. Absent when there were none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosted_tool_calls: Vec<HostedToolCallOut>,
+}
+
+/// Switchyard extension: one call of a hosted function that the api ran for the model, and
+/// what the model was told it answered (`result`, or `error` when it failed).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HostedToolCallOut {
+    /// The call's id (`call_…`), as in the `tool` message that gave the model its answer.
+    pub id: String,
+    /// The tool model hosting the function.
+    pub model: String,
+    pub function: String,
+    /// The arguments the model wrote, as the text of a JSON object.
+    pub arguments: String,
+    /// The function's result (a streaming function's chunks as one array); absent on error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why the call failed; the model was given `{"error": <this>}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl AssistantMessage {
@@ -116,6 +140,7 @@ impl AssistantMessage {
             content: (!content.is_empty() || tool_calls.is_empty()).then_some(content),
             refusal: None,
             tool_calls: tool_calls.into_iter().map(ToolCallOut::from).collect(),
+            hosted_tool_calls: Vec::new(),
         }
     }
 }
@@ -272,6 +297,9 @@ pub struct ChatDelta<'a> {
     pub refusal: Option<Option<()>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+    /// Switchyard extension: a hosted function's call, once it has answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosted_tool_call: Option<&'a HostedToolCallOut>,
 }
 
 /// A piece of one tool call: its first carries the id, type and name (and empty arguments),

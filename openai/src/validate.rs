@@ -11,7 +11,7 @@ use switchyard_schemas::{
 use crate::error::Invalid;
 use crate::request::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, EmbeddingInput, MessageContent, Prompt, ResponseFormatIn, ToolChoiceIn,
-    ToolChoiceMode, ToolIn,
+    ToolChoiceMode, ToolIn, ToolType,
 };
 
 /// Limits an operator can set. Serializable: a batch keeps the limits of the api that
@@ -201,7 +201,17 @@ fn tool_use(
     let mut names = HashSet::new();
     let mut definitions = Vec::with_capacity(tools.len());
     for (i, tool) in tools.into_iter().enumerate() {
-        let function = tool.function;
+        // The api resolves hosted tools into function tools before planning; anywhere else
+        // (batch lines, `/v1/jobs`) nothing would run their calls.
+        if tool.kind == ToolType::Hosted {
+            return Err(Invalid::new(
+                format!("tools[{i}]"),
+                format!("Invalid 'tools[{i}]': 'hosted' tools are served by /v1/chat/completions only."),
+            ));
+        }
+        let Some(function) = tool.function else {
+            return Err(Invalid::new(format!("tools[{i}].function"), format!("Missing required parameter: 'tools[{i}].function'.")));
+        };
         if !FunctionSpec::valid_name(&function.name) {
             return Err(Invalid::new(
                 format!("tools[{i}].function.name"),

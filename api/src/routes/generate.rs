@@ -8,6 +8,7 @@ use switchyard_openai::request::{ChatCompletionRequest, CompletionRequest};
 use switchyard_openai::response::{ChatChoice, Completion, StreamEvent, TextChoice};
 use switchyard_openai::{plan_chat, plan_completion};
 
+use super::hosted;
 use super::run::{Delivery, run};
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::OpenAiJson;
@@ -20,12 +21,16 @@ use crate::state::AppState;
 pub async fn chat_completions(
     caller: Caller,
     State(state): State<AppState>,
-    OpenAiJson(request): OpenAiJson<ChatCompletionRequest>,
+    OpenAiJson(mut request): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.model_for(&caller, &request.model).await?;
     let delivery = Delivery::of(request.stream, request.stream_options.as_ref());
+    let hosted = hosted::resolve(&state, &caller, &mut request).await?;
     let plan = plan_chat(request, &state.limits, &model.card)?;
-    run(state, caller, model.card, plan, delivery).await
+    match hosted {
+        Some(hosted) => hosted::run(state, caller, model.card, plan, delivery, hosted).await,
+        None => run(state, caller, model.card, plan, delivery).await,
+    }
 }
 
 #[utoipa::path(post, path = "/v1/completions", tag = "generation", request_body = CompletionRequest,

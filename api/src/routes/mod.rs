@@ -6,6 +6,7 @@ pub(crate) mod embeddings;
 pub(crate) mod files;
 pub(crate) mod generate;
 pub(crate) mod health;
+mod hosted;
 pub mod mcp;
 pub(crate) mod models;
 mod run;

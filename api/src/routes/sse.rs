@@ -189,7 +189,7 @@ impl SseState {
         match &self.reply.flavor {
             Flavor::Chat => {
                 if first {
-                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None), tool_calls: None };
+                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None), tool_calls: None, hosted_tool_call: None };
                     self.write_chunk(&[ChatChunkChoice { index, delta: role, logprobs: None, finish_reason: None }], None, out);
                 }
                 let logprobs = self.reply.logprobs.then(|| ChatLogprobs::new(logprobs));
@@ -270,7 +270,7 @@ impl Pending {
     }
 }
 
-fn write_event(out: &mut String, value: &impl Serialize) {
+pub(crate) fn write_event(out: &mut String, value: &impl Serialize) {
     out.push_str("data: ");
     out.push_str(&serde_json::to_string(value).expect("response chunks serialize"));
     out.push_str("\n\n");

@@ -5,7 +5,9 @@
 //! output in the Hermes format (`<tool_call>{"name": …, "arguments": …}</tool_call>`), through
 //! the same [`crate::tool_calls`] stream the torch backend uses, so a client can test tool
 //! calling end to end by sending the calls it wants back. A debugging backend: nothing here
-//! decides to call a tool.
+//! decides to call a tool. For several rounds of one conversation (a call, then an answer once
+//! the call's result is in), the last user message is a script: segments split on lines holding
+//! only `---`, segment k answered after k assistant messages ([`script_segment`]).
 
 use std::time::Duration;
 
@@ -69,7 +71,10 @@ impl Backend for Echo {
     async fn run(&self, job: Job, sink: &EventSink, cancel: CancellationToken) -> Result<Finish, BackendError> {
         let (text, params, prompt_tokens) = match &job.envelope.request {
             JobRequest::Chat { messages, params, tools, response_format } => {
-                let last_user = messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+                let mut last_user = messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+                if self.args.tools_name.as_ref() == Some(&job.envelope.model) {
+                    last_user = script_segment(messages);
+                }
                 let prompt_tokens = messages.iter().map(|m| debug_tokens(&m.content).len()).sum::<usize>() as u32;
                 match tools {
                     Some(tools)
@@ -123,6 +128,33 @@ impl Echo {
     }
 }
 
+/// The tool-call mode's multi-round script: the last user message split on lines holding only
+/// `---`, segment k being the answer after k assistant messages that follow it (the last
+/// segment once k passes the end). So one user message can script a conversation: a call in
+/// the first round, plain text once the call's answer is in. A message without such a line is
+/// one segment, reflected whole.
+fn script_segment(messages: &[switchyard_schemas::ChatMessage]) -> &str {
+    let Some(last) = messages.iter().rposition(|m| m.role == "user") else { return "" };
+    let answered = messages[last + 1..].iter().filter(|m| m.role == "assistant").count();
+    let text = messages[last].content.as_str();
+    let mut segments = Vec::new();
+    let (mut start, mut offset) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        if line.trim() == "---" {
+            segments.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    if segments.is_empty() {
+        return text;
+    }
+    segments.push(&text[start..]);
+    let segment = segments[answered.min(segments.len() - 1)];
+    // The line break before a separator belongs to it, not to the segment.
+    segment.strip_suffix('\n').map_or(segment, |s| s.strip_suffix('\r').unwrap_or(s))
+}
+
 /// A unit vector that depends only on the text (FNV-1a seeded xorshift), so tests can
 /// recompute it. It carries no meaning.
 pub fn debug_vector(text: &str, dimensions: usize) -> Vec<f32> {
@@ -138,4 +170,27 @@ pub fn debug_vector(text: &str, dimensions: usize) -> Vec<f32> {
     let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
     vector.iter_mut().for_each(|x| *x /= norm);
     vector
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_schemas::ChatMessage;
+
+    fn message(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into(), name: None, tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    #[test]
+    fn a_script_answers_segment_k_after_k_assistant_messages() {
+        let script = "<tool_call>{}</tool_call>\n---\nsecond\n  ---  \r\nthird";
+        let mut messages = vec![message("system", "s"), message("user", script)];
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(super::script_segment(&messages).to_owned());
+            messages.push(message("assistant", ""));
+            messages.push(message("tool", "5"));
+        }
+        assert_eq!(answers, ["<tool_call>{}</tool_call>", "second", "third", "third"]);
+        assert_eq!(super::script_segment(&[message("user", "a\n--- b\n")]), "a\n--- b\n", "no separator line: the whole message");
+    }
 }
