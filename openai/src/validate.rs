@@ -187,12 +187,8 @@ fn tool_use(
         if matches!(choice, Some(ToolChoiceIn::Named(_)) | Some(ToolChoiceIn::Mode(ToolChoiceMode::Auto | ToolChoiceMode::Required))) {
             return Err(Invalid::new("tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."));
         }
-        if parallel.is_some() {
-            return Err(Invalid::new(
-                "parallel_tool_calls",
-                "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' are specified.",
-            ));
-        }
+        // `parallel_tool_calls` without tools changes nothing: accepted, as clients that
+        // always send it expect.
         return Ok(None);
     }
     if tools.len() > 128 {

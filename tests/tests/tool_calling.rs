@@ -211,7 +211,6 @@ async fn tool_requests_are_validated_by_name() {
         (json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
         (json!({"tools": [weather_tool()], "tool_choice": "sometimes"}), "tool_choice"),
         (json!({"tool_choice": "auto"}), "tool_choice"),
-        (json!({"parallel_tool_calls": true}), "parallel_tool_calls"),
         (json!({"functions": [{"name": "f"}]}), "functions"),
         (json!({"function_call": "auto"}), "function_call"),
         (json!({"response_format": {"type": "json_object"}}), "response_format"),
