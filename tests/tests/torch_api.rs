@@ -488,6 +488,23 @@ async fn a_tool_capable_model_calls_a_forced_tool_streamed_or_not() {
     assert_eq!(pieces, call["function"]["arguments"].as_str().unwrap());
     assert_eq!(chunks.iter().rev().find_map(|c| c["choices"][0]["finish_reason"].as_str()), Some("tool_calls"));
 
+    // `required`: the call's tag is opened and the whole call constrained to one of the tools,
+    // so the model picks a function and writes valid arguments for it.
+    let unit = json!({"type": "function", "function": {"name": "set_unit",
+        "parameters": {"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["unit"]}}});
+    let body = json!({"model": "tiny-qwen2-tools", "messages": [{"role": "user", "content": "do something"}],
+        "tools": [add_tool(), unit], "tool_choice": "required", "temperature": 0, "max_tokens": 120});
+    let (status, answer) = stack.post_json(CHAT, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls", "{answer}");
+    let call = &answer["choices"][0]["message"]["tool_calls"][0]["function"];
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).expect("arguments are JSON");
+    match call["name"].as_str().unwrap() {
+        "add" => assert!(arguments["a"].is_number() && arguments["b"].is_number(), "{arguments}"),
+        "set_unit" => assert!(["celsius", "fahrenheit"].contains(&arguments["unit"].as_str().unwrap()), "{arguments}"),
+        other => panic!("called {other}"),
+    }
+
     // response_format json_schema: the content is JSON of the schema.
     let schema = json!({"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]});
     let body = json!({"model": "tiny-qwen2-tools", "messages": [{"role": "user", "content": "a number"}], "temperature": 0, "max_tokens": 80,

@@ -109,6 +109,37 @@ impl Format {
             Format::Llama3Json => "}",
         }
     }
+
+    /// The text around a call's JSON object, `(before, after)`: Hermes
+    /// `("<tool_call>\n", "\n</tool_call>")`, Llama nothing. For a caller that has the object
+    /// itself written under a constraint ([`Format::call_schema`]).
+    pub fn call_tags(&self) -> (&'static str, &'static str) {
+        match self {
+            Format::Hermes => ("<tool_call>\n", "\n</tool_call>"),
+            Format::Llama3Json => ("", ""),
+        }
+    }
+
+    /// The JSON Schema of one call object of this format calling one of `functions` (name, and
+    /// its parameters' schema; `None`: any object), the name first: what a constrained decoder
+    /// needs to make a model call one of them.
+    pub fn call_schema<'a>(&self, functions: impl IntoIterator<Item = (&'a str, Option<&'a Value>)>) -> Value {
+        let key = match self {
+            Format::Hermes => "arguments",
+            Format::Llama3Json => "parameters",
+        };
+        let any_object = serde_json::json!({"type": "object"});
+        let branches: Vec<Value> = functions
+            .into_iter()
+            .map(|(name, parameters)| {
+                let mut properties = serde_json::Map::new();
+                properties.insert("name".into(), serde_json::json!({"const": name}));
+                properties.insert(key.into(), parameters.cloned().unwrap_or_else(|| any_object.clone()));
+                serde_json::json!({"type": "object", "properties": properties, "required": ["name", key]})
+            })
+            .collect();
+        serde_json::json!({"anyOf": branches})
+    }
 }
 
 /// What a [`Parser`] can say for sure about the output so far. Calls are numbered from 0 in

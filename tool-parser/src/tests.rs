@@ -611,3 +611,19 @@ fn long_output_is_linear() {
     let (_, calls) = collect(&events);
     assert_eq!(calls[0].1.len(), long.len() + 9);
 }
+
+#[test]
+fn a_call_schema_object_inside_the_tags_parses_as_a_call() {
+    let parameters = serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let schema = Format::Hermes.call_schema([("add", Some(&parameters)), ("now", None)]);
+    let branches = schema["anyOf"].as_array().unwrap();
+    assert_eq!(branches.len(), 2);
+    assert_eq!(branches[0]["properties"]["name"]["const"], "add");
+    assert_eq!(branches[0]["properties"]["arguments"], parameters);
+    assert_eq!(branches[1]["properties"]["arguments"]["type"], "object");
+    assert_eq!(Format::Llama3Json.call_schema([("now", None)])["anyOf"][0]["required"][1], "parameters");
+    // What a constrained decoder writes for it, between the tags, is an ordinary call.
+    let (open, close) = Format::Hermes.call_tags();
+    let output = format!("{open}{{\"name\": \"add\", \"arguments\": {{\"a\": 2}}}}{close}");
+    assert_eq!(collected(Format::Hermes, &output), (String::new(), vec![call("add", r#"{"a": 2}"#)]));
+}

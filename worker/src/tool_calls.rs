@@ -80,7 +80,26 @@ impl Delivered {
 }
 
 impl<'a> ToolCallStream<'a> {
+    /// A stream whose answer, when `tool_choice` forces a call, begins with the format's
+    /// opening of it ([`Format::forced_call`] / [`Format::forced_opening`]).
     pub fn new(format: Format, tools: &ToolUse, sink: &'a EventSink, resume: Option<&ResumeState>) -> Result<Self, BackendError> {
+        let forced = match &tools.choice {
+            ToolChoice::Function(name) => Some(format.forced_call(name)),
+            ToolChoice::Required => Some(format.forced_opening().to_owned()),
+            ToolChoice::None | ToolChoice::Auto => None,
+        };
+        Self::with_prefix(format, tools, sink, resume, forced)
+    }
+
+    /// A stream whose answer begins with `forced` (e.g. only the call's tag, when the backend
+    /// has the call object itself written under a constraint).
+    pub fn with_prefix(
+        format: Format,
+        tools: &ToolUse,
+        sink: &'a EventSink,
+        resume: Option<&ResumeState>,
+        forced: Option<String>,
+    ) -> Result<Self, BackendError> {
         let mut schemas = HashMap::new();
         for tool in &tools.tools {
             let validator = match &tool.parameters {
@@ -91,11 +110,6 @@ impl<'a> ToolCallStream<'a> {
             };
             schemas.insert(tool.name.clone(), validator);
         }
-        let forced = match &tools.choice {
-            ToolChoice::Function(name) => Some(format.forced_call(name)),
-            ToolChoice::Required => Some(format.forced_opening().to_owned()),
-            ToolChoice::None | ToolChoice::Auto => None,
-        };
         let skip = resume
             .map(|state| Skip {
                 text: Delivered::new(&state.text),

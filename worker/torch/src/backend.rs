@@ -132,9 +132,9 @@ impl Backend for TorchBackend {
         request.constraint = answer.constraint;
         let mut calls = match answer.calls {
             Some((format, tools)) => {
-                let calls = ToolCallStream::new(format, tools, sink, job.resume.as_ref())?;
+                let calls = ToolCallStream::with_prefix(format, tools, sink, job.resume.as_ref(), answer.prefix)?;
                 request.answer_prefix = calls.forced_prefix().to_owned();
-                Some((calls, format))
+                Some(calls)
             }
             None => None,
         };
@@ -145,13 +145,15 @@ impl Backend for TorchBackend {
             match event {
                 GenerateEvent::Started { resumed_tokens: n, .. } => resumed_tokens = n,
                 GenerateEvent::Delta { text, tokens, logprobs } => match &mut calls {
-                    Some((calls, _)) => {
+                    Some(calls) => {
                         calls.push(&text, tokens)?;
                         if !calls.wants_more() {
                             cancel.cancel();
                         }
                     }
-                    None if want_logprobs => sink.delta_with_logprobs(text, logprobs.into_iter().map(wire_logprob).collect()),
+                    None if want_logprobs => {
+                        sink.delta_with_logprobs(text, logprobs.into_iter().map(wire_logprob).collect())
+                    }
                     None => sink.delta(text, tokens),
                 },
                 GenerateEvent::Finished { reason, prompt_tokens, completion_tokens } => {
@@ -164,13 +166,15 @@ impl Backend for TorchBackend {
                         FinishReason::Length => wire::FinishReason::Length,
                         FinishReason::Cancelled => wire::FinishReason::Cancelled,
                     };
-                    if let Some((mut calls, format)) = calls.take() {
+                    if let Some(mut calls) = calls.take() {
                         if !calls.wants_more() {
                             // Stopped on purpose after the one call the request allows.
                             reason = wire::FinishReason::Stop;
-                        } else if answer.closes_call && reason == wire::FinishReason::Stop {
-                            // The constrained arguments are complete: the call's closing is ours.
-                            calls.push(format.call_closing(), 0)?;
+                        } else if let Some(closing) = answer.closing
+                            && reason == wire::FinishReason::Stop
+                        {
+                            // The constrained call is complete: its closing is ours.
+                            calls.push(closing, 0)?;
                         }
                         reason = calls.finish(reason)?;
                     }
@@ -187,11 +191,13 @@ impl Backend for TorchBackend {
 struct Answer<'j> {
     /// The model's tool-call format and the request's tools, when the model may call them.
     calls: Option<(ToolFormat, &'j wire::ToolUse)>,
-    /// Constrained decoding: a forced call's arguments, or a JSON `response_format`.
+    /// What the answer is made to begin with (a forced call's opening).
+    prefix: Option<String>,
+    /// Constrained decoding: a forced call, or a JSON `response_format`.
     constraint: Option<Matcher>,
-    /// The constraint covers a forced call's arguments: the call's closing text is not
-    /// generated but added when they are complete.
-    closes_call: bool,
+    /// The text that closes a forced call once the constrained part is complete: it is not
+    /// generated but added.
+    closing: Option<&'static str>,
 }
 
 impl TorchBackend {
@@ -222,16 +228,47 @@ impl TorchBackend {
             wire::ResponseFormat::JsonObject => Some(None),
             wire::ResponseFormat::JsonSchema { schema, .. } => Some(Some(schema)),
         };
-        if let Some((_, tools)) = calls
-            && let wire::ToolChoice::Function(name) = &tools.choice
-        {
-            // The call is opened and named for the model: its arguments are constrained to the
-            // function's schema (any JSON object without one).
-            let schema = tools.tools.iter().find(|t| t.name == *name).and_then(|t| t.parameters.as_ref());
-            let matcher = Matcher::new(Some(schema.unwrap_or(&serde_json::json!({"type": "object"}))));
-            // A schema the matcher cannot represent leaves the arguments free; they are still
-            // checked against it when the call ends.
-            return Ok(Answer { calls, constraint: matcher.ok(), closes_call: true });
+        if let Some((format, tools)) = calls {
+            match &tools.choice {
+                wire::ToolChoice::Function(name) => {
+                    // The call is opened and named for the model: its arguments are constrained
+                    // to the function's schema (any JSON object without one).
+                    let schema = tools.tools.iter().find(|t| t.name == *name).and_then(|t| t.parameters.as_ref());
+                    let matcher = Matcher::new(Some(schema.unwrap_or(&serde_json::json!({"type": "object"}))));
+                    // A schema the matcher cannot represent leaves the arguments free; they are
+                    // still checked against it when the call ends. So for `required` below.
+                    return Ok(match matcher {
+                        Ok(m) => Answer {
+                            calls,
+                            prefix: Some(format.forced_call(name)),
+                            constraint: Some(m),
+                            closing: Some(format.call_closing()),
+                        },
+                        Err(_) => {
+                            Answer { calls, prefix: Some(format.forced_call(name)), constraint: None, closing: None }
+                        }
+                    });
+                }
+                wire::ToolChoice::Required => {
+                    // The call's tag is opened and its whole object constrained to a call of one
+                    // of the tools: the model chooses which, and writes valid arguments for it.
+                    let schema =
+                        format.call_schema(tools.tools.iter().map(|t| (t.name.as_str(), t.parameters.as_ref())));
+                    let (open, close) = format.call_tags();
+                    return Ok(match Matcher::new(Some(&schema)) {
+                        Ok(m) => {
+                            Answer { calls, prefix: Some(open.to_owned()), constraint: Some(m), closing: Some(close) }
+                        }
+                        Err(_) => Answer {
+                            calls,
+                            prefix: Some(format.forced_opening().to_owned()),
+                            constraint: None,
+                            closing: None,
+                        },
+                    });
+                }
+                wire::ToolChoice::Auto | wire::ToolChoice::None => {}
+            }
         }
         let constraint = match json {
             None => None,
@@ -241,16 +278,22 @@ impl TorchBackend {
                 ));
             }
             Some(schema) => Some(Matcher::new(schema).map_err(|e| {
-                BackendError::invalid(format!("response_format: this schema cannot be used for constrained decoding: {e}"))
+                BackendError::invalid(format!(
+                    "response_format: this schema cannot be used for constrained decoding: {e}"
+                ))
             })?),
         };
-        Ok(Answer { calls, constraint, closes_call: false })
+        Ok(Answer { calls, prefix: None, constraint, closing: None })
     }
 }
 
 fn chat_message(m: &wire::ChatMessage) -> ChatMessage {
     ChatMessage {
-        tool_calls: m.tool_calls.iter().map(|c| crate::ToolCall::new(c.id.clone(), c.name.clone(), c.arguments.clone())).collect(),
+        tool_calls: m
+            .tool_calls
+            .iter()
+            .map(|c| crate::ToolCall::new(c.id.clone(), c.name.clone(), c.arguments.clone()))
+            .collect(),
         tool_call_id: m.tool_call_id.clone(),
         name: m.name.clone(),
         ..ChatMessage::new(m.role.clone(), m.content.clone())
