@@ -232,40 +232,26 @@ impl TorchBackend {
             match &tools.choice {
                 wire::ToolChoice::Function(name) => {
                     // The call is opened and named for the model: its arguments are constrained
-                    // to the function's schema (any JSON object without one).
+                    // to the function's schema (any JSON object without one). A schema the
+                    // matcher cannot represent leaves them free; they are still checked against
+                    // it when the call ends. So for `required` below.
                     let schema = tools.tools.iter().find(|t| t.name == *name).and_then(|t| t.parameters.as_ref());
-                    let matcher = Matcher::new(Some(schema.unwrap_or(&serde_json::json!({"type": "object"}))));
-                    // A schema the matcher cannot represent leaves the arguments free; they are
-                    // still checked against it when the call ends. So for `required` below.
-                    return Ok(match matcher {
-                        Ok(m) => Answer {
-                            calls,
-                            prefix: Some(format.forced_call(name)),
-                            constraint: Some(m),
-                            closing: Some(format.call_closing()),
-                        },
-                        Err(_) => {
-                            Answer { calls, prefix: Some(format.forced_call(name)), constraint: None, closing: None }
-                        }
-                    });
+                    let constraint = Matcher::new(Some(schema.unwrap_or(&serde_json::json!({"type": "object"})))).ok();
+                    let closing = constraint.is_some().then(|| format.call_closing());
+                    return Ok(Answer { calls, prefix: Some(format.forced_call(name)), constraint, closing });
                 }
                 wire::ToolChoice::Required => {
                     // The call's tag is opened and its whole object constrained to a call of one
                     // of the tools: the model chooses which, and writes valid arguments for it.
                     let schema =
                         format.call_schema(tools.tools.iter().map(|t| (t.name.as_str(), t.parameters.as_ref())));
+                    let constraint = Matcher::new(Some(&schema)).ok();
                     let (open, close) = format.call_tags();
-                    return Ok(match Matcher::new(Some(&schema)) {
-                        Ok(m) => {
-                            Answer { calls, prefix: Some(open.to_owned()), constraint: Some(m), closing: Some(close) }
-                        }
-                        Err(_) => Answer {
-                            calls,
-                            prefix: Some(format.forced_opening().to_owned()),
-                            constraint: None,
-                            closing: None,
-                        },
-                    });
+                    let (prefix, closing) = match constraint {
+                        Some(_) => (open.to_owned(), Some(close)),
+                        None => (format.forced_opening().to_owned(), None),
+                    };
+                    return Ok(Answer { calls, prefix: Some(prefix), constraint, closing });
                 }
                 wire::ToolChoice::Auto | wire::ToolChoice::None => {}
             }

@@ -168,25 +168,31 @@ impl Sequence {
     pub fn choose(&mut self, logits: &Tensor, row: usize, argmax: Option<u32>) -> Choice {
         if let Some(c) = &mut self.constraint {
             c.matcher.allowed(&c.vocabulary, &mut c.allowed);
-            let complete = c.matcher.is_complete();
-            let stop = self.stop_ids.first().copied();
-            if complete {
+            // Stop tokens have no bytes, so the matcher never allows them: this is "anything
+            // but a stop".
+            let more = c.allowed.iter().any(|&ok| ok);
+            if c.matcher.is_complete() {
+                if !more && let Some(&id) = self.stop_ids.first() {
+                    self.sampler.observe(id);
+                    return Choice { id, logprob: None, top: Vec::new() };
+                }
                 for &id in &self.stop_ids {
                     if let Some(slot) = c.allowed.get_mut(id as usize) {
                         *slot = true;
                     }
                 }
             }
-            let any_other = c.allowed.iter().enumerate().any(|(id, &ok)| ok && !self.stop_ids.contains(&(id as u32)));
-            if complete && !any_other && let Some(id) = stop {
-                self.sampler.observe(id);
-                return Choice { id, logprob: None, top: Vec::new() };
-            }
             let row = logits.get(row as i64);
-            let vocab = row.size()[0] as usize;
-            let mut mask = c.allowed.clone();
-            mask.resize(vocab, false);
-            let mask = Tensor::from_slice(&mask).to_device(row.device());
+            let width = row.size()[0] as usize;
+            // The logits may be wider than the tokenizer's vocabulary (padded embeddings).
+            let mask = if width == c.allowed.len() {
+                Tensor::from_slice(&c.allowed)
+            } else {
+                let mut padded = c.allowed.clone();
+                padded.resize(width, false);
+                Tensor::from_slice(&padded)
+            }
+            .to_device(row.device());
             return self.sampler.choose(&row.masked_fill(&mask.logical_not(), f64::NEG_INFINITY));
         }
         match argmax.filter(|_| self.wants_argmax_only()) {
