@@ -9,6 +9,24 @@
 //! `sy.resume.<instance>.<job>`) where to continue — the client never sees text twice.
 //!
 //! A [`JobHandle`] dropped before its job finished (the client went away) cancels the job.
+//!
+//! A direct publisher on a secured broker (`broker-config/secure/`) connects as its own NATS
+//! user, whose permissions name its instance: it may publish jobs for its models only, and
+//! subscribe only to `sy.reply.<instance>.*`, `sy.resume.<instance>.*` and its own inbox prefix
+//! (where JetStream's publish acknowledgements arrive). So it picks its instance name and inbox
+//! prefix to match, and starts with [`Jobs::start_publisher`], which touches no JetStream API:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchyard_client::{BrokerAuth, JobTimeouts, Jobs};
+//! let auth = BrokerAuth { nats_inbox_prefix: Some("_INBOX_orders".into()), ..Default::default() };
+//! let nats = switchyard_client::connect_nats("nats://orders:secret@nats:4222", "orders", &auth).await?;
+//! // Optional: with Redis, a cancelled job is also skipped by workers that start later.
+//! let redis = switchyard_client::connect_redis("redis://publisher:secret@redis:6379").await?;
+//! let timeouts = JobTimeouts { queue: std::time::Duration::from_secs(30), idle: std::time::Duration::from_secs(120) };
+//! let jobs = Jobs::start_publisher("orders".into(), nats, Some(redis), timeouts).await?;
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +40,8 @@ use switchyard_schemas::{
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+
+pub use switchyard_broker::{BrokerAuth, BrokerError, connect_nats, connect_redis};
 
 /// Why a job's events stopped coming without a terminal event.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,7 +85,8 @@ pub struct Jobs {
     instance: String,
     nats: async_nats::Client,
     js: jetstream::Context,
-    redis: redis::aio::ConnectionManager,
+    /// Where cancel flags go; a publisher without Redis only announces cancellations.
+    redis: Option<redis::aio::ConnectionManager>,
     inflight: Mutex<HashMap<String, Inflight>>,
     timeouts: JobTimeouts,
 }
@@ -78,16 +99,40 @@ struct Inflight {
 }
 
 impl Jobs {
-    /// Starts routing the events of jobs submitted through this instance. `instance` names the
-    /// reply subjects (`sy.reply.<instance>.*`): unique per process.
+    /// Starts routing the events of jobs submitted through this instance, after creating or
+    /// updating the job streams (the api and the scheduler; needs the JetStream API).
+    /// `instance` names the reply subjects (`sy.reply.<instance>.*`): unique per process.
     pub async fn start(
         instance: String,
         nats: async_nats::Client,
         redis: redis::aio::ConnectionManager,
         timeouts: JobTimeouts,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
+        switchyard_broker::jobs::ensure_streams(&jetstream::new(nats.clone())).await?;
+        Self::start_routing(instance, nats, Some(redis), timeouts).await
+    }
+
+    /// Starts a direct publisher: like [`Jobs::start`], but it leaves the streams to the parts
+    /// that own them and uses no JetStream API, only publishes (of jobs and cancellations) and
+    /// its own reply, resume and inbox subjects — what the secured broker's publisher role
+    /// allows. `instance` must be the one its permissions name. Without `redis` a cancellation
+    /// is only announced (see [`switchyard_broker::cancel::announce_cancel`]).
+    pub async fn start_publisher(
+        instance: String,
+        nats: async_nats::Client,
+        redis: Option<redis::aio::ConnectionManager>,
+        timeouts: JobTimeouts,
+    ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
+        Self::start_routing(instance, nats, redis, timeouts).await
+    }
+
+    async fn start_routing(
+        instance: String,
+        nats: async_nats::Client,
+        redis: Option<redis::aio::ConnectionManager>,
+        timeouts: JobTimeouts,
+    ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         let js = jetstream::new(nats.clone());
-        switchyard_broker::jobs::ensure_streams(&js).await?;
         let jobs = Arc::new(Jobs { instance, nats: nats.clone(), js, redis, inflight: Mutex::new(HashMap::new()), timeouts });
         let subscribe_err = |e: async_nats::SubscribeError| switchyard_broker::BrokerError::Nats(format!("cannot subscribe: {e}"));
         let replies = nats.subscribe(subject::replies_of(&jobs.instance)).await.map_err(subscribe_err)?;
@@ -95,6 +140,11 @@ impl Jobs {
         tokio::spawn(route_events(Arc::downgrade(&jobs), replies));
         tokio::spawn(answer_resumes(Arc::downgrade(&jobs), resumes));
         Ok(jobs)
+    }
+
+    /// The instance name of this client's reply and resume subjects.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Publishes a job in `lane` and returns the handle its events arrive on. The job is in
@@ -139,18 +189,22 @@ impl Jobs {
         let payload = encode(&envelope).map_err(|e| JobError::Internal(e.to_string()))?;
         // No `Nats-Msg-Id`: this publish is never retried, so the stream's duplicate tracking
         // (an entry per job for two minutes) would buy nothing here.
+        let job_subject = subject::job(lane, kind, model);
         let published = async {
-            self.js.publish(subject::job(lane, kind, model), payload.into()).await?.await?;
+            self.js.publish(job_subject.clone(), payload.into()).await?.await?;
             Ok::<_, async_nats::jetstream::context::PublishError>(())
         };
-        published.await.map_err(|e| JobError::Unavailable(e.to_string()))?;
+        published.await.map_err(|e| JobError::Unavailable(describe_publish_error(&job_subject, &e)))?;
         debug!(job_id = %id, model, "job queued");
         Ok(())
     }
 
     /// Cancels a job (queued or running) by id, whoever submitted it.
     pub async fn cancel(&self, job_id: &str) -> Result<(), switchyard_broker::BrokerError> {
-        switchyard_broker::cancel::cancel_job(&self.redis, &self.nats, job_id).await
+        match &self.redis {
+            Some(redis) => switchyard_broker::cancel::cancel_job(redis, &self.nats, job_id).await,
+            None => switchyard_broker::cancel::announce_cancel(&self.nats, job_id).await,
+        }
     }
 
     fn cancel_in_background(self: &Arc<Self>, job_id: String) {
@@ -160,6 +214,23 @@ impl Jobs {
                 warn!(job_id, error = %e, "cancelling job failed");
             }
         });
+    }
+}
+
+/// Why a job's publish was not acknowledged, with what to check. A permission violation is not
+/// answered (the server drops the message and reports it on the connection), so on a secured
+/// broker a job for a model the publisher is not granted ends in a timeout here.
+fn describe_publish_error(job_subject: &str, error: &async_nats::jetstream::context::PublishError) -> String {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match error.kind() {
+        PublishErrorKind::TimedOut => format!(
+            "{error}: no acknowledgement for {job_subject}. JetStream may be unavailable, or this connection may not publish \
+             there (on a secured broker: the model is not granted to this publisher, or its inbox prefix is not its own)"
+        ),
+        PublishErrorKind::StreamNotFound => {
+            format!("{error}: no stream takes {job_subject}; the api, scheduler and workers create it when they start")
+        }
+        _ => format!("{error} (publishing {job_subject})"),
     }
 }
 
@@ -263,7 +334,7 @@ async fn route_events(jobs: std::sync::Weak<Jobs>, mut replies: async_nats::Subs
                     "Lost messages {expected}..{} of this job between worker and api; the output would be incomplete.",
                     message.seq
                 );
-                let _ = job.tx.send(EventBody::Error { code: ErrorCode::StreamGap, message: text });
+                let _ = job.tx.send(EventBody::error(ErrorCode::StreamGap, text));
                 job.progress.next_seq = u64::MAX - 1;
                 continue;
             }

@@ -171,7 +171,7 @@ impl JobOutput {
                 self.usage = usage;
                 return Ok(true);
             }
-            EventBody::Error { code, message } => return Err(JobFailure::new(code, message, prompt_param)),
+            EventBody::Error { code, message, upstream } => return Err(JobFailure::new(code, message, upstream, prompt_param)),
             // Tool calls are not planned here: their events never reach an OpenAI answer.
             EventBody::Started { .. } | EventBody::ToolResult { .. } | EventBody::ToolChunk { .. } => {}
         }
@@ -371,6 +371,7 @@ mod tests {
             last_seen_ms: 0,
             supports: Default::default(),
             functions: Vec::new(),
+            prompt_settings: Default::default(),
         }
     }
 
@@ -499,7 +500,7 @@ mod tests {
     fn a_job_error_names_the_prompt_when_it_is_too_long() {
         let mut output = JobOutput::default();
         let failure =
-            output.push(EventBody::Error { code: ErrorCode::ContextLengthExceeded, message: "long".into() }, "prompt").unwrap_err();
+            output.push(EventBody::error(ErrorCode::ContextLengthExceeded, "long"), "prompt").unwrap_err();
         assert_eq!(failure.param.as_deref(), Some("prompt"));
     }
 }

@@ -4,6 +4,7 @@
 //! Floats reach the wire widened to `f64` (`0.1f32` is written `0.10000000149011612`), as the
 //! api has always written them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine;
@@ -380,8 +381,14 @@ pub struct ErrorResponse {
 }
 
 impl ErrorResponse {
-    pub fn new(message: String, kind: &'static str, param: Option<String>, code: Option<&'static str>) -> Self {
-        ErrorResponse { error: ErrorObject { message, kind, param, code } }
+    /// `kind` and `code` are fixed words of ours, or an upstream server's own (owned).
+    pub fn new(
+        message: String,
+        kind: impl Into<Cow<'static, str>>,
+        param: Option<String>,
+        code: Option<impl Into<Cow<'static, str>>>,
+    ) -> Self {
+        ErrorResponse { error: ErrorObject { message, kind: kind.into(), param, code: code.map(Into::into) } }
     }
 }
 
@@ -390,9 +397,11 @@ pub struct ErrorObject {
     pub message: String,
     /// `invalid_request_error`, `server_error`, or the rate limit's kind.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    #[schema(value_type = String)]
+    pub kind: Cow<'static, str>,
     pub param: Option<String>,
-    pub code: Option<&'static str>,
+    #[schema(value_type = Option<String>)]
+    pub code: Option<Cow<'static, str>>,
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub struct SchedulerOptions {
     /// Redis URL.
     #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    #[command(flatten)]
+    pub auth: switchyard_broker::BrokerAuth,
     /// Address of the health endpoint.
     #[arg(long, env = "SWITCHYARD_SCHEDULER_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
@@ -67,7 +69,7 @@ struct Counters {
 /// Runs the scheduler until `shutdown` fires.
 pub async fn run_scheduler(options: SchedulerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let instance = format!("scheduler-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let nats = switchyard_broker::connect_nats(&options.nats_url, &instance).await?;
+    let nats = switchyard_broker::connect_nats(&options.nats_url, &instance, &options.auth).await?;
     let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
     let js = jetstream::new(nats.clone());
     switchyard_broker::jobs::ensure_streams(&js).await?;
@@ -178,13 +180,13 @@ async fn dead_letter(js: &jetstream::Context, nats: &async_nats::Client, advisor
     let error = StreamEvent::single(
         envelope.id.clone(),
         OUT_OF_BAND_SEQ,
-        EventBody::Error {
-            code: ErrorCode::MaxDeliveriesExceeded,
-            message: format!(
+        EventBody::error(
+            ErrorCode::MaxDeliveriesExceeded,
+            format!(
                 "The job failed on {} workers in a row (each stopped without finishing it); it was moved to the dead letters.",
                 advisory.deliveries
             ),
-        },
+        ),
     );
     nats.publish(envelope.reply_to.clone(), encode(&error)?.into()).await?;
     js.publish(subject::dead_letter(envelope.kind, &envelope.model), message.payload.clone()).await?.await?;

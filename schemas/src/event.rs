@@ -79,13 +79,39 @@ pub enum EventBody {
     /// The job ended normally.
     Done { finish_reason: FinishReason, usage: Usage },
     /// The job ended with an error.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+        /// With [`ErrorCode::Upstream`]: what the upstream server answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upstream: Option<UpstreamError>,
+    },
 }
 
 impl EventBody {
+    /// An `Error` event of a job that failed here, not upstream.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        EventBody::Error { code, message: message.into(), upstream: None }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(self, EventBody::Done { .. } | EventBody::Error { .. })
     }
+}
+
+/// An upstream OpenAI-compatible server's error answer: its HTTP status and the fields of its
+/// OpenAI error body, passed on to the client as they came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UpstreamError {
+    /// 400, 401, 404, 413, 429, 5xx…
+    pub status: u16,
+    /// The error body's `type` (`invalid_request_error`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -159,6 +185,9 @@ pub enum ErrorCode {
     /// The model wrote a tool call that is not one: broken JSON, an unknown function, arguments
     /// that do not match the function's schema, or no call where one was required.
     MalformedToolCall,
+    /// The upstream server behind an `openai` worker refused the job or failed; the event's
+    /// `upstream` says how, and the client is answered with the upstream's status.
+    Upstream,
 }
 
 impl ErrorCode {
@@ -175,6 +204,7 @@ impl ErrorCode {
             ErrorCode::InvalidArguments => "invalid_arguments",
             ErrorCode::FunctionFailed => "function_failed",
             ErrorCode::MalformedToolCall => "malformed_tool_call",
+            ErrorCode::Upstream => "upstream_error",
         }
     }
 }

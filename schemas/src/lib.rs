@@ -19,15 +19,17 @@ pub mod model;
 pub mod subject;
 
 pub use codec::{CodecError, decode, encode};
-pub use event::{OUT_OF_BAND_SEQ, ErrorCode, EventBody, FinishReason, StreamEvent, TokenLogprob, TopLogprob, Usage};
+pub use event::{OUT_OF_BAND_SEQ, ErrorCode, EventBody, FinishReason, StreamEvent, TokenLogprob, TopLogprob, UpstreamError, Usage};
 pub use job::{
     ChatMessage, JobEnvelope, JobKind, JobRequest, Lane, ResponseFormat, ResumeState, SamplingParams, ToolCall, ToolChoice,
     ToolDefinition, ToolUse,
 };
-pub use model::{ApiKeyRecord, FunctionSpec, ModelCard, ModelKind, Permissions, RateLimits, Supports, WorkerRecord};
+pub use model::{
+    ApiKeyRecord, FunctionSpec, GenerationDefaults, ModelCard, ModelKind, Permissions, PromptSettings, RateLimits, Supports, WorkerRecord,
+};
 
 /// Version of the wire format. Bump on any change a previous reader would misread.
-pub const WIRE_VERSION: u16 = 5;
+pub const WIRE_VERSION: u16 = 6;
 
 /// Milliseconds since the Unix epoch: the one clock format on the wire.
 pub fn now_ms() -> u64 {

@@ -93,13 +93,65 @@ pub struct ModelCard {
     /// Unix ms when a live worker last announced it (maintained by the registry).
     #[serde(default)]
     pub last_seen_ms: u64,
-    /// The functions a `kind: tool` model hosts (empty for other kinds).
     /// What a chat model can do beyond plain text; the api refuses (400) a request that needs
     /// more than its model's card says.
     #[serde(default)]
     pub supports: Supports,
+    /// The functions a `kind: tool` model hosts (empty for other kinds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<FunctionSpec>,
+    /// What the operator set for this model's prompts (`switchyard worker torch
+    /// --system-prompt/--chat-template/--generation-defaults`); shown in `GET /v1/models/{model}`.
+    #[serde(default, skip_serializing_if = "PromptSettings::is_empty")]
+    pub prompt_settings: PromptSettings,
+}
+
+/// A local model's prompt settings, as its operator gave them to the worker. A request's own
+/// system message and parameters win over them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PromptSettings {
+    /// The system message of a chat request that has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The chat template used in place of the model folder's (its source text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// Decoding defaults over the folder's `generation_config.json`.
+    #[serde(default, skip_serializing_if = "GenerationDefaults::is_empty")]
+    pub generation_defaults: GenerationDefaults,
+}
+
+impl PromptSettings {
+    pub fn is_empty(&self) -> bool {
+        self.system_prompt.is_none() && self.chat_template.is_none() && self.generation_defaults.is_empty()
+    }
+}
+
+/// Decoding defaults an operator sets for a model; each applies to a request that leaves the
+/// parameter out (a penalty of 0 counts as left out).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationDefaults {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+}
+
+impl GenerationDefaults {
+    pub fn is_empty(&self) -> bool {
+        self == &GenerationDefaults::default()
+    }
 }
 
 /// One hosted function, as a tool model's card lists it.

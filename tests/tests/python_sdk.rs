@@ -527,7 +527,7 @@ async fn direct_publishers_get_wire_events_on_both_lanes() {
     assert_eq!(bodies("batch-add"), vec![started.clone(), EventBody::ToolResult { value: json!(42) }, done.clone()]);
     let chunks = (0..3).map(|i| EventBody::ToolChunk { value: json!(i) });
     assert_eq!(bodies("batch-stream"), [started.clone()].into_iter().chain(chunks).chain([done]).collect::<Vec<_>>());
-    assert!(matches!(&bodies("unknown")[..], [s, EventBody::Error { code: ErrorCode::UnknownFunction, message }] if *s == started && message.contains("nope")), "{:?}", bodies("unknown"));
+    assert!(matches!(&bodies("unknown")[..], [s, EventBody::Error { code: ErrorCode::UnknownFunction, message, .. }] if *s == started && message.contains("nope")), "{:?}", bodies("unknown"));
     assert!(matches!(&bodies("late")[..], [EventBody::Error { code: ErrorCode::DeadlineExceeded, .. }]), "{:?}", bodies("late"));
     assert!(matches!(&bodies("not-a-tool")[..], [_, EventBody::Error { code: ErrorCode::InvalidRequest, .. }]), "{:?}", bodies("not-a-tool"));
     for (id, job) in &events {

@@ -250,6 +250,7 @@ impl Backend for Toolbox {
             last_seen_ms: 0,
             supports: Default::default(),
             functions: self.specs(),
+            prompt_settings: Default::default(),
         }]
     }
 

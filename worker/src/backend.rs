@@ -1,7 +1,7 @@
 //! The one trait every backend implements.
 
 use async_trait::async_trait;
-use switchyard_schemas::{ErrorCode, FinishReason, JobEnvelope, ModelCard, ResumeState, Usage};
+use switchyard_schemas::{ErrorCode, FinishReason, JobEnvelope, ModelCard, ResumeState, UpstreamError, Usage};
 use tokio_util::sync::CancellationToken;
 
 use crate::sink::EventSink;
@@ -30,11 +30,18 @@ pub struct Finish {
 pub struct BackendError {
     pub code: ErrorCode,
     pub message: String,
+    /// With [`ErrorCode::Upstream`]: what the upstream server answered.
+    pub upstream: Option<UpstreamError>,
 }
 
 impl BackendError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), upstream: None }
+    }
+
+    /// An upstream server's error answer, passed on with its status and fields.
+    pub fn upstream(message: impl Into<String>, upstream: UpstreamError) -> Self {
+        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(upstream) }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

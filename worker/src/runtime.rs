@@ -30,6 +30,8 @@ pub struct RuntimeOptions {
     /// Redis URL.
     #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    #[command(flatten)]
+    pub auth: switchyard_broker::BrokerAuth,
     /// Jobs this worker runs at once; it never pulls more than it has free slots for.
     /// Default: the backend's (echo and dummy 256; torch as many as its engine batches).
     #[arg(long, env = "SWITCHYARD_SLOTS")]
@@ -97,7 +99,7 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     anyhow::ensure!(!models.is_empty(), "backend {} serves no model", backend.name());
     let slots = options.slots.unwrap_or(1).max(1);
     let id = format!("{}-{}-{}", backend.name(), std::process::id(), ulid::Ulid::new().to_string().to_lowercase());
-    let nats = switchyard_broker::connect_nats(&options.nats_url, &id).await?;
+    let nats = switchyard_broker::connect_nats(&options.nats_url, &id, &options.auth).await?;
     let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
     let js = jetstream::new(nats.clone());
     jobs::ensure_streams(&js).await?;
@@ -361,7 +363,7 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stre
     }
     if envelope.deadline_ms.is_some_and(|deadline| deadline < now_ms()) {
         info!("deadline passed before the job started; skipped");
-        let error = EventBody::Error { code: ErrorCode::DeadlineExceeded, message: "the job's deadline passed before a worker could start it".into() };
+        let error = EventBody::error(ErrorCode::DeadlineExceeded, "the job's deadline passed before a worker could start it");
         publish_alone(worker, &envelope, error).await;
         return Outcome::Finished;
     }
@@ -398,7 +400,7 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stre
                 Ok(finish) => sink.send(EventBody::Done { finish_reason: finish.reason, usage: finish.usage }),
                 Err(error) => {
                     warn!(code = error.code.as_str(), message = %error.message, "job failed");
-                    sink.send(EventBody::Error { code: error.code, message: error.message });
+                    sink.send(EventBody::Error { code: error.code, message: error.message, upstream: error.upstream });
                 }
             }
         }

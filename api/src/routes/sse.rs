@@ -62,7 +62,7 @@ pub(crate) fn first_output(
     admission: Admission,
 ) -> Result<(EventBody, Admission), ApiError> {
     let first = match event {
-        Some(Ok(EventBody::Error { code, message })) => Err(JobFailure::new(code, message, prompt_param).into()),
+        Some(Ok(EventBody::Error { code, message, upstream })) => Err(JobFailure::new(code, message, upstream, prompt_param).into()),
         Some(Err(error)) => Err(error),
         Some(Ok(first)) => Ok(first),
         None => Err(ApiError::Internal("the job ended without output".into())),
@@ -137,8 +137,8 @@ impl SseState {
                         return;
                     }
                 }
-                Ok(EventBody::Error { code, message }) => {
-                    self.fail(JobFailure::new(code, message, self.reply.prompt_param()).into(), out);
+                Ok(EventBody::Error { code, message, upstream }) => {
+                    self.fail(JobFailure::new(code, message, upstream, self.reply.prompt_param()).into(), out);
                     return;
                 }
                 Err(error) => {

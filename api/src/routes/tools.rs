@@ -249,7 +249,7 @@ impl Outputs {
                     return Ok(Some(value));
                 }
                 Ok(EventBody::Done { .. }) => break Ok(None),
-                Ok(EventBody::Error { code, message }) => break Err(JobFailure::new(code, message, "arguments").into()),
+                Ok(EventBody::Error { code, message, upstream }) => break Err(JobFailure::new(code, message, upstream, "arguments").into()),
                 Ok(_) => {}
                 Err(e) => break Err(ApiError::from(e)),
             }
@@ -291,7 +291,7 @@ async fn stream_call(handle: switchyard_client::JobHandle, admission: Admission)
         let (frame, last) = match event {
             Ok(EventBody::ToolChunk { value } | EventBody::ToolResult { value }) => (format!("data: {value}\n\n"), false),
             Ok(EventBody::Done { .. }) => ("data: [DONE]\n\n".to_owned(), true),
-            Ok(EventBody::Error { code, message }) => (error_frame(JobFailure::new(code, message, "arguments").into()), true),
+            Ok(EventBody::Error { code, message, upstream }) => (error_frame(JobFailure::new(code, message, upstream, "arguments").into()), true),
             Ok(_) => (String::new(), false),
             Err(e) => (error_frame(e.into()), true),
         };

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import msgpack
 
 #: `switchyard_schemas::WIRE_VERSION`: a message with a higher `v` is refused.
-WIRE_VERSION = 5
+WIRE_VERSION = 6
 #: Sequence number of an event sent by someone other than the job's worker.
 OUT_OF_BAND_SEQ = 2**64 - 1
 

@@ -63,6 +63,7 @@ pub fn debug_card(name: &str, kind: ModelKind, backend: &str) -> ModelCard {
         last_seen_ms: 0,
         supports: Default::default(),
         functions: Vec::new(),
+        prompt_settings: Default::default(),
     }
 }
 

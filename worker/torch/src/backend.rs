@@ -68,6 +68,7 @@ impl TorchBackend {
                 json_output: info.kind == ModelKind::Decoder,
             },
             functions: Vec::new(),
+            prompt_settings: Default::default(),
         }
     }
 
