@@ -55,6 +55,8 @@ pub struct ApiOptions {
     /// Redis URL.
     #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    #[command(flatten)]
+    pub auth: switchyard_broker::BrokerAuth,
     /// How long a job waits for a worker to start it before the request fails with 503.
     #[arg(long, env = "SWITCHYARD_QUEUE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
@@ -97,7 +99,7 @@ pub struct ApiOptions {
 /// Serves the api until `shutdown` fires.
 pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let instance = format!("api-{}", ulid::Ulid::new().to_string().to_lowercase());
-    let nats = switchyard_broker::connect_nats(&options.nats_url, &instance).await?;
+    let nats = switchyard_broker::connect_nats(&options.nats_url, &instance, &options.auth).await?;
     let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
     let timeouts = JobTimeouts { queue: options.queue_timeout, idle: options.idle_timeout };
     let jobs = Jobs::start(instance.clone(), nats.clone(), redis.clone(), timeouts).await?;

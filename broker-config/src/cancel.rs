@@ -22,6 +22,15 @@ pub async fn cancel_job(redis: &ConnectionManager, nats: &async_nats::Client, jo
     Ok(flag?)
 }
 
+/// Only announces the cancellation of `job_id` on NATS, for a publisher without Redis access:
+/// a running job stops, and workers that heard it skip the job if they pull it later (for ten
+/// minutes), but a worker that starts afterwards would still run it.
+pub async fn announce_cancel(nats: &async_nats::Client, job_id: &str) -> Result<(), BrokerError> {
+    nats.publish(subject::cancel(job_id), Default::default())
+        .await
+        .map_err(|e| BrokerError::Nats(format!("announcing cancellation: {e}")))
+}
+
 /// Whether `job_id` was cancelled.
 pub async fn is_cancelled(redis: &ConnectionManager, job_id: &str) -> Result<bool, BrokerError> {
     Ok(redis.clone().exists(keys::cancel(job_id)).await?)

@@ -7,11 +7,15 @@
 //! * [`apikeys`]: API keys (stored as hashes) and their revocation.
 //! * [`ratelimit`]: requests/tokens per minute and concurrency, shared by every api replica.
 //! * [`files`]: the bodies and records of `/v1/files` in the JetStream object store.
+//! * [`auth`]: credentials for a secured broker ([`BrokerAuth`], taken by every part), and
+//!   how refusals are reported.
 //!
-//! The configuration files for the servers themselves (`nats-server.conf`, `redis.conf`) sit
-//! beside this crate. Names of subjects and keys come from `switchyard-schemas`.
+//! The configuration files for the servers themselves sit beside this crate: `nats-server.conf`
+//! and `redis.conf` (open, for one machine) and `secure/` (users, passwords and permissions per
+//! role). Names of subjects and keys come from `switchyard-schemas`.
 
 pub mod apikeys;
+pub mod auth;
 pub mod cancel;
 pub mod files;
 pub mod jobs;
@@ -20,11 +24,17 @@ pub mod registry;
 
 use std::time::Duration;
 
+pub use auth::{BrokerAuth, redact_url};
+
 /// Why the broker could not be used. Messages say what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot connect to NATS at {url}: {source}")]
-    NatsConnect { url: String, source: async_nats::ConnectError },
+    #[error("cannot connect to NATS at {url}: {source}{hint}")]
+    NatsConnect { url: String, source: async_nats::ConnectError, hint: &'static str },
+    #[error("the NATS URL {url} cannot be used: {reason}")]
+    NatsUrl { url: String, reason: String },
+    #[error("NATS credentials file {}: {reason}", .path.display())]
+    NatsCredentials { path: std::path::PathBuf, reason: String },
     #[error(
         "JetStream is not available on the NATS server ({0}); start nats-server with JetStream on (`nats-server -js`, or broker-config/nats-server.conf)"
     )]
@@ -33,25 +43,34 @@ pub enum BrokerError {
     JetStream(String),
     #[error("NATS request failed: {0}")]
     Nats(String),
-    #[error("cannot connect to Redis at {url}: {source}")]
-    RedisConnect { url: String, source: redis::RedisError },
+    #[error("cannot connect to Redis at {url}: {source}{hint}")]
+    RedisConnect { url: String, source: redis::RedisError, hint: &'static str },
     #[error("Redis request failed: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Codec(#[from] switchyard_schemas::CodecError),
 }
 
-/// Connects to NATS with a client name that shows up in `nats-server` monitoring.
-pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, BrokerError> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        // Events are small and frequent; keep the client's outgoing buffer deep.
-        .client_capacity(65_536)
-        .subscription_capacity(65_536)
-        .connect(url)
+/// Connects to NATS with a client name that shows up in `nats-server` monitoring, and the
+/// credentials of `url` (`nats://user:password@host`) or `auth` (see [`auth`]). Errors name the
+/// server without its password, and say when the credentials were refused.
+pub async fn connect_nats(url: &str, name: &str, auth: &BrokerAuth) -> Result<async_nats::Client, BrokerError> {
+    let (options, servers) = auth::nats_connect_options(url, name, auth)?;
+    connect_nats_with(options, &servers, url).await
+}
+
+/// Connects with `options` from [`auth::nats_connect_options`] (perhaps changed by the caller)
+/// to `servers`; `url` is what error messages name (redacted).
+pub async fn connect_nats_with(options: async_nats::ConnectOptions, servers: &[String], url: &str) -> Result<async_nats::Client, BrokerError> {
+    let addresses = servers
+        .iter()
+        .map(|server| server.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BrokerError::NatsUrl { url: redact_url(url), reason: e.to_string() })?;
+    options
+        .connect(addresses)
         .await
-        .map_err(|source| BrokerError::NatsConnect { url: url.to_string(), source })
+        .map_err(|source| BrokerError::NatsConnect { url: redact_url(url), hint: auth::nats_connect_hint(&source), source })
 }
 
 /// Returns once the NATS server has processed everything `client` sent before, subscriptions
@@ -93,15 +112,19 @@ pub async fn key_value(
         .map_err(|e| BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))
 }
 
-/// Connects to Redis through a connection manager, which reconnects by itself.
+/// Connects to Redis through a connection manager, which reconnects by itself. Credentials go
+/// in the URL (`redis://user:password@host:6379`); a PING checks them at once, so a wrong
+/// password or a missing one fails here, with a message that says so.
 pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, BrokerError> {
-    let fail = |source| BrokerError::RedisConnect { url: url.to_string(), source };
+    let fail = |source: redis::RedisError| BrokerError::RedisConnect { url: redact_url(url), hint: auth::redis_connect_hint(&source), source };
     let client = redis::Client::open(url).map_err(fail)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1);
-    redis::aio::ConnectionManager::new_with_config(client, config).await.map_err(fail)
+    let mut manager = redis::aio::ConnectionManager::new_with_config(client, config).await.map_err(fail)?;
+    redis::cmd("PING").query_async::<()>(&mut manager).await.map_err(fail)?;
+    Ok(manager)
 }
 
 /// Threads for each process when the whole stack shares one machine (`switchyard dev`, the

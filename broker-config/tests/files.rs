@@ -45,7 +45,7 @@ impl Nats {
     }
 
     async fn js(&self) -> jetstream::Context {
-        jetstream::new(switchyard_broker::connect_nats(&self.url, "files-test").await.unwrap())
+        jetstream::new(switchyard_broker::connect_nats(&self.url, "files-test", &Default::default()).await.unwrap())
     }
 
     /// A store on a connection of its own, as another api replica would have.

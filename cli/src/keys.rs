@@ -13,6 +13,8 @@ pub struct KeysCommand {
     /// NATS URL, to tell running api replicas about revocations at once.
     #[arg(long, env = "SWITCHYARD_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
     nats_url: String,
+    #[command(flatten)]
+    auth: switchyard_broker::BrokerAuth,
     #[command(subcommand)]
     action: KeysAction,
 }
@@ -86,7 +88,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysAction::Revoke { id } => {
-            let nats = switchyard_broker::connect_nats(&command.nats_url, "switchyard-keys").await;
+            let nats = switchyard_broker::connect_nats(&command.nats_url, "switchyard-keys", &command.auth).await;
             if let Err(e) = &nats {
                 eprintln!("warning: {e}; running api replicas drop the key from their cache within 5 s");
             }
