@@ -41,6 +41,13 @@ enum BackendCommand {
         #[arg(long, env = "SWITCHYARD_MODEL_NAME", default_value = "demo-tools")]
         name: String,
     },
+    /// Proxy to an OpenAI-compatible upstream server (vLLM, a cloud API, another Switchyard).
+    Openai {
+        #[command(flatten)]
+        runtime: RuntimeOptions,
+        #[command(flatten)]
+        openai: switchyard_upstream::OpenAiArgs,
+    },
     /// Local Hugging Face model folders on libtorch: Llama/Qwen2/Mistral decoders, BERT sentence encoders.
     #[cfg(feature = "torch")]
     Torch {
@@ -54,6 +61,7 @@ enum BackendCommand {
 const BACKENDS: &[(&str, &str)] = &[
     ("echo", "transport debugging: reflects the last user message or prompt token by token; debug embedding vectors"),
     ("dummy", "transport debugging: a fixed reply to every request"),
+    ("openai", "an OpenAI-compatible upstream server's models (vLLM, a cloud API, another Switchyard), errors and usage as it reports them"),
     ("tools-demo", "hosted functions: HepAI's example tool model (custom_method, get_stream, get_info)"),
     #[cfg(feature = "torch")]
     ("torch", "local Hugging Face models on libtorch (CPU/CUDA): Llama, Qwen2, Mistral chat; BERT sentence embeddings"),
@@ -75,6 +83,11 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
         }
         BackendCommand::Dummy { runtime, dummy } => {
             (runtime, Arc::new(dummy::Dummy::new(dummy)), 256)
+        }
+        BackendCommand::Openai { runtime, openai } => {
+            // Each slot is one upstream request in flight.
+            let slots = runtime.slots.unwrap_or(64);
+            (runtime, Arc::new(switchyard_upstream::OpenAi::connect(&openai, slots as usize).await?), slots)
         }
         BackendCommand::ToolsDemo { runtime, name } => (runtime, Arc::new(switchyard_tools::demo::toolbox(&name)), 256),
         #[cfg(feature = "torch")]

@@ -32,16 +32,27 @@ pub struct BackendError {
     pub message: String,
     /// With [`ErrorCode::Upstream`]: what the upstream server answered.
     pub upstream: Option<UpstreamError>,
+    /// Give the job back to the queue instead of failing it, to be delivered again (to this
+    /// worker or another) after this long — unless this was its last delivery, which reports
+    /// the error. Only for a job that has sent nothing yet: see [`BackendError::hand_back`].
+    pub hand_back: Option<std::time::Duration>,
 }
 
 impl BackendError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), upstream: None }
+        Self { code, message: message.into(), upstream: None, hand_back: None }
     }
 
     /// An upstream server's error answer, passed on with its status and fields.
     pub fn upstream(message: impl Into<String>, upstream: UpstreamError) -> Self {
-        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(upstream) }
+        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(upstream), hand_back: None }
+    }
+
+    /// This error, but the job goes back to the queue for another try after `after` when it
+    /// has deliveries left. A backend returns it only before the job's first output event:
+    /// the next worker starts the job from the beginning.
+    pub fn hand_back(self, after: std::time::Duration) -> Self {
+        Self { hand_back: Some(after), ..self }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -64,6 +75,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The models this backend serves; the runtime registers them and pulls jobs for each.
     fn models(&self) -> Vec<ModelCard>;
+
+    /// While this is `Some`, the runtime pulls no jobs of `model` for that long, then asks
+    /// again: a backend whose upstream keeps failing cools down, and the model's jobs wait in
+    /// the queue or go to its other workers. Called before every pull; keep it cheap.
+    fn paused(&self, model: &str) -> Option<std::time::Duration> {
+        let _ = model;
+        None
+    }
 
     /// Runs one job to its end, writing text (or vectors) to `sink`.
     ///

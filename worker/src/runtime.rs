@@ -107,7 +107,7 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     let mut consumers = Vec::new();
     for card in &models {
         for lane in Lane::ALL {
-            consumers.push((lane, jobs::ensure_consumer(&js, lane, card.kind.job_kind(), &card.name, policy).await?));
+            consumers.push((card.name.clone(), lane, jobs::ensure_consumer(&js, lane, card.kind.job_kind(), &card.name, policy).await?));
         }
     }
 
@@ -192,8 +192,9 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     let share = (slots as usize / models.len()).max(1);
     let pullers: Vec<_> = consumers
         .into_iter()
-        .map(|(lane, consumer)| {
-            tokio::spawn(pull_jobs(worker.clone(), lane, consumer, slots_free.clone(), share, jobs.clone(), shutdown.clone()))
+        .map(|(model, lane, consumer)| {
+            let puller = Puller { model, lane, consumer, slots_free: slots_free.clone(), share };
+            tokio::spawn(pull_jobs(worker.clone(), puller, jobs.clone(), shutdown.clone()))
         })
         .collect();
 
@@ -218,18 +219,24 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     Ok(())
 }
 
-/// Pulls jobs for one lane of one model, never more than that lane has free slots for.
-async fn pull_jobs(
-    worker: Arc<Worker>,
+/// What one lane of one model pulls through, and how much of the worker it may ask for.
+struct Puller {
+    model: String,
     lane: Lane,
     consumer: PullConsumer,
     slots_free: Arc<Slots>,
     share: usize,
-    jobs: TaskTracker,
-    shutdown: CancellationToken,
-) {
+}
+
+/// Pulls jobs for one lane of one model, never more than that lane has free slots for, and
+/// none while the backend has paused the model.
+async fn pull_jobs(worker: Arc<Worker>, puller: Puller, jobs: TaskTracker, shutdown: CancellationToken) {
+    let Puller { model, lane, consumer, slots_free, share } = puller;
     let keepalive_every = worker.options.ack_wait / 3;
     while !shutdown.is_cancelled() {
+        if let Some(pause) = worker.backend.paused(&model) {
+            tokio::select! { _ = tokio::time::sleep(pause) => continue, _ = shutdown.cancelled() => return }
+        }
         // Wait until a slot is open to this lane without taking it: the other consumers of this
         // worker may be waiting for it too, and a slot held by an idle pull request would starve them.
         let open = tokio::select! {
@@ -326,7 +333,7 @@ async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: Slo
     worker.busy.fetch_sub(1, Ordering::Relaxed);
     let ack = match outcome {
         Outcome::Finished => AckKind::Ack,
-        Outcome::HandedBack => AckKind::Nak(None),
+        Outcome::HandedBack(after) => AckKind::Nak(after),
     };
     if let Err(e) = message.ack_with(ack).await {
         warn!(job_id, error = %e, "acknowledging job failed");
@@ -336,8 +343,9 @@ async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: Slo
 enum Outcome {
     /// Done, failed or skipped: never deliver it again.
     Finished,
-    /// Interrupted by a drain: let another worker continue it.
-    HandedBack,
+    /// Interrupted by a drain, or given back by its backend: let a worker continue it (after
+    /// this long, if set).
+    HandedBack(Option<Duration>),
 }
 
 async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stream_seq: u64, ack_subject: Option<async_nats::Subject>) -> Outcome {
@@ -394,24 +402,33 @@ async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stre
             Ok(result) => result,
             Err(_) => Err(BackendError::new(ErrorCode::BackendError, "the backend panicked while running this job")),
         };
-        let handed_back = worker.handing_back.load(Ordering::SeqCst) && cancel.is_cancelled();
-        if !handed_back {
-            match result {
-                Ok(finish) => sink.send(EventBody::Done { finish_reason: finish.reason, usage: finish.usage }),
-                Err(error) => {
-                    warn!(code = error.code.as_str(), message = %error.message, "job failed");
-                    sink.send(EventBody::Error { code: error.code, message: error.message, upstream: error.upstream });
-                }
+        let drained = worker.handing_back.load(Ordering::SeqCst) && cancel.is_cancelled();
+        let handed_back = match result {
+            _ if drained => Some(None),
+            // The backend gives the job back (its upstream is cooling down, say) while it has
+            // deliveries left; its last delivery reports the error.
+            Err(BackendError { hand_back: Some(after), .. }) if i64::from(attempt) < worker.options.max_deliver => {
+                info!(after = ?after, "the backend gave the job back");
+                Some(Some(after))
             }
-        }
+            Ok(finish) => {
+                sink.send(EventBody::Done { finish_reason: finish.reason, usage: finish.usage });
+                None
+            }
+            Err(error) => {
+                warn!(code = error.code.as_str(), message = %error.message, "job failed");
+                sink.send(EventBody::Error { code: error.code, message: error.message, upstream: error.upstream });
+                None
+            }
+        };
         drop(sink);
         handed_back
     };
     let publish = sink::publish(&worker.nats, &job_id, reply_to, first_seq, events);
     let (handed_back, ()) = futures::future::join(produce, publish).await;
-    if handed_back {
+    if let Some(after) = handed_back {
         info!("handed back to the queue");
-        Outcome::HandedBack
+        Outcome::HandedBack(after)
     } else {
         if cancel.is_cancelled() {
             info!("cancelled while running");

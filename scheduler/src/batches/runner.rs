@@ -600,6 +600,9 @@ fn job_failure(failure: JobFailure) -> Failure {
         | ErrorCode::InvalidArguments
         | ErrorCode::FunctionFailed
         | ErrorCode::MalformedToolCall => Failure::Final(status, body),
+        // An upstream that is down or busy may serve the line later; one that refused it, never.
+        ErrorCode::Upstream if status == 429 || status >= 500 => Failure::Transient(status, body),
+        ErrorCode::Upstream => Failure::Final(status, body),
     }
 }
 
