@@ -217,10 +217,10 @@ pub(crate) fn nats_connect_hint(error: &async_nats::ConnectError) -> &'static st
 
 /// The message to add to a failed Redis connection's error.
 pub(crate) fn redis_connect_hint(error: &redis::RedisError) -> &'static str {
-    let text = error.to_string();
-    if error.kind() == redis::ErrorKind::AuthenticationFailed || text.contains("WRONGPASS") || text.contains("NOAUTH") {
+    let code = error.code().unwrap_or_default();
+    if error.kind() == redis::ErrorKind::AuthenticationFailed || ["WRONGPASS", "NOAUTH"].contains(&code) {
         " — Redis refused these credentials: put the ACL user and password in the Redis URL (redis://user:password@host:6379)"
-    } else if text.contains("NOPERM") {
+    } else if code == "NOPERM" {
         " — this Redis user may not run PING: give it +ping in the ACL file (broker-config/secure/redis-users.sh)"
     } else {
         ""

@@ -3,10 +3,13 @@
 //! It owns everything a test needs to run the real system on one machine, and nothing else:
 //!
 //! * [`Servers`]: a real `nats-server` (JetStream on) and `redis-server` on free ports, each
-//!   with its own temporary data directory. Never mocks.
+//!   with its own temporary data directory. Never mocks. [`Servers::start_secured`] runs them
+//!   with the secured configuration of `broker-config/secure/` (only ports and directories set
+//!   on the command line) and fresh passwords for every [`Role`]; [`Servers::connection`] says
+//!   how a process of a role logs in.
 //! * [`Stack`]: [`Servers`] plus `switchyard api` (run with `--no-auth` unless
 //!   [`StackBuilder::with_auth`]) and `switchyard scheduler`, started on free ports and waited
-//!   for (`/ready`, `/health`). [`Stack::worker`] starts `switchyard worker …` processes
+//!   for (`/ready`, `/health`); with [`StackBuilder::secured`], each under its role. [`Stack::worker`] starts `switchyard worker …` processes
 //!   against the same servers. Tests speak HTTP to the api and may watch NATS and Redis.
 //! * [`Proc`]: one child process in its own process group, its stdout and stderr captured in a
 //!   log file. Dropping it kills the whole group, so nothing outlives a test, even one that
@@ -362,6 +365,9 @@ pub struct StackOptions {
     pub scheduler_args: Vec<String>,
     /// Extra environment for every Switchyard process (api, scheduler, workers).
     pub env: Vec<(String, String)>,
+    /// Run the servers with the secured configuration ([`Servers::start_secured`]) and every
+    /// Switchyard process under its [`Role`].
+    pub secured: bool,
 }
 
 impl Default for StackOptions {
@@ -375,6 +381,7 @@ impl Default for StackOptions {
             api_args: Vec::new(),
             scheduler_args: Vec::new(),
             env: Vec::new(),
+            secured: false,
         }
     }
 }
@@ -427,6 +434,12 @@ impl StackBuilder {
         self
     }
 
+    /// The secured broker configuration, every process under its role (see [`Servers::start_secured`]).
+    pub fn secured(mut self) -> Self {
+        self.options.secured = true;
+        self
+    }
+
     pub async fn start(self) -> Stack {
         Stack::start_with(self.options).await
     }
@@ -446,21 +459,176 @@ pub struct Servers {
     redis: Proc,
     nats_port: u16,
     redis_port: u16,
+    secrets: Option<Secrets>,
     logs: LogList,
     dir: Arc<Dir>,
 }
 
+/// A role of the secured broker (`broker-config/secure/`): the NATS and Redis user a process
+/// logs in as, and its NATS inbox prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Api,
+    Scheduler,
+    Worker,
+    /// `switchyard keys` and the test itself (Redis: everything; NATS: revocations only).
+    Admin,
+    /// The configuration's example direct publisher: instance `example-publisher`, model `echo`.
+    Publisher,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Api, Role::Scheduler, Role::Worker, Role::Admin, Role::Publisher];
+
+    /// Its user in `nats-server.conf`.
+    pub fn nats_user(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Scheduler => "scheduler",
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+            Role::Publisher => "example-publisher",
+        }
+    }
+
+    /// Its user in the Redis ACL file (`redis-users.sh`).
+    pub fn redis_user(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            role => role.nats_user(),
+        }
+    }
+
+    /// The inbox prefix its NATS permissions allow (none for admin, which receives nothing).
+    pub fn inbox_prefix(self) -> Option<&'static str> {
+        match self {
+            Role::Api => Some("_INBOX_api"),
+            Role::Scheduler => Some("_INBOX_scheduler"),
+            Role::Worker => Some("_INBOX_worker"),
+            Role::Admin => None,
+            Role::Publisher => Some("_INBOX_example-publisher"),
+        }
+    }
+
+    fn env_name(self) -> &'static str {
+        match self {
+            Role::Api => "API",
+            Role::Scheduler => "SCHEDULER",
+            Role::Worker => "WORKER",
+            Role::Admin => "ADMIN",
+            Role::Publisher => "PUBLISHER",
+        }
+    }
+
+    /// The variable `nats-server.conf` reads this role's password from.
+    pub fn nats_password_var(self) -> String {
+        match self {
+            Role::Publisher => "SY_NATS_EXAMPLE_PUBLISHER_PASSWORD".into(),
+            role => format!("SY_NATS_{}_PASSWORD", role.env_name()),
+        }
+    }
+
+    /// The variable `redis-users.sh` reads this role's password from.
+    pub fn redis_password_var(self) -> String {
+        format!("SY_REDIS_{}_PASSWORD", self.env_name())
+    }
+}
+
+/// The passwords of a secured [`Servers`], per role (NATS, Redis).
+#[derive(Debug, Clone)]
+struct Secrets {
+    passwords: Vec<(Role, String, String)>,
+}
+
+impl Secrets {
+    /// Fresh passwords, with characters a URL must percent-encode (`@`, `:`, `/`), so the parts'
+    /// reading of credentials in URLs is under test too.
+    fn generate() -> Secrets {
+        let mut random = [0u8; 16 * 5 * 2];
+        File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random)).expect("reading /dev/urandom");
+        let mut chunks = random.chunks(16).map(|chunk| chunk.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let passwords = Role::ALL
+            .iter()
+            .map(|role| (*role, format!("n@ts:{}/x", chunks.next().unwrap()), format!("r@dis:{}/x", chunks.next().unwrap())))
+            .collect();
+        Secrets { passwords }
+    }
+
+    fn nats(&self, role: Role) -> &str {
+        &self.passwords.iter().find(|(r, _, _)| *r == role).expect("every role has passwords").1
+    }
+
+    fn redis(&self, role: Role) -> &str {
+        &self.passwords.iter().find(|(r, _, _)| *r == role).expect("every role has passwords").2
+    }
+}
+
+/// How a process of one role reaches the servers: URLs with its credentials, and the
+/// environment that goes with them (its inbox prefix).
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub nats_url: String,
+    pub redis_url: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// `text` with every character a URL's user information cannot hold percent-encoded.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 impl Servers {
     pub async fn start() -> Servers {
+        Servers::start_with(None).await
+    }
+
+    /// The servers with `broker-config/secure/`: nats-server with `nats-server.conf` (users,
+    /// passwords, permissions per role), redis-server with `redis.conf` and the ACL file
+    /// `redis-users.sh` writes. Only addresses, ports and data directories are given on the
+    /// command line; every role gets fresh passwords through the variables the files read.
+    pub async fn start_secured() -> Servers {
+        Servers::start_with(Some(Secrets::generate())).await
+    }
+
+    async fn start_with(secrets: Option<Secrets>) -> Servers {
         let dir = Dir::new();
         let logs: LogList = Arc::default();
         // From here on a panic must still show the logs gathered so far.
         let guard = StartGuard { dir: dir.clone(), logs: logs.clone(), done: false };
-        let (nats, nats_port) = start_nats(&dir, &logs).await;
-        let (redis, redis_port) = start_redis(&dir, &logs).await;
+        let (nats, nats_port) = start_nats(&dir, &logs, secrets.as_ref()).await;
+        let (redis, redis_port) = start_redis(&dir, &logs, secrets.as_ref()).await;
         let mut guard = guard;
         guard.done = true;
-        Servers { nats, redis, nats_port, redis_port, logs, dir }
+        Servers { nats, redis, nats_port, redis_port, secrets, logs, dir }
+    }
+
+    /// Whether these servers run the secured configuration.
+    pub fn is_secured(&self) -> bool {
+        self.secrets.is_some()
+    }
+
+    /// How a process of `role` logs in: with its credentials and inbox prefix on secured
+    /// servers, the plain URLs otherwise.
+    pub fn connection(&self, role: Role) -> Connection {
+        let Some(secrets) = &self.secrets else {
+            return Connection { nats_url: self.nats_url(), redis_url: self.redis_url(), env: Vec::new() };
+        };
+        let nats_url = format!("nats://{}:{}@127.0.0.1:{}", role.nats_user(), url_encode(secrets.nats(role)), self.nats_port);
+        let redis_url = format!("redis://{}:{}@127.0.0.1:{}", role.redis_user(), url_encode(secrets.redis(role)), self.redis_port);
+        let env = role.inbox_prefix().map(|prefix| ("SWITCHYARD_NATS_INBOX_PREFIX".to_string(), prefix.to_string())).into_iter().collect();
+        Connection { nats_url, redis_url, env }
+    }
+
+    /// The NATS password of `role` on secured servers.
+    pub fn nats_password(&self, role: Role) -> Option<String> {
+        self.secrets.as_ref().map(|secrets| secrets.nats(role).to_string())
+    }
+
+    /// The Redis password of `role` on secured servers.
+    pub fn redis_password(&self, role: Role) -> Option<String> {
+        self.secrets.as_ref().map(|secrets| secrets.redis(role).to_string())
     }
 
     pub fn nats_url(&self) -> String {
@@ -533,7 +701,7 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> Stack {
-        let servers = Servers::start().await;
+        let servers = if options.secured { Servers::start_secured().await } else { Servers::start().await };
         let (dir, logs) = (servers.dir.clone(), servers.logs.clone());
         let http = http_client()
             .no_proxy()
@@ -541,16 +709,14 @@ impl Stack {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("reqwest client");
-        let (nats_url, redis_url) = (servers.nats_url(), servers.redis_url());
-
         let (scheduler, scheduler_port) = if options.scheduler {
-            let (proc, port) = start_scheduler(&dir, &logs, &http, "scheduler", &options, &nats_url, &redis_url).await;
+            let (proc, port) = start_scheduler(&dir, &logs, &http, "scheduler", &options, &servers.connection(Role::Scheduler)).await;
             (Some(proc), Some(port))
         } else {
             (None, None)
         };
 
-        let (api, api_port) = start_api(&dir, &logs, &http, "api", &options, &nats_url, &redis_url).await;
+        let (api, api_port) = start_api(&dir, &logs, &http, "api", &options, &servers.connection(Role::Api)).await;
 
         Stack { api, scheduler, servers, api_port, scheduler_port, options, http, worker_count: Mutex::new(0), replica_count: Mutex::new(0) }
     }
@@ -570,7 +736,7 @@ impl Stack {
         };
         let (dir, logs) = (self.servers.dir.clone(), self.servers.logs.clone());
         let name = format!("api-replica-{n}");
-        let (proc, port) = start_api(&dir, &logs, &self.http, &name, &self.options, &self.nats_url(), &self.redis_url()).await;
+        let (proc, port) = start_api(&dir, &logs, &self.http, &name, &self.options, &self.servers.connection(Role::Api)).await;
         ApiReplica { proc, port }
     }
 
@@ -583,13 +749,15 @@ impl Stack {
         };
         let (dir, logs) = (self.servers.dir.clone(), self.servers.logs.clone());
         let name = format!("scheduler-replica-{n}");
-        start_scheduler(&dir, &logs, &self.http, &name, &self.options, &self.nats_url(), &self.redis_url()).await.0
+        start_scheduler(&dir, &logs, &self.http, &name, &self.options, &self.servers.connection(Role::Scheduler)).await.0
     }
 
     /// Runs `switchyard <args…>` against this stack's servers (`SWITCHYARD_NATS_URL` and
-    /// `SWITCHYARD_REDIS_URL` set) to completion, e.g. `["keys", "create", "--user", "u"]`.
+    /// `SWITCHYARD_REDIS_URL` set; as [`Role::Admin`] when secured) to completion, e.g.
+    /// `["keys", "create", "--user", "u"]`.
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
-        let mut command = switchyard_command(&switchyard_bin(), &self.nats_url(), &self.redis_url(), &self.options.env);
+        let admin = self.servers.connection(Role::Admin);
+        let mut command = switchyard_command(&switchyard_bin(), &admin.nats_url, &admin.redis_url, &with_env(&self.options.env, &admin.env));
         command.args(args).stdin(Stdio::null());
         command.output().unwrap_or_else(|e| panic!("running switchyard {args:?}: {e}"))
     }
@@ -638,7 +806,8 @@ impl Stack {
     }
 
     /// Starts `switchyard worker <args…>` against this stack's servers (the URLs go in
-    /// through `SWITCHYARD_NATS_URL` / `SWITCHYARD_REDIS_URL`). It returns at once; see
+    /// through `SWITCHYARD_NATS_URL` / `SWITCHYARD_REDIS_URL`; as [`Role::Worker`] when
+    /// secured). It returns at once; see
     /// [`Stack::worker_id`] and [`Stack::wait_for_model`] to wait until it serves.
     pub fn worker(&self, args: &[&str]) -> Proc {
         let n = {
@@ -647,7 +816,8 @@ impl Stack {
             *count
         };
         let name = format!("worker-{n}-{}", args.first().copied().unwrap_or("none"));
-        let mut command = switchyard_command(&switchyard_bin(), &self.nats_url(), &self.redis_url(), &self.options.env);
+        let worker = self.servers.connection(Role::Worker);
+        let mut command = switchyard_command(&switchyard_bin(), &worker.nats_url, &worker.redis_url, &with_env(&self.options.env, &worker.env));
         single_threaded(&mut command, &self.options.env);
         command.arg("worker").args(args);
         self.servers.spawn(&name, command)
@@ -658,9 +828,9 @@ impl Stack {
         async_nats::connect(self.nats_url()).await.expect("connecting to nats-server")
     }
 
-    /// A new Redis connection to this stack's server.
+    /// A new Redis connection to this stack's server (as [`Role::Admin`] when secured).
     pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url())
+        redis::Client::open(self.servers.connection(Role::Admin).redis_url)
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
@@ -807,12 +977,13 @@ async fn start_scheduler(
     http: &reqwest::Client,
     name: &str,
     options: &StackOptions,
-    nats_url: &str,
-    redis_url: &str,
+    connection: &Connection,
 ) -> (Proc, u16) {
     let bin = switchyard_bin();
+    let (nats_url, redis_url) = (connection.nats_url.as_str(), connection.redis_url.as_str());
+    let env = with_env(&options.env, &connection.env);
     start_http_process(dir, logs, http, name, "/health", |port| {
-        let mut command = switchyard_command(&bin, nats_url, redis_url, &options.env);
+        let mut command = switchyard_command(&bin, nats_url, redis_url, &env);
         command.args(["scheduler", "--nats-url", nats_url, "--redis-url", redis_url]);
         command.args(["--listen", &format!("127.0.0.1:{port}")]);
         command.args(["--reap-interval", &duration_arg(options.reap_interval)]);
@@ -829,12 +1000,13 @@ async fn start_api(
     http: &reqwest::Client,
     name: &str,
     options: &StackOptions,
-    nats_url: &str,
-    redis_url: &str,
+    connection: &Connection,
 ) -> (Proc, u16) {
     let bin = switchyard_bin();
+    let (nats_url, redis_url) = (connection.nats_url.as_str(), connection.redis_url.as_str());
+    let env = with_env(&options.env, &connection.env);
     start_http_process(dir, logs, http, name, "/ready", |port| {
-        let mut command = switchyard_command(&bin, nats_url, redis_url, &options.env);
+        let mut command = switchyard_command(&bin, nats_url, redis_url, &env);
         if name == "api" {
             single_threaded(&mut command, &options.env);
         }
@@ -892,6 +1064,11 @@ fn single_threaded(command: &mut Command, env: &[(String, String)]) {
     }
 }
 
+/// A test's own environment for a process, and a role's on top (the role's wins).
+fn with_env(env: &[(String, String)], role: &[(String, String)]) -> Vec<(String, String)> {
+    env.iter().filter(|(key, _)| !role.iter().any(|(k, _)| k == key)).chain(role).cloned().collect()
+}
+
 fn switchyard_command(bin: &Path, nats_url: &str, redis_url: &str, env: &[(String, String)]) -> Command {
     let mut command = Command::new(bin);
     for (key, _) in std::env::vars_os() {
@@ -908,12 +1085,23 @@ fn switchyard_command(bin: &Path, nats_url: &str, redis_url: &str, env: &[(Strin
     command
 }
 
-async fn start_nats(dir: &Arc<Dir>, logs: &LogList) -> (Proc, u16) {
+/// `broker-config/secure/<name>`.
+pub fn secure_config(name: &str) -> PathBuf {
+    workspace_root().join("broker-config/secure").join(name)
+}
+
+async fn start_nats(dir: &Arc<Dir>, logs: &LogList, secrets: Option<&Secrets>) -> (Proc, u16) {
     let bin = nats_server_bin();
     for attempt in 1..=PORT_ATTEMPTS {
         let port = free_port();
         let store = dir.path().join(format!("nats-{attempt}"));
         let mut command = Command::new(&bin);
+        if let Some(secrets) = secrets {
+            command.arg("-c").arg(secure_config("nats-server.conf"));
+            for role in Role::ALL {
+                command.env(role.nats_password_var(), secrets.nats(role));
+            }
+        }
         command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(&store);
         // For debugging: e.g. SWITCHYARD_TEST_NATS_ARGS="-DV" traces the protocol into the log.
         if let Ok(extra) = std::env::var("SWITCHYARD_TEST_NATS_ARGS") {
@@ -932,19 +1120,35 @@ async fn start_nats(dir: &Arc<Dir>, logs: &LogList) -> (Proc, u16) {
     panic!("nats-server did not start after {PORT_ATTEMPTS} attempts");
 }
 
-async fn start_redis(dir: &Arc<Dir>, logs: &LogList) -> (Proc, u16) {
+async fn start_redis(dir: &Arc<Dir>, logs: &LogList, secrets: Option<&Secrets>) -> (Proc, u16) {
     let bin = redis_server_bin();
+    let acl_file = secrets.map(|secrets| {
+        // The ACL file as the secured configuration makes it: redis-users.sh from the passwords.
+        let acl_file = dir.path().join("redis-acl/users.acl");
+        let mut write = Command::new("sh");
+        write.arg(secure_config("redis-users.sh")).arg(&acl_file);
+        for role in Role::ALL {
+            write.env(role.redis_password_var(), secrets.redis(role));
+        }
+        let output = write.output().expect("running broker-config/secure/redis-users.sh");
+        assert!(output.status.success(), "redis-users.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        acl_file
+    });
     for attempt in 1..=PORT_ATTEMPTS {
         let port = free_port();
         let data = dir.path().join(format!("redis-{attempt}"));
         std::fs::create_dir_all(&data).expect("redis data dir");
         let mut command = Command::new(&bin);
+        if let Some(acl_file) = &acl_file {
+            command.arg(secure_config("redis.conf")).arg("--aclfile").arg(acl_file);
+        }
         command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         command.arg("--dir").arg(&data);
         let proc = Proc::spawn(&format!("redis-server-{attempt}"), command, dir, logs);
         if wait_for_port(&proc, port, |mut stream| {
+            // A secured server answers an unauthenticated PING with -NOAUTH: up all the same.
             let mut reply = [0u8; 7];
-            stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+            stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
         })
         .await
         {

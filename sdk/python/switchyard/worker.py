@@ -14,6 +14,11 @@ model, speaking exactly the protocol of the Rust worker runtime (`worker/src/run
 * SIGTERM: no new jobs, running ones get `drain_timeout` to finish, then go back to the queue.
 
     python -m switchyard.worker mymodule:MyTools --name my-tools --nats-url nats://… --redis-url redis://…
+
+On a secured broker (`broker-config/secure/`) it logs in as the worker role, as the Rust
+workers do: `--nats-url nats://worker:<password>@host:4222` (or `--nats-creds FILE`, a `.creds`
+file or an nkey seed; both need the `nkeys` package), `--nats-inbox-prefix _INBOX_worker`, and
+`--redis-url redis://worker:<password>@host:6379`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import socket
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -52,6 +58,51 @@ HEARD_FOR = 600.0
 HEARD_MAX = 100_000
 #: A job created longer ago than this is checked in Redis (running.rs TRUST_AGE_MS).
 TRUST_AGE_MS = 60_000
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (or token) replaced by `***`, for logs and errors."""
+    out = []
+    for part in url.split(","):
+        parts = urlsplit(part.strip())
+        if parts.password is not None:
+            part = urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
+        elif parts.username:
+            part = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+        out.append(part)
+    return ",".join(out)
+
+
+def nats_connect_options(url: str, creds: Optional[str], inbox_prefix: Optional[str]) -> Tuple[List[str], Dict[str, Any]]:
+    """The servers and `nats.connect` keywords for `url` (`nats://user:password@host`, the
+    credentials percent-decoded, as the Rust parts read them), a credentials file (a `.creds`
+    file, or an nkey seed `SU…`) and an inbox prefix, as `switchyard_broker::auth` does."""
+    servers: List[str] = []
+    options: Dict[str, Any] = {}
+    for part in (p.strip() for p in url.split(",") if p.strip()):
+        parts = urlsplit(part if "://" in part else f"nats://{part}")
+        if parts.username:
+            if parts.password is not None:
+                options.update(user=unquote(parts.username), password=unquote(parts.password))
+            else:
+                options.update(token=unquote(parts.username))
+        host = parts.netloc.rsplit("@", 1)[-1]
+        servers.append(urlunsplit(parts._replace(netloc=host)))
+    if creds:
+        if options:
+            raise ValueError(f"the NATS URL {redact_url(url)} carries credentials and --nats-creds {creds} too; give one or the other")
+        with open(creds) as f:
+            text = f.read()
+        if "BEGIN NATS USER JWT" in text:
+            options["user_credentials"] = creds
+        else:
+            seed = next((line.strip() for line in text.splitlines() if line.strip().startswith("SU")), None)
+            if seed is None:
+                raise ValueError(f"NATS credentials file {creds}: neither a NATS user JWT (a .creds file) nor an nkey user seed (a line starting with SU)")
+            options["nkeys_seed_str"] = seed
+    if inbox_prefix:
+        options["inbox_prefix"] = inbox_prefix
+    return servers, options
 
 
 def parse_duration(text: str) -> float:
@@ -129,6 +180,8 @@ class Worker:
         permissions: Optional[str] = None,
         model_rpm: Optional[int] = None,
         model_tpm: Optional[int] = None,
+        nats_creds: Optional[str] = None,
+        nats_inbox_prefix: Optional[str] = None,
     ):
         self.functions: Dict[str, Function] = functions_of(obj)
         if not self.functions:
@@ -137,6 +190,8 @@ class Worker:
         # Unset options fall back to the environment the Rust workers read, then their defaults.
         self.nats_url = nats_url or os.environ.get("SWITCHYARD_NATS_URL") or "nats://127.0.0.1:4222"
         self.redis_url = redis_url or os.environ.get("SWITCHYARD_REDIS_URL") or "redis://127.0.0.1:6379"
+        self.nats_creds = nats_creds or os.environ.get("SWITCHYARD_NATS_CREDS") or None
+        self.nats_inbox_prefix = nats_inbox_prefix or os.environ.get("SWITCHYARD_NATS_INBOX_PREFIX") or None
         if permissions is None:
             permissions = os.environ.get("SWITCHYARD_PERMISSIONS") or "groups: default"
         self.slots_total = max(1, int(slots))
@@ -185,10 +240,12 @@ class Worker:
             self.connects += 1
 
         async def nats_error(e: Exception) -> None:
-            log.warning("nats (%s): %s", self.nats_url, e or type(e).__name__)
+            log.warning("nats (%s): %s", redact_url(self.nats_url), e or type(e).__name__)
 
+        servers, auth = nats_connect_options(self.nats_url, self.nats_creds, self.nats_inbox_prefix)
         self.nc = await nats.connect(
-            self.nats_url,
+            servers,
+            **auth,
             name=self.id,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -245,7 +302,7 @@ class Worker:
         """`jobs::ensure_streams`: create-or-update `SY_JOBS` and `SY_DEAD` with the same config."""
         account = await self.jsapi("INFO", {})
         if "error" in account:
-            raise RuntimeError(f"JetStream is off on {self.nats_url}: {account['error']}")
+            raise RuntimeError(f"JetStream is off on {redact_url(self.nats_url)}: {account['error']}")
         for config in (wire.jobs_stream_config(), wire.dead_letter_stream_config()):
             answer = await self.jsapi(f"STREAM.UPDATE.{config['name']}", config)
             if answer.get("error", {}).get("err_code") == 10059:  # stream not found
@@ -694,6 +751,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=_env("SWITCHYARD_MODEL_NAME", None), help="the tool model's name (default: the class's `name` attribute, else its name)")
     p.add_argument("--nats-url", default=_env("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"))
     p.add_argument("--redis-url", default=_env("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:6379"))
+    p.add_argument("--nats-creds", default=_env("SWITCHYARD_NATS_CREDS", None), help="a .creds file or an nkey seed file (needs the nkeys package)")
+    p.add_argument("--nats-inbox-prefix", default=_env("SWITCHYARD_NATS_INBOX_PREFIX", None), help="the secured broker's worker role: _INBOX_worker")
     p.add_argument("--slots", type=int, default=int(_env("SWITCHYARD_SLOTS", 4)), help="calls run at once (default 4)")
     p.add_argument("--batch-reserve", type=int, default=_env("SWITCHYARD_BATCH_RESERVE", None))
     p.add_argument("--heartbeat", type=parse_duration, default=_env("SWITCHYARD_HEARTBEAT", "2s"))
@@ -722,6 +781,8 @@ def options_from(args: argparse.Namespace) -> Dict[str, Any]:
         permissions=args.permissions,
         model_rpm=None if args.model_rpm is None else int(args.model_rpm),
         model_tpm=None if args.model_tpm is None else int(args.model_tpm),
+        nats_creds=args.nats_creds,
+        nats_inbox_prefix=args.nats_inbox_prefix,
     )
 
 
