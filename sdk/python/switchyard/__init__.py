@@ -5,6 +5,8 @@
   speaks the Rust worker runtime's protocol (registry, JetStream lanes, events, cancellation).
 * Client side: `get_worker_sync_functions` / `get_worker_async_functions` turn a tool model's
   functions into Python callables over the REST api.
+* Direct publishers: `switchyard.publisher.Publisher` submits chat, completion, embedding and
+  tool jobs straight to NATS and streams their events (docs/protocol.md).
 """
 
 from .client import (

@@ -38,6 +38,10 @@ def cancel_key(job_id: str) -> str:
     return f"sy:cancel:{job_id}"
 
 
+#: How long a cancel flag lives (`broker-config/src/cancel.rs`).
+CANCEL_FLAG_TTL_S = 24 * 3600
+
+
 class WireError(ValueError):
     """A message that does not decode, or comes from a newer wire version."""
 
@@ -115,6 +119,30 @@ def job_consumer(lane: str, kind: str, model: str) -> str:
 
 def job_id_of(subject: str) -> Optional[str]:
     return decode_token(subject.rsplit(".", 1)[-1])
+
+
+def reply_subject(instance: str, job_id: str) -> str:
+    """Reply subject of one job of publisher `instance`: `sy.reply.<instance>.<job>`."""
+    return f"sy.reply.{encode_token(instance)}.{encode_token(job_id)}"
+
+
+def replies_of(instance: str) -> str:
+    """Every reply subject of publisher `instance`: subscribe once."""
+    return f"sy.reply.{encode_token(instance)}.*"
+
+
+def resume_subject(instance: str, job_id: str) -> str:
+    """Where a redelivered job's worker asks publisher `instance` for its `ResumeState`."""
+    return f"sy.resume.{encode_token(instance)}.{encode_token(job_id)}"
+
+
+def resumes_of(instance: str) -> str:
+    return f"sy.resume.{encode_token(instance)}.*"
+
+
+def cancel_subject(job_id: str) -> str:
+    """Where a job's cancellation is announced: `sy.cancel.<job>`."""
+    return f"sy.cancel.{encode_token(job_id)}"
 
 
 # -- messages ---------------------------------------------------------------------------------
