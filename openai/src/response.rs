@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use serde::{Serialize, Serializer};
-use switchyard_schemas::{ModelCard, ModelKind, TokenLogprob};
+use switchyard_schemas::{GenerationDefaults, ModelCard, ModelKind, PromptSettings, TokenLogprob};
 use utoipa::ToSchema;
 
 /// `usage` in every response.
@@ -52,6 +52,82 @@ pub struct ModelObject {
     pub kind: &'static str,
     pub context_length: Option<u32>,
     pub live_workers: usize,
+    /// Switchyard extension: the prompt settings its operator gave a local model
+    /// (`switchyard worker torch --system-prompt/--chat-template/--generation-defaults`).
+    /// Absent when none are set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_settings: Option<PromptSettingsOut>,
+}
+
+/// A local model's prompt settings, as `GET /v1/models/{model}` shows them. A request's own
+/// system message and parameters win over them.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PromptSettingsOut {
+    /// The system message of a chat request that has none (`system` or `developer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The chat template used in place of the model folder's: its Jinja source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// Decoding defaults for requests that leave a parameter out, over the model folder's
+    /// `generation_config.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation_defaults: Option<GenerationDefaultsOut>,
+}
+
+/// Decoding defaults of a model; each applies to a request that leaves the parameter out (a
+/// penalty of 0 counts as left out). Only the ones set are present.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct GenerationDefaultsOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+}
+
+impl PromptSettingsOut {
+    /// `None` when nothing is set.
+    pub fn new(settings: PromptSettings) -> Option<Self> {
+        if settings.is_empty() {
+            return None;
+        }
+        let d = settings.generation_defaults;
+        Some(PromptSettingsOut {
+            system_prompt: settings.system_prompt,
+            chat_template: settings.chat_template,
+            generation_defaults: (!d.is_empty()).then(|| GenerationDefaultsOut::new(d)),
+        })
+    }
+}
+
+impl GenerationDefaultsOut {
+    fn new(d: GenerationDefaults) -> Self {
+        GenerationDefaultsOut {
+            temperature: d.temperature.map(as_written),
+            top_p: d.top_p.map(as_written),
+            top_k: d.top_k,
+            max_tokens: d.max_tokens,
+            stop: d.stop,
+            presence_penalty: d.presence_penalty.map(as_written),
+            frequency_penalty: d.frequency_penalty.map(as_written),
+        }
+    }
+}
+
+/// An operator's `0.7` as `0.7`, not as the f32's widened `0.699999988079071`: the shortest
+/// decimal that reads back as the same f32.
+fn as_written(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 impl ModelObject {
@@ -68,6 +144,7 @@ impl ModelObject {
             },
             context_length: card.context_length,
             live_workers,
+            prompt_settings: PromptSettingsOut::new(card.prompt_settings),
         }
     }
 }
@@ -416,5 +493,69 @@ mod tests {
         let logprob = TokenLogprob { token: "a".into(), logprob: -0.1, bytes: vec![97], top: vec![] };
         let typed = serde_json::to_value(ChatLogprobs::new(std::slice::from_ref(&logprob))).unwrap();
         assert_eq!(typed["content"][0]["logprob"], serde_json::json!(logprob.logprob));
+    }
+
+    fn card(prompt_settings: PromptSettings) -> ModelCard {
+        ModelCard {
+            v: switchyard_schemas::WIRE_VERSION,
+            name: "m".into(),
+            kind: ModelKind::Chat,
+            context_length: Some(256),
+            backend: "torch".into(),
+            owned_by: "switchyard".into(),
+            permissions: Default::default(),
+            limits: Default::default(),
+            created: 1,
+            last_seen_ms: 0,
+            supports: Default::default(),
+            functions: Vec::new(),
+            prompt_settings,
+        }
+    }
+
+    #[test]
+    fn a_model_shows_its_prompt_settings_only_when_it_has_some() {
+        let plain = serde_json::to_value(ModelObject::new(card(PromptSettings::default()), 1)).unwrap();
+        assert!(plain.get("prompt_settings").is_none(), "{plain}");
+
+        let settings = PromptSettings {
+            system_prompt: Some("Be brief.".into()),
+            chat_template: None,
+            generation_defaults: GenerationDefaults {
+                temperature: Some(0.7),
+                max_tokens: Some(3),
+                stop: Some(vec!["\n".into()]),
+                presence_penalty: Some(-0.1),
+                ..Default::default()
+            },
+        };
+        let shown = serde_json::to_value(ModelObject::new(card(settings), 1)).unwrap();
+        assert_eq!(
+            shown["prompt_settings"],
+            serde_json::json!({
+                "system_prompt": "Be brief.",
+                "generation_defaults": {"temperature": 0.7, "max_tokens": 3, "stop": ["\n"], "presence_penalty": -0.1},
+            }),
+            "{shown}"
+        );
+
+        // A system prompt alone: no empty generation_defaults object.
+        let settings = PromptSettings { chat_template: Some("{{ x }}".into()), ..Default::default() };
+        let shown = serde_json::to_value(ModelObject::new(card(settings), 1)).unwrap();
+        assert_eq!(shown["prompt_settings"], serde_json::json!({"chat_template": "{{ x }}"}), "{shown}");
+    }
+
+    #[test]
+    fn the_openapi_schema_of_a_model_names_its_prompt_settings() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(ModelObject::schema()).unwrap();
+        assert!(schema["properties"].get("prompt_settings").is_some(), "{schema}");
+        let required = schema["required"].as_array().cloned().unwrap_or_default();
+        assert!(!required.contains(&"prompt_settings".into()), "prompt_settings is optional: {schema}");
+        let mut nested = Vec::new();
+        <ModelObject as ToSchema>::schemas(&mut nested);
+        let names: Vec<String> = nested.iter().map(|(name, _)| name.clone()).collect();
+        assert!(names.contains(&"PromptSettingsOut".to_string()), "{names:?}");
+        assert!(names.contains(&"GenerationDefaultsOut".to_string()), "{names:?}");
     }
 }

@@ -32,7 +32,7 @@ impl TorchBackend {
 
     /// Loads the model `args` name (blocking: run it in `spawn_blocking` from async code).
     pub fn load(args: &TorchWorkerArgs) -> Result<TorchBackend, TorchError> {
-        let engine = Engine::load(args.engine_options())?;
+        let engine = Engine::load(args.engine_options()?)?;
         Ok(TorchBackend::new(engine, args.name.clone()))
     }
 
@@ -68,7 +68,7 @@ impl TorchBackend {
                 json_output: info.kind == ModelKind::Decoder,
             },
             functions: Vec::new(),
-            prompt_settings: Default::default(),
+            prompt_settings: self.engine.prompt_settings().clone(),
         }
     }
 

@@ -188,6 +188,11 @@ impl ChatTemplate {
     }
 
     pub fn new(source: String, special_tokens: BTreeMap<&'static str, String>) -> Result<ChatTemplate> {
+        ChatTemplate::named(source, special_tokens, "the model's template")
+    }
+
+    /// [`ChatTemplate::new`], a parse error naming the template as `what`.
+    pub fn named(source: String, special_tokens: BTreeMap<&'static str, String>, what: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -196,7 +201,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", strip_generation_tags(&source))
-            .map_err(|e| TorchError::ChatTemplate(format!("the model's template does not parse: {e:#}")))?;
+            .map_err(|e| TorchError::ChatTemplate(format!("{what} does not parse: {e:#}")))?;
         Ok(ChatTemplate { env, source, tool_use_source: None, special_tokens })
     }
 

@@ -8,7 +8,10 @@ use std::time::Instant;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::{BatchOptions, ChatMessage, Engine, EngineOptions, GenerateEvent, GenerateRequest, ModelKind, Prompt, SamplingParams};
+use crate::{
+    BatchOptions, ChatMessage, Engine, EngineOptions, GenerateEvent, GenerateRequest, ModelKind, Prompt, PromptSettings,
+    SamplingParams, TorchError,
+};
 
 /// `switchyard generate`: load a model folder and print the completion of one prompt.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,10 +83,40 @@ pub struct TorchWorkerArgs {
     /// … or once the batch has decoded this many steps since requests last joined. Default: 20.
     #[arg(long, env = "SWITCHYARD_MAX_WAITING_TOKENS")]
     pub max_waiting_tokens: Option<usize>,
+    /// The system message of a chat request that has none (no system or developer message):
+    /// the text, or @FILE for a file's contents. It goes through the chat template like a
+    /// client's own. Chat models only; completions get none.
+    #[arg(long, env = "SWITCHYARD_SYSTEM_PROMPT", value_name = "TEXT|@FILE")]
+    pub system_prompt: Option<String>,
+    /// A Jinja chat template file used in place of the model folder's (its tool_use template
+    /// too), rendered as the folder's would be. Chat models only.
+    #[arg(long, env = "SWITCHYARD_CHAT_TEMPLATE", value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+    /// Decoding defaults for requests that leave them out, over generation_config.json's: a
+    /// JSON object, or a file holding one, with any of temperature, top_p, top_k, max_tokens,
+    /// stop, presence_penalty, frequency_penalty. A request's own values win.
+    #[arg(long, env = "SWITCHYARD_GENERATION_DEFAULTS", value_name = "FILE|JSON")]
+    pub generation_defaults: Option<String>,
 }
 
 impl TorchWorkerArgs {
-    pub fn engine_options(&self) -> EngineOptions {
+    /// `--system-prompt`, `--chat-template` and `--generation-defaults`, read and checked
+    /// (files read, JSON parsed, ranges checked; whether they suit the model is checked when
+    /// it loads).
+    pub fn prompt_settings(&self) -> Result<PromptSettings, TorchError> {
+        Ok(PromptSettings {
+            system_prompt: self.system_prompt.as_deref().map(crate::read_system_prompt).transpose()?,
+            chat_template: self.chat_template.as_deref().map(crate::read_chat_template).transpose()?,
+            generation_defaults: self
+                .generation_defaults
+                .as_deref()
+                .map(crate::parse_generation_defaults)
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn engine_options(&self) -> Result<EngineOptions, TorchError> {
         let d = BatchOptions::for_device(&self.device);
         let batch = BatchOptions {
             max_batch_size: self.max_batch_size.map_or(d.max_batch_size, |n| n as usize),
@@ -92,7 +125,13 @@ impl TorchWorkerArgs {
             waiting_served_ratio: self.waiting_served_ratio.unwrap_or(d.waiting_served_ratio),
             max_waiting_tokens: self.max_waiting_tokens.unwrap_or(d.max_waiting_tokens),
         };
-        EngineOptions { model_path: self.model_path.clone(), device: self.device.clone(), dtype: self.dtype.clone(), batch }
+        Ok(EngineOptions {
+            model_path: self.model_path.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.clone(),
+            batch,
+            prompt: self.prompt_settings()?,
+        })
     }
 }
 
@@ -106,6 +145,7 @@ pub fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         dtype: args.dtype.clone(),
         batch: BatchOptions::for_device(&args.device),
+        prompt: PromptSettings::default(),
     })
     .with_context(|| format!("loading {}", args.model_path.display()))?;
     let info = engine.info().clone();

@@ -61,6 +61,10 @@ pub enum TorchError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// An operator's setting (a flag's value) that cannot be used, its message naming the flag.
+    #[error("{0}")]
+    InvalidSetting(String),
+
     #[error("this model cannot {0}")]
     WrongModelKind(&'static str),
 
@@ -94,7 +98,8 @@ impl TorchError {
             | TorchError::UnsupportedDtype { .. }
             | TorchError::InvalidDevice(_)
             | TorchError::DeviceUnavailable { .. }
-            | TorchError::InvalidDtype(_) => "model_load_failed",
+            | TorchError::InvalidDtype(_)
+            | TorchError::InvalidSetting(_) => "model_load_failed",
             TorchError::Tokenizer(_) | TorchError::Torch(_) | TorchError::Internal(_) | TorchError::EngineStopped => {
                 "internal"
             }

@@ -22,6 +22,7 @@
 //!     device: "cpu".into(),      // or "cuda", "cuda:1"
 //!     dtype: None,               // or Some("bf16".into())
 //!     batch: BatchOptions::for_device("cpu"), // how many sequences share a forward pass
+//!     prompt: PromptSettings::default(), // or a system prompt, chat template, defaults
 //! })?;
 //! assert_eq!(engine.info().kind, ModelKind::Decoder);
 //!
@@ -74,6 +75,7 @@ mod config;
 mod engine;
 mod error;
 pub mod models;
+mod prompt;
 mod sampling;
 mod tokenizer;
 mod weights;
@@ -87,6 +89,8 @@ pub use engine::{
     GenerateEvents, GenerateRequest, Matcher, ModelInfo, ModelKind, Prompt,
 };
 pub use error::TorchError;
+pub use prompt::{check_generation_defaults, parse_generation_defaults, read_chat_template, read_system_prompt};
+pub use switchyard_schemas::{GenerationDefaults, PromptSettings};
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
 
 /// Test-only access to the forward pass (first-step logits) without going through sampling.

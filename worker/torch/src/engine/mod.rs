@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 pub use switchyard_constrain::Matcher;
 use switchyard_constrain::Vocabulary;
+use switchyard_schemas::PromptSettings;
 use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,7 @@ use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::{self, DType, GenerationConfig, TokenizerConfig, read_json_opt};
 use crate::error::{Result, TorchError};
 use crate::models::{self, Model};
+use crate::prompt;
 use crate::sampling::{SamplingDefaults, SamplingParams, TokenLogprob};
 use crate::tokenizer::Codec;
 use embed::{EmbedJob, EmbedQueue};
@@ -96,11 +98,20 @@ pub struct EngineOptions {
     /// `f32`, `bf16`, `f16` or `auto`/`None`: the checkpoint's dtype on GPUs, f32 on CPUs.
     pub dtype: Option<String>,
     pub batch: BatchOptions,
+    /// The operator's system prompt, chat template and generation defaults for a decoder
+    /// (an encoder refuses any): see [`Engine::prompt_settings`].
+    pub prompt: PromptSettings,
 }
 
 impl EngineOptions {
     pub fn new(model_path: impl Into<PathBuf>) -> EngineOptions {
-        EngineOptions { model_path: model_path.into(), device: "cpu".into(), dtype: None, batch: BatchOptions::default() }
+        EngineOptions {
+            model_path: model_path.into(),
+            device: "cpu".into(),
+            dtype: None,
+            batch: BatchOptions::default(),
+            prompt: PromptSettings::default(),
+        }
     }
 }
 
@@ -249,6 +260,9 @@ struct Shared {
     codec: Codec,
     template: Option<ChatTemplate>,
     defaults: SamplingDefaults,
+    /// The operator's settings: the system prompt and generation defaults apply to every
+    /// request (the chat template is `template`).
+    prompt: PromptSettings,
     batch: BatchOptions,
     /// Every token's bytes, for constrained decoding; built on its first use.
     vocabulary: std::sync::OnceLock<Arc<Vocabulary>>,
@@ -306,6 +320,16 @@ impl Engine {
         &self.shared.info
     }
 
+    /// The operator's prompt settings, as given: a chat request without a system (or
+    /// developer) message gets `system_prompt` as its first message; `chat_template` renders
+    /// every conversation in place of the folder's (its `tool_use` template too); and
+    /// `generation_defaults` fill in the parameters a request leaves out, before the folder's
+    /// `generation_config.json` does (a default `max_tokens` is capped at what the prompt
+    /// leaves of the context).
+    pub fn prompt_settings(&self) -> &PromptSettings {
+        &self.shared.prompt
+    }
+
     /// How this engine batches.
     pub fn batch_options(&self) -> &BatchOptions {
         &self.shared.batch
@@ -358,7 +382,8 @@ impl Engine {
     /// The chat template's text for `messages` and the request's `tools` (OpenAI tool
     /// definitions, passed to the template as they are), as transformers'
     /// `apply_chat_template(messages, tools=tools, add_generation_prompt=…)`. `None` is
-    /// `tools=None`.
+    /// `tools=None`. The operator's system prompt comes first when `messages` have no system
+    /// message, as it does for [`Engine::generate`].
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
@@ -396,7 +421,7 @@ fn render_chat(
         .template
         .as_ref()
         .ok_or_else(|| TorchError::InvalidRequest(format!("model {} has no chat template", shared.info.name)))?;
-    template.render(messages, tools, add_generation_prompt)
+    template.render(&prompt::with_system_prompt(&shared.prompt, messages), tools, add_generation_prompt)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -438,13 +463,29 @@ impl Worker {
             other => format!("{other:?}"),
         };
 
+        let settings = &opts.prompt;
         let (kind, context_length, embedding_dim, template) = match &loaded.model {
-            Model::Decoder(d) => (ModelKind::Decoder, d.context_length, None, ChatTemplate::load(dir, &tok_cfg)?),
+            Model::Decoder(d) => {
+                let template = match &settings.chat_template {
+                    Some(source) => Some(ChatTemplate::named(
+                        source.clone(),
+                        ChatTemplate::special_tokens(&tok_cfg),
+                        "--chat-template: the template",
+                    )
+                    .map_err(|e| match e {
+                        TorchError::ChatTemplate(message) => TorchError::InvalidSetting(message),
+                        e => e,
+                    })?),
+                    None => ChatTemplate::load(dir, &tok_cfg)?,
+                };
+                (ModelKind::Decoder, d.context_length, None, template)
+            }
             Model::Encoder(e) => {
                 codec.set_truncation(e.context_length)?;
                 (ModelKind::Encoder, e.context_length, Some(e.net.hidden_size as u32), None)
             }
         };
+        check_prompt_settings(settings, kind, context_length, template.as_ref())?;
 
         let mut eos: Vec<u32> = Vec::new();
         for ids in [gen_cfg.eos_token_id.as_ref(), loaded.header.eos_token_id.as_ref()].into_iter().flatten() {
@@ -484,7 +525,12 @@ impl Worker {
         }
         tracing::info!(max_batch_size = batch.max_batch_size, max_batch_total_tokens = ?batch.max_batch_total_tokens,
             max_batch_prefill_tokens = batch.max_batch_prefill_tokens, "batching");
-        let shared = Shared { info, codec, template, defaults, batch, vocabulary: Default::default() };
+        if !settings.is_empty() {
+            tracing::info!(system_prompt = settings.system_prompt.is_some(), chat_template = settings.chat_template.is_some(),
+                generation_defaults = ?settings.generation_defaults, "prompt settings");
+        }
+        let shared =
+            Shared { info, codec, template, defaults, prompt: settings.clone(), batch, vocabulary: Default::default() };
         Ok(Worker { shared: Arc::new(shared), model: loaded.model, device })
     }
 
@@ -496,6 +542,75 @@ impl Worker {
             }
         }
     }
+}
+
+/// Refuses prompt settings that cannot apply: any on an encoder, a system prompt without a
+/// chat template, generation defaults out of range, a template that fails on a plain
+/// conversation (with the system prompt, when there is one).
+fn check_prompt_settings(
+    settings: &PromptSettings,
+    kind: ModelKind,
+    context_length: usize,
+    template: Option<&ChatTemplate>,
+) -> Result<()> {
+    if kind == ModelKind::Encoder {
+        let given: Vec<&str> = [
+            (settings.system_prompt.is_some(), "--system-prompt"),
+            (settings.chat_template.is_some(), "--chat-template"),
+            (!settings.generation_defaults.is_empty(), "--generation-defaults"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            return Err(TorchError::InvalidSetting(format!(
+                "{} apply to text generation, but this model is a sentence encoder (embeddings only): leave them out",
+                given.join(", ")
+            )));
+        }
+        return Ok(());
+    }
+    prompt::check_generation_defaults(&settings.generation_defaults)
+        .map_err(|e| TorchError::InvalidSetting(format!("--generation-defaults: {e}")))?;
+    if let Some(n) = settings.generation_defaults.max_tokens
+        && n as usize >= context_length
+    {
+        return Err(TorchError::InvalidSetting(format!(
+            "--generation-defaults: max_tokens {n} leaves no room for a prompt in this model's context of {context_length} tokens"
+        )));
+    }
+    let Some(template) = template else {
+        if settings.system_prompt.is_some() {
+            return Err(TorchError::InvalidSetting(
+                "--system-prompt needs a chat template, and the model folder has none: give one with --chat-template".into(),
+            ));
+        }
+        return Ok(());
+    };
+    if settings.system_prompt.is_none() && settings.chat_template.is_none() {
+        return Ok(());
+    }
+    // A template that cannot render a plain conversation would fail every chat request.
+    let probe = [ChatMessage::new("user", "Hello!")];
+    let messages = prompt::with_system_prompt(settings, &probe);
+    let rendered = template.render(&messages, None, true).map_err(|e| {
+        let what = match (settings.chat_template.is_some(), settings.system_prompt.is_some()) {
+            (true, true) => "--chat-template with --system-prompt",
+            (true, false) => "--chat-template",
+            (false, _) => "--system-prompt: the model's chat template",
+        };
+        TorchError::InvalidSetting(format!(
+            "{what} cannot render a conversation of one user message{}: {}",
+            if settings.system_prompt.is_some() { " after the system prompt" } else { "" },
+            e.to_string().trim_start_matches("chat template: ")
+        ))
+    })?;
+    if let Some(system) = &settings.system_prompt
+        && !rendered.contains(system.trim())
+    {
+        tracing::warn!("the chat template does not write the system prompt into the prompt as given; check --system-prompt");
+    }
+    Ok(())
 }
 
 /// What the model thread runs: a decoder's scheduler or an encoder's queue.

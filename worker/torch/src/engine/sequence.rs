@@ -59,7 +59,8 @@ impl Sequence {
         tx: mpsc::UnboundedSender<GenerateEvent>,
     ) -> Result<Sequence> {
         let codec = &shared.codec;
-        let params = &req.params;
+        let defaults = &shared.prompt.generation_defaults;
+        let params = &crate::prompt::with_defaults(&req.params, defaults);
         let prompt_ids = match &req.prompt {
             Prompt::Text(text) if req.answer_prefix.is_empty() => codec.encode(text, true)?,
             Prompt::Text(text) => codec.encode(&format!("{text}{}", req.answer_prefix), true)?,
@@ -80,10 +81,12 @@ impl Sequence {
         let context_length = shared.info.context_length;
         let prompt_tokens = prompt_ids.len() as u32;
         let room = context_length.saturating_sub(prompt_tokens);
-        let max_tokens = match params.max_tokens {
-            Some(n) if n <= room => n,
-            None if room > 0 => room,
-            asked => {
+        // The operator's default is capped at the room left; a request's own is refused past it.
+        let max_tokens = match (params.max_tokens, defaults.max_tokens) {
+            (Some(n), _) if n <= room => n,
+            (None, Some(n)) if room > 0 => n.min(room),
+            (None, None) if room > 0 => room,
+            (asked, _) => {
                 let max_tokens = asked.unwrap_or(1);
                 return Err(TorchError::ContextLengthExceeded {
                     context_length,
