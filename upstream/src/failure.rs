@@ -36,8 +36,8 @@ impl Failure {
             .or_else(|| parsed.as_ref().and_then(|b| b.get("error")).and_then(|e| e.as_str().map(str::to_owned)))
             .or_else(|| parsed.as_ref().and_then(|b| b.get("detail")).map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned)))
             .unwrap_or_else(|| {
-                let body = body.trim();
-                if body.is_empty() { format!("the upstream server answered {status}") } else { body.chars().take(500).collect() }
+                let body: String = body.trim().chars().take(500).collect();
+                if body.is_empty() { format!("The upstream server answered {status}.") } else { format!("The upstream server answered {status}: {body}") }
             });
         // Some servers put the status number in `code`; only a word is a code.
         let code = text("code").filter(|code| code.parse::<u16>().is_err());
@@ -88,10 +88,11 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The text of a transport error and its causes (reqwest's own message says only "error
-/// sending request").
-pub fn describe(error: &reqwest::Error) -> String {
+/// sending request"), without the URL: clients need not learn where the upstream lives.
+pub fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
     let mut text = if error.is_timeout() { "timed out".to_string() } else { error.to_string() };
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -128,9 +129,9 @@ mod tests {
         let Failure::Status { error, message, .. } = Failure::from_status(404, &HeaderMap::new(), vllm) else { panic!() };
         assert_eq!((message.as_str(), error.r#type.as_deref(), error.code), ("model x does not exist", Some("NotFoundError"), None));
         let Failure::Status { message, .. } = Failure::from_status(502, &HeaderMap::new(), "Bad Gateway\n") else { panic!() };
-        assert_eq!(message, "Bad Gateway");
+        assert_eq!(message, "The upstream server answered 502: Bad Gateway");
         let Failure::Status { message, .. } = Failure::from_status(500, &HeaderMap::new(), "") else { panic!() };
-        assert_eq!(message, "the upstream server answered 500");
+        assert_eq!(message, "The upstream server answered 500.");
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl OpenAi {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| anyhow::anyhow!("GET /models: {}", failure::describe(&e)))?;
+        let response = request.send().await.map_err(|e| anyhow::anyhow!("GET /models: {}", failure::describe(e)))?;
         let status = response.status();
         let body: Value = response.json().await.map_err(|e| anyhow::anyhow!("GET /models answered {status} without JSON: {e}"))?;
         anyhow::ensure!(status.is_success(), "GET /models answered {status}: {body}");
@@ -223,7 +223,7 @@ impl OpenAi {
         }
         let response = tokio::select! { response = request.send() => response, _ = cancel.cancelled() => return None };
         Some(match response {
-            Err(e) => Err(Failure::Unreachable(failure::describe(&e))),
+            Err(e) => Err(Failure::Unreachable(failure::describe(e))),
             Ok(response) if response.status().is_success() => Ok(response),
             Ok(response) => {
                 let (status, headers) = (response.status().as_u16(), response.headers().clone());
@@ -242,7 +242,7 @@ impl OpenAi {
             JobRequest::Embedding { input } => input.len(),
             _ => 0,
         };
-        let broken = |e: reqwest::Error| Stopped { failure: Failure::Broken(format!("reading the embeddings answer: {}", failure::describe(&e))), sent_output: false };
+        let broken = |e: reqwest::Error| Stopped { failure: Failure::Broken(format!("reading the embeddings answer: {}", failure::describe(e))), sent_output: false };
         let answer: Value = tokio::select! { answer = response.json() => answer.map_err(broken)?, _ = cancel.cancelled() => return Ok(cancelled()) };
         let (vectors, usage) = reply::embeddings(&answer, inputs).map_err(|failure| Stopped { failure, sent_output: false })?;
         sink.embeddings(0, vectors);
