@@ -9,7 +9,7 @@ embedding` every argument is one input, and each vector is printed as a JSON arr
 cancels the job (the Redis flag, with `--redis-url`, and the NATS announcement).
 
 On a secured broker: `--nats-url nats://<user>:<password>@host:4222 --instance <user>
---inbox-prefix _INBOX_<user>` (see broker-config/secure/nats-server.conf) and
+--nats-inbox-prefix _INBOX_<user>` (see broker-config/secure/nats-server.conf) and
 `--redis-url redis://publisher:<password>@host:6379`. The protocol: docs/protocol.md.
 """
 
@@ -27,7 +27,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--nats-url", default=os.environ.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"))
     p.add_argument("--redis-url", default=os.environ.get("SWITCHYARD_REDIS_URL"), help="for cancel flags (optional)")
     p.add_argument("--nats-creds", default=os.environ.get("SWITCHYARD_NATS_CREDS"), help="a .creds file or an nkey seed file")
-    p.add_argument("--inbox-prefix", default=os.environ.get("SWITCHYARD_NATS_INBOX_PREFIX"), help="on a secured broker: _INBOX_<instance>")
+    p.add_argument("--nats-inbox-prefix", default=os.environ.get("SWITCHYARD_NATS_INBOX_PREFIX"), help="on a secured broker: _INBOX_<instance>")
     p.add_argument("--instance", help="names the reply subjects; on a secured broker, the publisher's user (default: a fresh name)")
     p.add_argument("--model", required=True)
     p.add_argument("--kind", choices=["chat", "completion", "embedding"], default="chat")
@@ -45,7 +45,7 @@ async def main(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         instance=args.instance,
         nats_creds=args.nats_creds,
-        inbox_prefix=args.inbox_prefix,
+        inbox_prefix=args.nats_inbox_prefix,
         queue_timeout=args.queue_timeout,
     )
     try:
