@@ -246,7 +246,8 @@ impl StopSequences {
 pub struct CompletionRequest {
     pub model: String,
     pub prompt: Prompt,
-    /// OpenAI's legacy default is 16.
+    /// OpenAI's legacy default is 16; a local model's `generation_defaults.max_tokens` (see
+    /// `prompt_settings` in `GET /v1/models/{model}`) replaces it.
     #[schema(minimum = 1)]
     #[serde(default)]
     pub max_tokens: Option<u32>,

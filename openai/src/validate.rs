@@ -400,8 +400,12 @@ pub fn completion(request: CompletionRequest, limits: &Limits, card: &ModelCard)
     let (mut params, n) = check_common(
         Common {
             max_tokens_param: "max_tokens",
-            // OpenAI's legacy completions default to 16 tokens.
-            max_tokens: Some(request.max_tokens.unwrap_or(16)),
+            // OpenAI's legacy completions default to 16 tokens, unless the model's operator set
+            // a default of its own: the worker applies that one (capped at the prompt's room).
+            max_tokens: match request.max_tokens {
+                None if card.prompt_settings.generation_defaults.max_tokens.is_some() => None,
+                asked => Some(asked.unwrap_or(16)),
+            },
             temperature: request.temperature,
             top_p: request.top_p,
             top_k: request.top_k,

@@ -541,3 +541,123 @@ async fn a_model_without_a_tools_template_refuses_tools() {
     let content: Value = serde_json::from_str(answer["choices"][0]["message"]["content"].as_str().unwrap()).expect("JSON content");
     assert!(content["ok"].is_boolean(), "{content}");
 }
+
+/// A template no model ships (`--chat-template`): what it renders is plain text that a
+/// completion request can send as its prompt.
+const ROLE_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}[{{ m['role'] | upper }}] {{ m['content'] }}\n{% endfor %}\
+{% if add_generation_prompt %}[ANSWER]{% endif %}";
+const SYSTEM_PROMPT: &str = "You answer in one short sentence.";
+
+/// `ROLE_TEMPLATE`'s text for `messages`, without the `<s>` a completion prompt gets anyway.
+fn role_template_text(messages: &[(&str, &str)]) -> String {
+    let mut text: String = messages.iter().map(|(role, content)| format!("[{}] {content}\n", role.to_uppercase())).collect();
+    text.push_str("[ANSWER]");
+    text
+}
+
+/// Four letters in the middle of `text`, and where they first occur.
+fn a_word_inside(text: &str) -> (String, usize) {
+    let start = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i > 0 && text[i..].chars().take(4).filter(char::is_ascii_alphabetic).count() == 4)
+        .unwrap_or_else(|| panic!("no word inside {text:?}"));
+    let word = text[start..start + 4].to_string();
+    let first = text.find(&word).unwrap();
+    assert!(first > 0, "{text:?}");
+    (word, first)
+}
+
+#[tokio::test]
+async fn prompt_settings_shape_chat_and_completions_and_show_on_the_card() {
+    let (text, prompt_tokens, greedy, _) = reference_prompts().into_iter().find(|p| !p.3).expect("a reference that runs 24 tokens");
+    let (stop, stop_at) = a_word_inside(&greedy);
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.jinja");
+    std::fs::write(&template, ROLE_TEMPLATE).unwrap();
+    let system = dir.path().join("system.txt");
+    std::fs::write(&system, format!("{SYSTEM_PROMPT}\n")).unwrap();
+    // The defaults through the environment, the others as flags.
+    let defaults = json!({ "temperature": 0.0, "max_tokens": 3, "stop": [stop] });
+    let stack = Stack::builder().env("SWITCHYARD_GENERATION_DEFAULTS", defaults.to_string()).start().await;
+    let path = tiny_llama_dir().to_str().unwrap().to_string();
+    let system_arg = format!("@{}", system.display());
+    let args = ["torch", "--model-path", &path, "--system-prompt", &system_arg, "--chat-template", template.to_str().unwrap()];
+    let (_worker, _) = stack.ready_worker(&args, LLAMA).await;
+
+    // The card shows them, in GET /v1/models/{model} and in the list.
+    let settings = json!({ "system_prompt": SYSTEM_PROMPT, "chat_template": ROLE_TEMPLATE, "generation_defaults": defaults });
+    let card: Value = stack.http().get(stack.api_url(&format!("/v1/models/{LLAMA}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(card["prompt_settings"], settings, "{card}");
+    let list: Value = stack.http().get(stack.api_url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let listed = list["data"].as_array().unwrap().iter().find(|m| m["id"] == LLAMA).expect("listed").clone();
+    assert_eq!(listed["prompt_settings"], settings, "{list}");
+
+    // A chat is rendered by the template file, with the system prompt only when it has no
+    // system message of its own: the same prompt and answer as that text completed.
+    for (messages, rendered) in [
+        (vec![("user", "Hello!")], vec![("system", SYSTEM_PROMPT), ("user", "Hello!")]),
+        (vec![("system", "Mine."), ("user", "Hello!")], vec![("system", "Mine."), ("user", "Hello!")]),
+        (vec![("developer", "Mine."), ("user", "Hello!")], vec![("developer", "Mine."), ("user", "Hello!")]),
+    ] {
+        let messages: Vec<Value> = messages.iter().map(|(role, content)| json!({ "role": role, "content": content })).collect();
+        for max_tokens in [None, Some(8u32)] {
+            let mut chat = json!({ "model": LLAMA, "messages": messages });
+            let mut completion = json!({ "model": LLAMA, "prompt": role_template_text(&rendered) });
+            if let Some(n) = max_tokens {
+                chat["max_tokens"] = n.into();
+                completion["max_tokens"] = n.into();
+            }
+            let (status, chat_body) = stack.post_json(CHAT, &chat).await;
+            assert_eq!(status, 200, "{chat_body}");
+            let (status, completion_body) = stack.post_json(COMPLETIONS, &completion).await;
+            assert_eq!(status, 200, "{completion_body}");
+            let (chat_text, chat_finish, chat_usage) = check_completion(Endpoint::Chat, &chat_body, LLAMA);
+            let (text, finish, usage) = check_completion(Endpoint::Completions, &completion_body, LLAMA);
+            assert_eq!(chat_usage, usage, "{messages:?} max_tokens {max_tokens:?}: {chat_body} vs {completion_body}");
+            assert_eq!((chat_text, chat_finish), (text, finish), "{messages:?} max_tokens {max_tokens:?}");
+            assert!(usage["completion_tokens"].as_u64().unwrap() <= u64::from(max_tokens.unwrap_or(3)), "{usage}");
+        }
+    }
+
+    // A completion gets no system prompt, but the defaults: greedy (temperature 0), 3 tokens.
+    let (status, body) = stack.post_json(COMPLETIONS, &json!({ "model": LLAMA, "prompt": text })).await;
+    assert_eq!(status, 200, "{body}");
+    let (texts, finishes, usage) = check_completion(Endpoint::Completions, &body, LLAMA);
+    assert_eq!(usage["prompt_tokens"], prompt_tokens, "{usage}");
+    assert_eq!((usage["completion_tokens"].as_u64(), finishes[0].as_str()), (Some(3), "length"), "{body}");
+    assert!(greedy.starts_with(&texts[0]) && !texts[0].is_empty(), "{:?} begins {greedy:?}", texts[0]);
+    // The default stop string ends it; a request's own max_tokens and stop win.
+    let (_, body) = stack.post_json(COMPLETIONS, &json!({ "model": LLAMA, "prompt": text, "max_tokens": 24 })).await;
+    let (texts, finishes, _) = check_completion(Endpoint::Completions, &body, LLAMA);
+    assert_eq!((texts[0].as_str(), finishes[0].as_str()), (&greedy[..stop_at], "stop"), "stop {stop:?}: {body}");
+    let own = json!({ "model": LLAMA, "prompt": text, "max_tokens": 24, "stop": ["no such text"] });
+    let (_, body) = stack.post_json(COMPLETIONS, &own).await;
+    let (texts, finishes, usage) = check_completion(Endpoint::Completions, &body, LLAMA);
+    assert_eq!((texts[0].as_str(), finishes[0].as_str()), (greedy.as_str(), "length"), "{body}");
+    assert_eq!(usage["completion_tokens"], 24, "{usage}");
+}
+
+#[tokio::test]
+async fn bad_prompt_settings_stop_the_worker_at_startup() {
+    let stack = Stack::start().await;
+    let llama = tiny_llama_dir().to_str().unwrap().to_string();
+    let minilm = minilm_dir().to_str().unwrap().to_string();
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (&llama, &["--generation-defaults", r#"{"temprature": 0.5}"#], &["--generation-defaults", "unknown field `temprature`"]),
+        (&llama, &["--generation-defaults", r#"{"top_p": 1.5}"#], &["top_p must be in (0, 1], got 1.5"]),
+        (&llama, &["--chat-template", "/no/such/template.jinja"], &["--chat-template", "/no/such/template.jinja"]),
+        (&minilm, &["--system-prompt", SYSTEM_PROMPT], &["--system-prompt", "sentence encoder"]),
+    ];
+    for (path, flags, words) in cases {
+        let mut args = vec!["torch", "--model-path", path];
+        args.extend_from_slice(flags);
+        let worker = stack.worker(&args);
+        let status = worker.wait_exit(std::time::Duration::from_secs(60)).await.unwrap_or_else(|| panic!("{flags:?}: the worker kept running"));
+        assert!(!status.success(), "{flags:?}: {status:?}");
+        let log = worker.log();
+        for w in words {
+            assert!(log.contains(w), "{flags:?}: the log should say {w:?}:\n{log}");
+        }
+    }
+}

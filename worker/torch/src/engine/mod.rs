@@ -563,8 +563,9 @@ fn check_prompt_settings(
         .filter_map(|(set, flag)| set.then_some(flag))
         .collect();
         if !given.is_empty() {
+            let (verb, pronoun) = if given.len() == 1 { ("applies", "it") } else { ("apply", "them") };
             return Err(TorchError::InvalidSetting(format!(
-                "{} apply to text generation, but this model is a sentence encoder (embeddings only): leave them out",
+                "{} {verb} to text generation, but this model is a sentence encoder (embeddings only): leave {pronoun} out",
                 given.join(", ")
             )));
         }
