@@ -72,6 +72,31 @@ pub fn redis_server_bin() -> PathBuf {
     on_path("redis-server").expect("redis-server is not on PATH: run scripts/setup.sh")
 }
 
+/// Runs `cargo build <args>` in this test binary's profile and target directory (a no-op when
+/// up to date), failing the test with cargo's output (and `hint`) if it fails. Returns the
+/// profile directory, where the built binaries are.
+pub fn cargo_build(args: &[&str], hint: &str) -> PathBuf {
+    let profile_dir = profile_dir();
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).arg("build").args(args);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            build.arg("--release");
+        }
+        other => {
+            build.args(["--profile", other]);
+        }
+    }
+    build.env("CARGO_TARGET_DIR", profile_dir.parent().expect("profile dir has a parent"));
+    let command = format!("cargo build {}", args.join(" "));
+    let output = build.output().unwrap_or_else(|e| panic!("running {command}: {e}"));
+    assert!(output.status.success(), "`{command}` failed{hint}:\n{}", String::from_utf8_lossy(&output.stderr));
+    profile_dir
+}
+
 /// The `switchyard` binary the tests drive.
 ///
 /// `$SWITCHYARD_BIN` if set. Otherwise `<target dir>/<profile>/switchyard`, the target
@@ -87,29 +112,8 @@ pub fn switchyard_bin() -> PathBuf {
             assert!(bin.is_file(), "SWITCHYARD_BIN={} does not exist", bin.display());
             return bin;
         }
-        let profile_dir = profile_dir();
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
-        let target_dir = profile_dir.parent().expect("profile dir has a parent").to_path_buf();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.current_dir(workspace_root()).args(["build", "-p", "switchyard", "--bin", "switchyard"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        build.env("CARGO_TARGET_DIR", &target_dir);
         let started = Instant::now();
-        let output = build.output().expect("running cargo build -p switchyard");
-        assert!(
-            output.status.success(),
-            "`cargo build -p switchyard` failed (set SWITCHYARD_BIN to use a prebuilt binary):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let profile_dir = cargo_build(&["-p", "switchyard", "--bin", "switchyard"], " (set SWITCHYARD_BIN to use a prebuilt binary)");
         let bin = profile_dir.join("switchyard");
         assert!(bin.is_file(), "cargo built switchyard but {} does not exist", bin.display());
         if started.elapsed() > Duration::from_secs(5) {

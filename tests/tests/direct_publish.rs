@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use switchyard_client::{BrokerAuth, JobTimeouts, Jobs};
 use switchyard_schemas::{ChatMessage, EventBody, FinishReason, JobRequest, Lane, keys};
 use switchyard_tests::openai::words;
-use switchyard_tests::{Proc, Role, Stack, eventually, profile_dir, tail, workspace_root};
+use switchyard_tests::{Proc, Role, Stack, cargo_build, eventually, tail, workspace_root};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Example {
@@ -32,23 +32,7 @@ const EXAMPLES: [Example; 2] = [Example::Rust, Example::Python];
 fn rust_example() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let profile_dir = profile_dir();
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.current_dir(workspace_root()).args(["build", "-p", "switchyard-client", "--example", "publish"]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                build.arg("--release");
-            }
-            other => {
-                build.args(["--profile", other]);
-            }
-        }
-        build.env("CARGO_TARGET_DIR", profile_dir.parent().expect("profile dir has a parent"));
-        let output = build.output().expect("running cargo build --example publish");
-        assert!(output.status.success(), "`cargo build -p switchyard-client --example publish` failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        let profile_dir = cargo_build(&["-p", "switchyard-client", "--example", "publish"], "");
         let bin = profile_dir.join("examples/publish");
         assert!(bin.is_file(), "cargo built the example but {} does not exist", bin.display());
         bin
