@@ -29,11 +29,7 @@ pub struct Directory {
 
 impl Directory {
     pub fn new(registry: Registry) -> Self {
-        Self {
-            registry,
-            models: Arc::default(),
-            refreshing: Arc::new(Mutex::new(Instant::now() - Duration::from_secs(3600))),
-        }
+        Self { registry, models: Arc::default(), refreshing: Arc::new(Mutex::new(Instant::now() - Duration::from_secs(3600))) }
     }
 
     /// Keeps the copy fresh every `every` until the process ends.

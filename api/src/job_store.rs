@@ -41,7 +41,8 @@ impl AsyncJobs {
     /// what they hold for `retention`.
     pub async fn open(js: &jetstream::Context, retention: Duration) -> Result<AsyncJobs, switchyard_broker::BrokerError> {
         switchyard_broker::jobs::ensure_events_stream(js, retention).await?;
-        let records = switchyard_broker::key_value(js, subject::ASYNC_JOBS_BUCKET, "Switchyard's /v1/jobs: one record per job", retention).await?;
+        let records =
+            switchyard_broker::key_value(js, subject::ASYNC_JOBS_BUCKET, "Switchyard's /v1/jobs: one record per job", retention).await?;
         Ok(AsyncJobs { js: js.clone(), records, retention })
     }
 
@@ -68,4 +69,3 @@ pub fn unavailable(error: impl std::fmt::Display) -> ApiError {
 pub fn part_id(job_id: &str, index: usize) -> String {
     format!("{job_id}-{index}")
 }
-

@@ -77,7 +77,10 @@ pub struct Plan {
 /// What a lease did for one request.
 pub enum Draw {
     /// Admitted from the lease: the limits to settle against and their state for the headers.
-    Served { limits: Arc<[Limit]>, states: Vec<LimitState> },
+    Served {
+        limits: Arc<[Limit]>,
+        states: Vec<LimitState>,
+    },
     /// The lease has ended (expired, or this request does not fit): give back what it left.
     Ended(Lease),
     NoLease,
@@ -304,11 +307,23 @@ mod tests {
         // Less than half of the limit left after the lease.
         let limits = limits(1_000_000, 100_000_000, 100);
         let mut scope = Scope::default();
-        scope.admitted(vec![LimitState { remaining: 500_001, reset_ms: 0 }, LimitState { remaining: 90_000_000, reset_ms: 0 }], &limits.clone().into(), 1, "m", 100);
+        scope.admitted(
+            vec![LimitState { remaining: 500_001, reset_ms: 0 }, LimitState { remaining: 90_000_000, reset_ms: 0 }],
+            &limits.clone().into(),
+            1,
+            "m",
+            100,
+        );
         assert_eq!(scope.plan(&limits), Plan { reserve: 1, overlap: true });
 
         // A quarter of the limit or less left: Redis decides before anything is dispatched.
-        scope.admitted(vec![LimitState { remaining: 250_000, reset_ms: 0 }, LimitState { remaining: 90_000_000, reset_ms: 0 }], &limits.clone().into(), 1, "m", 100);
+        scope.admitted(
+            vec![LimitState { remaining: 250_000, reset_ms: 0 }, LimitState { remaining: 90_000_000, reset_ms: 0 }],
+            &limits.clone().into(),
+            1,
+            "m",
+            100,
+        );
         assert_eq!(scope.plan(&limits), Plan { reserve: 1, overlap: false });
 
         let mut capped = limits.clone();

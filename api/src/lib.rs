@@ -40,9 +40,9 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
 use crate::directory::Directory;
-use switchyard_client::{JobTimeouts, Jobs};
 use crate::policy::Gate;
 use crate::state::{ApiState, FilesLimits};
+use switchyard_client::{JobTimeouts, Jobs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiOptions {
@@ -107,7 +107,9 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
     let batch_windows = options
         .batch_completion_windows
         .iter()
-        .map(|text| parse_duration(text).map(|window| (text.clone(), window)).map_err(|e| anyhow::anyhow!("--batch-completion-windows {text}: {e}")))
+        .map(|text| {
+            parse_duration(text).map(|window| (text.clone(), window)).map_err(|e| anyhow::anyhow!("--batch-completion-windows {text}: {e}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let directory = Directory::new(Registry::new(redis.clone()));
     if let Err(e) = directory.refresh().await {
@@ -134,7 +136,8 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         redis,
     });
     let gate = state.gate.clone();
-    let app = routes::router(state, options.body_limit, &routes::mcp::described(openapi::ApiDoc::openapi())).layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = routes::router(state, options.body_limit, &routes::mcp::described(openapi::ApiDoc::openapi()))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?

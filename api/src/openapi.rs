@@ -6,13 +6,15 @@ use switchyard_openai::response::*;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::health::{Health, Readiness};
 use crate::routes::async_jobs::{CreateJob, JobObject, JobStatus};
 use crate::routes::batches::{CreateBatch, ExpiresAfter};
 use crate::routes::files::{FileDeleted, FileObject, Page};
+use crate::routes::health::{Health, Readiness};
 use crate::routes::tools::{FunctionDefinition, HostedTool, ToolList};
 use crate::routes::{async_jobs, batches, embeddings, files, generate, health, models, tools};
-use switchyard_scheduler::batches::object::{Batch, BatchError, BatchErrors, BatchStatus, LineError, LineResponse, OutputLine, RequestCounts};
+use switchyard_scheduler::batches::object::{
+    Batch, BatchError, BatchErrors, BatchStatus, LineError, LineResponse, OutputLine, RequestCounts,
+};
 
 #[derive(OpenApi)]
 #[openapi(

@@ -73,10 +73,8 @@ impl Gate {
 
     /// Drops revoked keys from the cache as soon as any process announces them.
     pub async fn watch_revocations(self: &Arc<Self>, nats: &async_nats::Client) -> Result<(), ApiError> {
-        let mut revoked = nats
-            .subscribe(subject::API_KEY_REVOKED)
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("cannot subscribe on NATS: {e}")))?;
+        let mut revoked =
+            nats.subscribe(subject::API_KEY_REVOKED).await.map_err(|e| ApiError::Unavailable(format!("cannot subscribe on NATS: {e}")))?;
         let gate = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(message) = revoked.next().await {
@@ -228,7 +226,9 @@ impl Gate {
             self.give_back(replaced);
         }
         let decision = decision.map_err(|e| {
-            ApiError::Unavailable(format!("The rate limiter is unavailable (Redis did not answer: {e}); no request is admitted without it."))
+            ApiError::Unavailable(format!(
+                "The rate limiter is unavailable (Redis did not answer: {e}); no request is admitted without it."
+            ))
         })?;
         let Some(states) = states else {
             let refused = decision.refused.expect("a decision without states refused the request");
@@ -297,7 +297,9 @@ fn limits_of(key: &ApiKeyRecord, card: &ModelCard, model_scope: &str, estimated_
 
 fn incorrect_key(secret: &str) -> ApiError {
     let shown: String = secret.chars().take(6).collect();
-    ApiError::Unauthorized(format!("Incorrect API key provided: {shown}***. Ask your Switchyard operator for a key (`switchyard keys create`)."))
+    ApiError::Unauthorized(format!(
+        "Incorrect API key provided: {shown}***. Ask your Switchyard operator for a key (`switchyard keys create`)."
+    ))
 }
 
 fn refusal(limit: &Limit, decision: &Decision, mut headers: HeaderMap, model: &str) -> ApiError {
@@ -306,13 +308,22 @@ fn refusal(limit: &Limit, decision: &Decision, mut headers: HeaderMap, model: &s
         LimitKind::TokensPerMinute => ("tokens per minute", "tokens"),
         LimitKind::Concurrent => ("concurrent requests", "requests"),
     };
-    let scope = if limit.key.contains(':') && limit.key.ends_with(&format!(":{model}")) { format!(" on model {model}") } else { String::new() };
+    let scope =
+        if limit.key.contains(':') && limit.key.ends_with(&format!(":{model}")) { format!(" on model {model}") } else { String::new() };
     let message = match decision.retry_after_ms {
         Some(ms) => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
-            format!("Rate limit reached for {what}{scope}: limit {}, requested {}. Please try again in {}.", limit.limit, limit.cost, go_duration(ms))
+            format!(
+                "Rate limit reached for {what}{scope}: limit {}, requested {}. Please try again in {}.",
+                limit.limit,
+                limit.cost,
+                go_duration(ms)
+            )
         }
-        None => format!("Request too large for {what}{scope}: limit {}, requested {}. Reduce max_tokens or the prompt.", limit.limit, limit.cost),
+        None => format!(
+            "Request too large for {what}{scope}: limit {}, requested {}. Reduce max_tokens or the prompt.",
+            limit.limit, limit.cost
+        ),
     };
     ApiError::RateLimited { message, kind, headers }
 }

@@ -10,8 +10,8 @@ use switchyard_openai::Limits;
 
 use crate::directory::{Directory, ModelEntry};
 use crate::error::ApiError;
-use switchyard_client::Jobs;
 use crate::policy::{Caller, Gate};
+use switchyard_client::Jobs;
 
 /// Behind one `Arc`, so that handing it to a request is one count.
 pub type AppState = Arc<ApiState>;

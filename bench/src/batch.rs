@@ -143,7 +143,10 @@ async fn bench(options: &BatchOptions, switchyard: &std::path::Path) -> anyhow::
     }
 
     if wants("b") {
-        eprintln!("· (b) interactive latency beside a {}-line batch, echo worker --slots {} --delay {}: {repeats} rounds", options.lines, options.b_slots, options.b_delay);
+        eprintln!(
+            "· (b) interactive latency beside a {}-line batch, echo worker --slots {} --delay {}: {repeats} rounds",
+            options.lines, options.b_slots, options.b_delay
+        );
         let stack = Running::start(options, switchyard, options.b_slots, &options.b_delay).await?;
         let result = async {
             let input = multipart(&chat_input(options.lines, None));
@@ -178,12 +181,18 @@ async fn bench(options: &BatchOptions, switchyard: &std::path::Path) -> anyhow::
     if wants("c") {
         let text = large_input(options.c_lines, options.c_bytes, options.c_max_tokens);
         let input = multipart(&text);
-        eprintln!("· (c) a {} byte, {}-line file, echo worker --slots {} --delay 0ms: {repeats} runs, each on a fresh stack", text.len(), options.c_lines, options.c_slots);
+        eprintln!(
+            "· (c) a {} byte, {}-line file, echo worker --slots {} --delay 0ms: {repeats} runs, each on a fresh stack",
+            text.len(),
+            options.c_lines,
+            options.c_slots
+        );
         for i in 0..repeats {
             let stack = Running::start(options, switchyard, options.c_slots, "0ms").await?;
             let result = async {
                 let watched = ["api", "scheduler", "nats-server", "worker-echo"];
-                let pids: Vec<(String, u32)> = watched.iter().filter_map(|name| stack.stack.pid_of(name).map(|pid| (name.to_string(), pid))).collect();
+                let pids: Vec<(String, u32)> =
+                    watched.iter().filter_map(|name| stack.stack.pid_of(name).map(|pid| (name.to_string(), pid))).collect();
                 let at_start: Vec<u64> = pids.iter().map(|(_, pid)| status_kb(*pid, "VmRSS:").unwrap_or(0)).collect();
                 let sampler = Sampler::start(pids.iter().map(|(_, pid)| *pid).collect(), Duration::from_millis(10));
                 let run = run_batch(&stack, &input, options.c_lines, options).await;
@@ -196,12 +205,15 @@ async fn bench(options: &BatchOptions, switchyard: &std::path::Path) -> anyhow::
                     .iter()
                     .map(|phase| {
                         let peak = (0..pids.len())
-                            .map(|p| samples.iter().filter(|(t, _)| *t >= phase.start && *t <= phase.end).map(|(_, kb)| kb[p]).max().unwrap_or(0))
+                            .map(|p| {
+                                samples.iter().filter(|(t, _)| *t >= phase.start && *t <= phase.end).map(|(_, kb)| kb[p]).max().unwrap_or(0)
+                            })
                             .collect();
                         (phase.name, peak)
                     })
                     .collect();
-                let memory = Memory { names: pids.into_iter().map(|(n, _)| n).collect(), at_start, hwm, per_phase, file_bytes: text.len(), run };
+                let memory =
+                    Memory { names: pids.into_iter().map(|(n, _)| n).collect(), at_start, hwm, per_phase, file_bytes: text.len(), run };
                 eprintln!(
                     "  run {}: api VmHWM {:.0} MB, scheduler VmHWM {:.0} MB; {:.0} lines/s",
                     i + 1,
@@ -390,7 +402,9 @@ fn large_input(n: usize, bytes: usize, max_tokens: u32) -> Vec<u8> {
     for i in 0..n {
         // The last line takes what rounding left over.
         let target = if i + 1 == n { bytes - out.len() } else { per_line };
-        let head = format!("{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"{CHAT}\",\"body\":{{\"model\":\"echo\",\"max_tokens\":{max_tokens},\"messages\":[{{\"role\":\"user\",\"content\":\"line {i}");
+        let head = format!(
+            "{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"{CHAT}\",\"body\":{{\"model\":\"echo\",\"max_tokens\":{max_tokens},\"messages\":[{{\"role\":\"user\",\"content\":\"line {i}"
+        );
         let tail = "\"}]}}\n";
         let mut content_room = target.saturating_sub(head.len() + tail.len());
         out.extend_from_slice(head.as_bytes());
@@ -425,7 +439,8 @@ async fn run_batch(running: &Running, input: &Upload, lines: usize, options: &Ba
     let (batch, mut phases) = submit_and_follow(running, input, options).await?;
     // The output file, streamed to the end.
     let mut conn = Conn::open(&running.api).await?;
-    let output_id = batch["output_file_id"].as_str().with_context(|| format!("the completed batch has no output file: {batch}"))?.to_string();
+    let output_id =
+        batch["output_file_id"].as_str().with_context(|| format!("the completed batch has no output file: {batch}"))?.to_string();
     let response = conn.send(Method::GET, &format!("/v1/files/{output_id}/content"), &Bytes::new()).await?;
     if response.status() != StatusCode::OK {
         bail!("downloading the output answered {}", response.status());
@@ -668,7 +683,8 @@ async fn beside_batch(running: &Running, input: &Upload, options: &BatchOptions,
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let window = t1 - t0;
-    let cpu = running.procs.iter().zip(after.cpu.iter().zip(&before.cpu)).map(|((n, _), (a, b))| (n.clone(), a.saturating_sub(*b))).collect();
+    let cpu =
+        running.procs.iter().zip(after.cpu.iter().zip(&before.cpu)).map(|((n, _), (a, b))| (n.clone(), a.saturating_sub(*b))).collect();
     Ok(Beside {
         rate: (c1 - c0) as f64 / window.as_secs_f64().max(1e-9),
         window,
@@ -833,12 +849,19 @@ impl Report {
         line("## Switchyard batch benchmark".into());
         line(String::new());
         line(format!("- machine: {}; every part on it", machine()));
-        line(format!("- switchyard: {}; bench client: {} build", profile_of(Some(switchyard)), if cfg!(debug_assertions) { "debug" } else { "release" }));
+        line(format!(
+            "- switchyard: {}; bench client: {} build",
+            profile_of(Some(switchyard)),
+            if cfg!(debug_assertions) { "debug" } else { "release" }
+        ));
         let shared = switchyard_broker::SharedMachine::this_machine();
         line(if options.thread_per_core {
             "- threads: every part a thread per core (--thread-per-core)".to_string()
         } else {
-            format!("- threads: as `switchyard dev` shares this machine: {} per part, {} for nats-server", shared.part_threads, shared.nats_threads)
+            format!(
+                "- threads: as `switchyard dev` shares this machine: {} per part, {} for nats-server",
+                shared.part_threads, shared.nats_threads
+            )
         });
         line(format!(
             "- stack per phase: nats-server, redis-server, api (API key, no limits), scheduler{}, one echo worker{}; polls of `GET /v1/batches/{{id}}` every {:?}",
@@ -848,7 +871,11 @@ impl Report {
         ));
         if !options.env.is_empty() || options.nats_store.is_some() {
             let env: Vec<String> = options.env.iter().map(|(p, n, v)| format!("{p}:{n}={v}")).collect();
-            line(format!("- stack variations: env [{}]; JetStream store {}", env.join(" "), options.nats_store.as_ref().map_or("temp folder".into(), |p| p.display().to_string())));
+            line(format!(
+                "- stack variations: env [{}]; JetStream store {}",
+                env.join(" "),
+                options.nats_store.as_ref().map_or("temp folder".into(), |p| p.display().to_string())
+            ));
         }
         if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
             line(format!("- load average at the end: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")));
@@ -901,12 +928,31 @@ impl Report {
             let times = |x: f64| format!("{x:.2}×");
             let n_idle = r.iter().map(|r| r.idle.n).sum::<usize>();
             let n_busy = r.iter().map(|r| r.busy.n).sum::<usize>();
-            let what = format!("echo `--slots {} --delay {}`, message {:?}, concurrency 1, {} rounds", options.b_slots, options.b_delay, options.b_message, r.len());
+            let what = format!(
+                "echo `--slots {} --delay {}`, message {:?}, concurrency 1, {} rounds",
+                options.b_slots,
+                options.b_delay,
+                options.b_message,
+                r.len()
+            );
             line(format!("| (b) interactive chat p50, idle ({what}; n={n_idle}) | {} | |", spread(&p50_idle, false, msf)));
-            line(format!("| (b) interactive chat p50 while a {}-line batch runs (n={n_busy}) | {} | |", thousands(options.lines as f64), spread(&p50_busy, false, msf)));
+            line(format!(
+                "| (b) interactive chat p50 while a {}-line batch runs (n={n_busy}) | {} | |",
+                thousands(options.lines as f64),
+                spread(&p50_busy, false, msf)
+            ));
             let best_ratio = ratio.iter().copied().fold(f64::INFINITY, f64::min);
-            line(format!("| (b) p50 with the batch ÷ p50 idle | **{}** | ≤ 1.25× {} |", spread(&ratio, false, times), verdict(best_ratio <= 1.25)));
-            line(format!("| (b) interactive p99 idle / with the batch (ratio) | {} / {} ({}) | |", spread(&p99_idle, false, msf), spread(&p99_busy, false, msf), spread(&p99_ratio, false, times)));
+            line(format!(
+                "| (b) p50 with the batch ÷ p50 idle | **{}** | ≤ 1.25× {} |",
+                spread(&ratio, false, times),
+                verdict(best_ratio <= 1.25)
+            ));
+            line(format!(
+                "| (b) interactive p99 idle / with the batch (ratio) | {} / {} ({}) | |",
+                spread(&p99_idle, false, msf),
+                spread(&p99_busy, false, msf),
+                spread(&p99_ratio, false, times)
+            ));
             let n = |x: f64| thousands(x);
             line(format!(
                 "| (b) batch lines/s alone / beside the interactive requests ({:?} windows in the batch's middle) | {} / {} | |",
@@ -915,7 +961,11 @@ impl Report {
                 spread(&with, true, n)
             ));
             let best_capacity = capacity.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            line(format!("| (b) capacity the batch keeps (beside ÷ alone) | **{}** | ≥ 80% {} |", spread(&capacity, true, |x| format!("{x:.0}%")), verdict(best_capacity >= 80.0)));
+            line(format!(
+                "| (b) capacity the batch keeps (beside ÷ alone) | **{}** | ≥ 80% {} |",
+                spread(&capacity, true, |x| format!("{x:.0}%")),
+                verdict(best_capacity >= 80.0)
+            ));
         }
         if !self.memory.is_empty() {
             let m = &self.memory;
@@ -923,16 +973,37 @@ impl Report {
             let sched: Vec<f64> = m.iter().map(|m| mb(m.hwm_of("scheduler"))).collect();
             let mbf = |x: f64| format!("{x:.0} MB");
             let first = &m[0];
-            let what = format!("{} MB, {} lines, `max_tokens` {}", thousands(first.file_bytes as f64 / 1e6), thousands(first.run.lines as f64), options.c_max_tokens);
+            let what = format!(
+                "{} MB, {} lines, `max_tokens` {}",
+                thousands(first.file_bytes as f64 / 1e6),
+                thousands(first.run.lines as f64),
+                options.c_max_tokens
+            );
             let best_api = api.iter().copied().fold(f64::INFINITY, f64::min);
             let best_sched = sched.iter().copied().fold(f64::INFINITY, f64::min);
-            line(format!("| (c) api peak resident memory (VmHWM), upload + run + download of a {what} file ({} fresh stacks) | **{}** | ≤ 200 MB {} |", m.len(), spread(&api, false, mbf), verdict(best_api <= 200.0)));
-            line(format!("| (c) scheduler peak resident memory (VmHWM) | **{}** | ≤ 200 MB {} |", spread(&sched, false, mbf), verdict(best_sched <= 200.0)));
+            line(format!(
+                "| (c) api peak resident memory (VmHWM), upload + run + download of a {what} file ({} fresh stacks) | **{}** | ≤ 200 MB {} |",
+                m.len(),
+                spread(&api, false, mbf),
+                verdict(best_api <= 200.0)
+            ));
+            line(format!(
+                "| (c) scheduler peak resident memory (VmHWM) | **{}** | ≤ 200 MB {} |",
+                spread(&sched, false, mbf),
+                verdict(best_sched <= 200.0)
+            ));
             let rates: Vec<f64> = m.iter().map(|m| m.run.rate()).collect();
-            line(format!("| (c) that batch's throughput, upload start → output downloaded | {} lines/s | |", spread(&rates, true, thousands)));
+            line(format!(
+                "| (c) that batch's throughput, upload start → output downloaded | {} lines/s | |",
+                spread(&rates, true, thousands)
+            ));
             let best = m.iter().max_by(|a, b| a.run.rate().total_cmp(&b.run.rate())).expect("a run");
             let split: Vec<String> = PHASES.iter().map(|p| secs(best.run.phase(p))).collect();
-            line(format!("| (c) its phases: upload / validating / in_progress / finalizing / download (total {}) | {} | |", secs(best.run.total()), split.join(" / ")));
+            line(format!(
+                "| (c) its phases: upload / validating / in_progress / finalizing / download (total {}) | {} | |",
+                secs(best.run.total()),
+                split.join(" / ")
+            ));
         }
 
         // Where the time and CPU of each batch phase went.
@@ -945,9 +1016,14 @@ impl Report {
         }
         for (title, run) in runs {
             let names: Vec<&str> = run.procs.iter().map(String::as_str).collect();
-            let columns: Vec<&str> = ["phase", "wall"].into_iter().chain(names.iter().copied()).chain(["cores busy (ours / whole machine)"]).collect();
+            let columns: Vec<&str> =
+                ["phase", "wall"].into_iter().chain(names.iter().copied()).chain(["cores busy (ours / whole machine)"]).collect();
             line(table_head(
-                &format!("{title}: CPU per phase (user+system from /proc/PID/stat, 10 ms resolution; {} lines, {} MB input)", thousands(run.lines as f64), format_args!("{:.1}", run.input_bytes as f64 / 1e6)),
+                &format!(
+                    "{title}: CPU per phase (user+system from /proc/PID/stat, 10 ms resolution; {} lines, {} MB input)",
+                    thousands(run.lines as f64),
+                    format_args!("{:.1}", run.input_bytes as f64 / 1e6)
+                ),
                 &columns,
             ));
             for phase in &run.phases {
@@ -964,7 +1040,8 @@ impl Report {
                 ));
             }
             let total: Vec<Duration> = (0..names.len()).map(|i| run.phases.iter().map(|p| p.cpu[i]).sum()).collect();
-            let cells: Vec<String> = total.iter().map(|d| format!("{:.0} µs/line", d.as_secs_f64() * 1e6 / run.lines.max(1) as f64)).collect();
+            let cells: Vec<String> =
+                total.iter().map(|d| format!("{:.0} µs/line", d.as_secs_f64() * 1e6 / run.lines.max(1) as f64)).collect();
             line(format!("| all, per line | {} | {} | |", secs(run.total()), cells.join(" | ")));
         }
 
@@ -993,7 +1070,13 @@ impl Report {
                         b.machine.as_secs_f64() / wall
                     ));
                 }
-                line(format!("| {} idle interactive | | | | {} / {} | {} | |", i + 1, ms(round.idle.p50), ms(round.idle.p99), vec![""; names.len()].join(" | ")));
+                line(format!(
+                    "| {} idle interactive | | | | {} / {} | {} | |",
+                    i + 1,
+                    ms(round.idle.p50),
+                    ms(round.idle.p99),
+                    vec![""; names.len()].join(" | ")
+                ));
             }
         }
 
@@ -1001,7 +1084,10 @@ impl Report {
             let names = &self.memory[0].names;
             let columns: Vec<String> = ["(c) run", "moment"].into_iter().map(String::from).chain(names.iter().cloned()).collect();
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            line(table_head("(c) resident memory, MB: after startup, highest sampled VmRSS per phase (every 10 ms), VmHWM at the end", &columns));
+            line(table_head(
+                "(c) resident memory, MB: after startup, highest sampled VmRSS per phase (every 10 ms), VmHWM at the end",
+                &columns,
+            ));
             for (i, m) in self.memory.iter().enumerate() {
                 let row = |kb: &[u64]| kb.iter().map(|k| format!("{:.0}", mb(*k))).collect::<Vec<_>>().join(" | ");
                 line(format!("| {} | after startup | {} |", i + 1, row(&m.at_start)));

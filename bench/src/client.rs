@@ -67,7 +67,13 @@ impl Conn {
     }
 
     /// Sends one request whose body is of `content_type`; the response's body is still to be read.
-    pub async fn send_as(&mut self, method: Method, path: &str, content_type: Option<&str>, body: &Bytes) -> anyhow::Result<Response<Incoming>> {
+    pub async fn send_as(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: &Bytes,
+    ) -> anyhow::Result<Response<Incoming>> {
         self.send_with(method, path, content_type, &[], body).await
     }
 

@@ -157,14 +157,8 @@ pub async fn run(options: EmbedOptions) -> anyhow::Result<()> {
     let mut reference = None;
     if !options.no_reference {
         let batch = options.batch_size.to_string();
-        let args = [
-            "--encoder".as_ref(),
-            model.as_os_str(),
-            "--sentences".as_ref(),
-            file.as_os_str(),
-            "--batch-size".as_ref(),
-            batch.as_ref(),
-        ];
+        let args =
+            ["--encoder".as_ref(), model.as_os_str(), "--sentences".as_ref(), file.as_os_str(), "--batch-size".as_ref(), batch.as_ref()];
         reference = Reference::start_or_note(&python, options.threads, &args, &mut notes);
     }
 

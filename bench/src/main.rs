@@ -228,8 +228,13 @@ impl Accounting {
         let (value, requests) = work.await?;
         let wall = start.elapsed();
         let after = self.procs.snapshot();
-        let per_process =
-            self.procs.0.iter().zip(before.cpu.iter().zip(&after.cpu)).map(|((name, _), (b, a))| (name.clone(), a.saturating_sub(*b))).collect();
+        let per_process = self
+            .procs
+            .0
+            .iter()
+            .zip(before.cpu.iter().zip(&after.cpu))
+            .map(|((name, _), (b, a))| (name.clone(), a.saturating_sub(*b)))
+            .collect();
         let switches = before.switches.iter().zip(&after.switches).map(|(b, a)| a.saturating_sub(*b)).collect();
         let machine = after.machine.saturating_sub(before.machine);
         self.rows.push(CpuUse { phase: phase.to_string(), wall, requests, per_process, switches, machine });
@@ -392,11 +397,15 @@ async fn bench(options: &EchoOptions, url: &str, mut stack: Option<&mut (Stack, 
     if wants("d") {
         let c = options.concurrency;
         let r = accounting
-            .phase(&format!("(d) {c} clients × non-stream chat, {:?} after {:?} warm-up", options.duration, options.warmup_duration), async {
-                let r = load(&target, c, options.warmup_duration, options.duration, Method::POST, "/v1/chat/completions", &chat).await?;
-                let n = r.sent;
-                Ok((r, n))
-            })
+            .phase(
+                &format!("(d) {c} clients × non-stream chat, {:?} after {:?} warm-up", options.duration, options.warmup_duration),
+                async {
+                    let r =
+                        load(&target, c, options.warmup_duration, options.duration, Method::POST, "/v1/chat/completions", &chat).await?;
+                    let n = r.sent;
+                    Ok((r, n))
+                },
+            )
             .await?;
         report.load = Some(r);
     }
@@ -424,10 +433,11 @@ async fn bench(options: &EchoOptions, url: &str, mut stack: Option<&mut (Stack, 
                 let mut samples = vec![Vec::new(); settings.len()];
                 for _ in 0..rounds {
                     for ((_, target), samples) in settings.iter().zip(&mut samples) {
-                        let l = sequential(target, Method::POST, "/v1/chat/completions", &chat, options.warmup.min(50), per_round, |body| {
-                            check_completion(body, &expected)
-                        })
-                        .await?;
+                        let l =
+                            sequential(target, Method::POST, "/v1/chat/completions", &chat, options.warmup.min(50), per_round, |body| {
+                                check_completion(body, &expected)
+                            })
+                            .await?;
                         samples.extend(l);
                     }
                 }
@@ -442,7 +452,9 @@ async fn bench(options: &EchoOptions, url: &str, mut stack: Option<&mut (Stack, 
         for &c in &options.sweep {
             let r = accounting
                 .phase(&format!("sweep: {c} clients × non-stream chat, {:?}", options.sweep_duration), async {
-                    let r = load(&target, c, Duration::from_millis(500), options.sweep_duration, Method::POST, "/v1/chat/completions", &chat).await?;
+                    let r =
+                        load(&target, c, Duration::from_millis(500), options.sweep_duration, Method::POST, "/v1/chat/completions", &chat)
+                            .await?;
                     let n = r.sent;
                     Ok((r, n))
                 })
@@ -454,14 +466,20 @@ async fn bench(options: &EchoOptions, url: &str, mut stack: Option<&mut (Stack, 
     if wants("probe") {
         let n = options.requests.min(2000);
         let empty = Bytes::new();
-        let invalid = Bytes::from(
-            serde_json::to_vec(&json!({ "model": "echo", "messages": [{ "role": "user", "content": options.message }], "temperature": 5 }))?,
-        );
+        let invalid = Bytes::from(serde_json::to_vec(
+            &json!({ "model": "echo", "messages": [{ "role": "user", "content": options.message }], "temperature": 5 }),
+        )?);
         let mut rows = Vec::new();
         let probes: [(&str, Method, &str, &Bytes, StatusCode); 3] = [
             ("GET /health (HTTP only)", Method::GET, "/health", &empty, StatusCode::OK),
             ("GET /v1/models (auth, registry copy)", Method::GET, "/v1/models", &empty, StatusCode::OK),
-            ("POST chat with temperature 5 → 400 (HTTP, auth, JSON, model lookup, validation; no job)", Method::POST, "/v1/chat/completions", &invalid, StatusCode::BAD_REQUEST),
+            (
+                "POST chat with temperature 5 → 400 (HTTP, auth, JSON, model lookup, validation; no job)",
+                Method::POST,
+                "/v1/chat/completions",
+                &invalid,
+                StatusCode::BAD_REQUEST,
+            ),
         ];
         for (name, method, path, body, expect) in probes {
             let l = accounting
@@ -577,7 +595,13 @@ async fn wait_until_serving(target: &Target, stack: Option<&mut Stack>) -> anyho
 
 /// Waits until the api is ready and lists model `name` (an embedding model when `embedding`,
 /// else a text one), failing early if a part of `stack` exits.
-async fn wait_for_model(target: &Target, mut stack: Option<&mut Stack>, name: &str, embedding: bool, limit: Duration) -> anyhow::Result<()> {
+async fn wait_for_model(
+    target: &Target,
+    mut stack: Option<&mut Stack>,
+    name: &str,
+    embedding: bool,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let empty = Bytes::new();
     let mut last = String::from("no answer");
@@ -795,7 +819,9 @@ async fn load_calls<E: Exchange>(
                             }
                         } else {
                             non_200 += u64::from(measured);
-                            first_problem.get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&response[..response.len().min(300)])));
+                            first_problem.get_or_insert_with(|| {
+                                format!("{status}: {}", String::from_utf8_lossy(&response[..response.len().min(300)]))
+                            });
                         }
                     }
                     Err(e) => {
@@ -931,7 +957,9 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .and_then(|info| {
+            info.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cores} cores (nproc), {model}")
 }
@@ -983,12 +1011,19 @@ impl Report {
             line(if options.thread_per_core {
                 "- threads: every part a thread per core (--thread-per-core)".to_string()
             } else {
-                format!("- threads: as `switchyard dev` shares this machine: {} per part, {} for nats-server", shared.part_threads, shared.nats_threads)
+                format!(
+                    "- threads: as `switchyard dev` shares this machine: {} per part, {} for nats-server",
+                    shared.part_threads, shared.nats_threads
+                )
             });
         }
         if !options.env.is_empty() || options.nats_store.is_some() {
             let env: Vec<String> = options.env.iter().map(|(p, n, v)| format!("{p}:{n}={v}")).collect();
-            line(format!("- stack variations: env [{}]; JetStream store {}", env.join(" "), options.nats_store.as_ref().map_or("temp folder".into(), |p| p.display().to_string())));
+            line(format!(
+                "- stack variations: env [{}]; JetStream store {}",
+                env.join(" "),
+                options.nats_store.as_ref().map_or("temp folder".into(), |p| p.display().to_string())
+            ));
         }
         if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
             line(format!("- load average at the end: {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")));
@@ -997,12 +1032,26 @@ impl Report {
         line("| figure | Switchyard | target | LiteLLM proxy | Ray Serve | transport floor |".into());
         line("|---|---|---|---|---|---|".into());
         if let Some(s) = &self.latency {
-            line(format!("| (a) non-stream latency p50, concurrency 1 (n={}) | **{}** | ≤ 0.5 ms {} | 6.2 ms | 6.4 ms | 0.08 ms (axum→NATS req/reply) |", s.n, ms(s.p50), verdict(s.p50 <= Duration::from_micros(500))));
-            line(format!("| (a) non-stream latency p99 | **{}** | ≤ 3 ms {} | | | |", ms(s.p99), verdict(s.p99 <= Duration::from_millis(3))));
+            line(format!(
+                "| (a) non-stream latency p50, concurrency 1 (n={}) | **{}** | ≤ 0.5 ms {} | 6.2 ms | 6.4 ms | 0.08 ms (axum→NATS req/reply) |",
+                s.n,
+                ms(s.p50),
+                verdict(s.p50 <= Duration::from_micros(500))
+            ));
+            line(format!(
+                "| (a) non-stream latency p99 | **{}** | ≤ 3 ms {} | | | |",
+                ms(s.p99),
+                verdict(s.p99 <= Duration::from_millis(3))
+            ));
             line(format!("| (a) p90 / p99.9 / max / mean | {} / {} / {} / {} | | | | |", ms(s.p90), ms(s.p999), ms(s.max), ms(s.mean)));
         }
         if let Some(s) = &self.first_token {
-            line(format!("| (b) time to first token p50 (n={}) | **{}** | ≤ 0.5 ms {} | 12.6 ms | 7.8 ms | 0.145 ms (worker→NATS→api→SSE) |", s.n, ms(s.p50), verdict(s.p50 <= Duration::from_micros(500))));
+            line(format!(
+                "| (b) time to first token p50 (n={}) | **{}** | ≤ 0.5 ms {} | 12.6 ms | 7.8 ms | 0.145 ms (worker→NATS→api→SSE) |",
+                s.n,
+                ms(s.p50),
+                verdict(s.p50 <= Duration::from_micros(500))
+            ));
             line(format!("| (b) time to first token p99 | **{}** | | | | |", ms(s.p99)));
         }
         if let Some(s) = &self.stream_done {
@@ -1035,16 +1084,20 @@ impl Report {
                 thousands(l.rate()),
                 verdict(l.rate() >= 20_000.0)
             ));
-            line(format!("| (d) latency under load p50 / p99 / max | {} / {} / {} | | | | |", ms(l.latency.p50), ms(l.latency.p99), ms(l.latency.max)));
             line(format!(
-                "| (d) errors / non-200 | {} / {} | 0 {} | | | |",
-                l.errors,
-                l.non_200,
-                verdict(l.errors + l.non_200 == 0)
+                "| (d) latency under load p50 / p99 / max | {} / {} / {} | | | | |",
+                ms(l.latency.p50),
+                ms(l.latency.p99),
+                ms(l.latency.max)
             ));
+            line(format!("| (d) errors / non-200 | {} / {} | 0 {} | | | |", l.errors, l.non_200, verdict(l.errors + l.non_200 == 0)));
         }
         if let Some(s) = &self.floor_latency {
-            line(format!("| floor: GET /health p50 / p99, concurrency 1 (this api, this client) | {} / {} | | | | 0.02 ms (axum JSON handler) |", ms(s.p50), ms(s.p99)));
+            line(format!(
+                "| floor: GET /health p50 / p99, concurrency 1 (this api, this client) | {} / {} | | | | 0.02 ms (axum JSON handler) |",
+                ms(s.p50),
+                ms(s.p99)
+            ));
         }
         if let Some(l) = &self.floor_load {
             line(format!(
@@ -1063,11 +1116,20 @@ impl Report {
         if !self.sweep.is_empty() {
             line(table_head("Concurrency sweep (non-stream chat)", &["clients", "requests/s", "p50", "p99", "errors"]));
             for (c, l) in &self.sweep {
-                line(format!("| {c} | {} | {} | {} | {} |", thousands(l.rate()), ms(l.latency.p50), ms(l.latency.p99), l.errors + l.non_200));
+                line(format!(
+                    "| {c} | {} | {} | {} | {} |",
+                    thousands(l.rate()),
+                    ms(l.latency.p50),
+                    ms(l.latency.p99),
+                    l.errors + l.non_200
+                ));
             }
         }
         if !self.probe.is_empty() {
-            line(table_head("Probes: the api before a job is queued, and the transport alone (concurrency 1)", &["probe", "p50", "p90", "p99"]));
+            line(table_head(
+                "Probes: the api before a job is queued, and the transport alone (concurrency 1)",
+                &["probe", "p50", "p90", "p99"],
+            ));
             for (name, s) in &self.probe {
                 line(format!("| {name} | {} | {} | {} |", ms(s.p50), ms(s.p90), ms(s.p99)));
             }
@@ -1101,7 +1163,9 @@ impl Report {
             line(table_head("CPU time per phase (user+system, from /proc/PID/stat; 10 ms resolution)", &columns));
             for row in cpu {
                 let total: Duration = row.per_process.iter().map(|(_, d)| *d).sum();
-                let per = |d: Duration| if row.requests > 0 { format!("{:.0} µs/req", d.as_secs_f64() * 1e6 / row.requests as f64) } else { ms(d) };
+                let per = |d: Duration| {
+                    if row.requests > 0 { format!("{:.0} µs/req", d.as_secs_f64() * 1e6 / row.requests as f64) } else { ms(d) }
+                };
                 let cells: Vec<String> = row.per_process.iter().map(|(_, d)| per(*d)).collect();
                 line(format!(
                     "| {} | {:.2} s | {} | {} | {:.2} s | {} | {:.2} / {:.2} |",
@@ -1118,8 +1182,11 @@ impl Report {
             let columns: Vec<&str> = ["phase"].into_iter().chain(names.iter().copied()).collect();
             line(table_head("Context switches per request (all threads of each process)", &columns));
             for row in cpu {
-                let cells: Vec<String> =
-                    row.switches.iter().map(|s| if row.requests > 0 { format!("{:.1}", *s as f64 / row.requests as f64) } else { s.to_string() }).collect();
+                let cells: Vec<String> = row
+                    .switches
+                    .iter()
+                    .map(|s| if row.requests > 0 { format!("{:.1}", *s as f64 / row.requests as f64) } else { s.to_string() })
+                    .collect();
                 line(format!("| {} | {} |", row.phase, cells.join(" | ")));
             }
         }

@@ -152,5 +152,6 @@ async fn answer(response: Response<Incoming>, id: u64) -> anyhow::Result<(Status
 
 fn is_response_to(message: &[u8], id: u64) -> bool {
     !message.is_empty()
-        && serde_json::from_slice::<Head>(message).is_ok_and(|head| head.method.is_none() && head.id.as_ref().and_then(|v| v.as_u64()) == Some(id))
+        && serde_json::from_slice::<Head>(message)
+            .is_ok_and(|head| head.method.is_none() && head.id.as_ref().and_then(|v| v.as_u64()) == Some(id))
 }

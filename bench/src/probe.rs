@@ -55,7 +55,9 @@ pub async fn transport(nats_url: &str, redis_url: Option<&str>, warmup: usize, n
     out.push(("core NATS request/reply (2 connections)".to_string(), Stats::of(samples)));
 
     for storage in [stream::StorageType::File, stream::StorageType::Memory] {
-        let (acks, deliveries) = jetstream_round(&a, &b, storage, &payload, warmup, n).await.with_context(|| format!("JetStream probe ({storage:?} storage)"))?;
+        let (acks, deliveries) = jetstream_round(&a, &b, storage, &payload, warmup, n)
+            .await
+            .with_context(|| format!("JetStream probe ({storage:?} storage)"))?;
         let what = if storage == stream::StorageType::File { "file store" } else { "memory store" };
         out.push((format!("JetStream publish → ack ({what}, work queue)"), Stats::of(acks)));
         out.push((format!("JetStream publish → delivered to a waiting pull on another connection ({what})"), Stats::of(deliveries)));
@@ -145,7 +147,8 @@ async fn jetstream_round(
             let mut attempt = 0;
             let (t0, acked) = loop {
                 let t0 = Instant::now();
-                let published = async { js_a.publish_with_headers("sybench.probe.js.x", headers.clone(), payload.clone()).await?.await }.await;
+                let published =
+                    async { js_a.publish_with_headers("sybench.probe.js.x", headers.clone(), payload.clone()).await?.await }.await;
                 match published {
                     Ok(_) => break (t0, t0.elapsed()),
                     // A stream just created may not take publishes for a moment ("no responders").

@@ -123,7 +123,8 @@ impl Stack {
                 _ => shared.part_env(),
             };
             let share = share.map(|(name, value)| (name.to_string(), value));
-            let given = options.env.iter().filter(|(p, _, _)| p == part || p == "all").map(|(_, name, value)| (name.clone(), value.clone()));
+            let given =
+                options.env.iter().filter(|(p, _, _)| p == part || p == "all").map(|(_, name, value)| (name.clone(), value.clone()));
             share.into_iter().chain(given).collect()
         };
         let env = |part: &str, command: &mut Command| {
@@ -175,10 +176,12 @@ impl Stack {
             let mut worker = Command::new(&options.switchyard);
             let name = match &options.worker_backend {
                 WorkerBackend::Echo => {
-                    worker
-                        .args(["worker", "echo"])
-                        .args(urls)
-                        .args(["--delay", &options.worker_delay, "--slots", &options.worker_slots.to_string()]);
+                    worker.args(["worker", "echo"]).args(urls).args([
+                        "--delay",
+                        &options.worker_delay,
+                        "--slots",
+                        &options.worker_slots.to_string(),
+                    ]);
                     "worker-echo"
                 }
                 WorkerBackend::Torch { model_path } => {
@@ -417,7 +420,8 @@ pub fn context_switches(pid: u32) -> Option<u64> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
         for line in status.lines() {
-            if let Some(value) = line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:")) {
+            if let Some(value) = line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
                 total += value.trim().parse::<u64>().unwrap_or(0);
             }
         }

@@ -14,7 +14,10 @@ use hyper::{Method, StatusCode};
 
 use crate::client::Target;
 use crate::stack::{self, Stack, StackOptions};
-use crate::{Exchange, LoadResult, Rest, Stats, chat_body, check_completion, load, load_calls, mcp, ms, sequential, sequential_calls, thousands, wait_for_model};
+use crate::{
+    Exchange, LoadResult, Rest, Stats, chat_body, check_completion, load, load_calls, mcp, ms, sequential, sequential_calls, thousands,
+    wait_for_model,
+};
 
 const TOOL_MODEL: &str = "demo-tools";
 /// The function measured: a + b.
@@ -78,10 +81,12 @@ pub async fn run(options: ToolsOptions) -> anyhow::Result<()> {
     if let Some(python) = &python {
         let mut worker = std::process::Command::new(python);
         let sample = stack::repo_root().join("sdk/python/tests/sample_tools.py");
-        worker
-            .args(["-m", "switchyard.worker"])
-            .arg(format!("{}:SampleTools", sample.display()))
-            .args(["--name", PY_MODEL, "--slots", &options.python_slots.to_string()]);
+        worker.args(["-m", "switchyard.worker"]).arg(format!("{}:SampleTools", sample.display())).args([
+            "--name",
+            PY_MODEL,
+            "--slots",
+            &options.python_slots.to_string(),
+        ]);
         stack.add_worker_command("worker-python", worker)?;
     } else {
         eprintln!("no .switchyard/py-venv (scripts/setup.sh --test-tools): the Python worker's row is left out");
@@ -258,7 +263,10 @@ async fn bench(options: &ToolsOptions, stack: &mut Stack, with_python: bool) -> 
     }
     let python = if with_python {
         let py_path = format!("/v1/tools/{PY_MODEL}/add");
-        eprintln!("· the Python worker: {} × add at concurrency 1, then {} clients for {:?}", per_round, options.concurrency, options.duration);
+        eprintln!(
+            "· the Python worker: {} × add at concurrency 1, then {} clients for {:?}",
+            per_round, options.concurrency, options.duration
+        );
         let latency = sequential(&target, Method::POST, &py_path, &call, options.warmup, per_round, check_sum).await?;
         let load = load(&target, options.concurrency, options.warmup_duration, options.duration, Method::POST, &py_path, &call).await?;
         Some((Stats::of(latency), load))
@@ -268,7 +276,9 @@ async fn bench(options: &ToolsOptions, stack: &mut Stack, with_python: bool) -> 
 
     let echo_stats = Stats::of(std::mem::take(&mut echo.latency));
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("## Hosted functions over REST and MCP beside echo chat ({rounds} interleaved rounds, {cores} cores, every part on this machine)");
+    println!(
+        "## Hosted functions over REST and MCP beside echo chat ({rounds} interleaved rounds, {cores} cores, every part on this machine)"
+    );
     println!();
     println!("MCP: {mode}; the handshake is not timed, each call is one POST read to the end of its answer.");
     println!();
@@ -330,7 +340,12 @@ fn rows(how: &str, stats: &Stats, side: &Side, echo_stats: &Stats, echo: &Side, 
         verdict(p50_ok)
     );
     let p99 = ratio(stats.p99, echo_stats.p99);
-    println!("| {how}: p99 at concurrency 1 | {} | {} | {p99:.2}× | ≤ 1.2× echo {} |", ms(stats.p99), ms(echo_stats.p99), verdict(p99 <= 1.2));
+    println!(
+        "| {how}: p99 at concurrency 1 | {} | {} | {p99:.2}× | ≤ 1.2× echo {} |",
+        ms(stats.p99),
+        ms(echo_stats.p99),
+        verdict(p99 <= 1.2)
+    );
     let (rate, echo_rate) = (side.rate(), echo.rate());
     let rate_ok = rate >= 15_000.0 && rate * 1.2 >= echo_rate;
     println!(

@@ -172,11 +172,7 @@ pub async fn trace(target: &Target, nats_url: &str, body: &Bytes, warmup: usize,
         v.sort_unstable();
         v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
     };
-    let stages = STAGES
-        .iter()
-        .zip(offsets.iter_mut())
-        .map(|((_, name), v)| (*name, quantile(v, 0.5), quantile(v, 0.9), v.len()))
-        .collect();
+    let stages = STAGES.iter().zip(offsets.iter_mut()).map(|((_, name), v)| (*name, quantile(v, 0.5), quantile(v, 0.9), v.len())).collect();
     events.sort_by(f64::total_cmp);
     Ok(TraceReport {
         requests: windows.len(),

@@ -26,9 +26,7 @@ pub async fn cancel_job(redis: &ConnectionManager, nats: &async_nats::Client, jo
 /// a running job stops, and workers that heard it skip the job if they pull it later (for ten
 /// minutes), but a worker that starts afterwards would still run it.
 pub async fn announce_cancel(nats: &async_nats::Client, job_id: &str) -> Result<(), BrokerError> {
-    nats.publish(subject::cancel(job_id), Default::default())
-        .await
-        .map_err(|e| BrokerError::Nats(format!("announcing cancellation: {e}")))
+    nats.publish(subject::cancel(job_id), Default::default()).await.map_err(|e| BrokerError::Nats(format!("announcing cancellation: {e}")))
 }
 
 /// Whether `job_id` was cancelled.

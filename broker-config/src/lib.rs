@@ -61,16 +61,21 @@ pub async fn connect_nats(url: &str, name: &str, auth: &BrokerAuth) -> Result<as
 
 /// Connects with `options` from [`auth::nats_connect_options`] (perhaps changed by the caller)
 /// to `servers`; `url` is what error messages name (redacted).
-pub async fn connect_nats_with(options: async_nats::ConnectOptions, servers: &[String], url: &str) -> Result<async_nats::Client, BrokerError> {
+pub async fn connect_nats_with(
+    options: async_nats::ConnectOptions,
+    servers: &[String],
+    url: &str,
+) -> Result<async_nats::Client, BrokerError> {
     let addresses = servers
         .iter()
         .map(|server| server.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| BrokerError::NatsUrl { url: redact_url(url), reason: e.to_string() })?;
-    options
-        .connect(addresses)
-        .await
-        .map_err(|source| BrokerError::NatsConnect { url: redact_url(url), hint: auth::nats_connect_hint(&source), source })
+    options.connect(addresses).await.map_err(|source| BrokerError::NatsConnect {
+        url: redact_url(url),
+        hint: auth::nats_connect_hint(&source),
+        source,
+    })
 }
 
 /// Returns once the NATS server has processed everything `client` sent before, subscriptions
@@ -107,16 +112,24 @@ pub async fn key_value(
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config { bucket: bucket.into(), description: description.into(), history: 1, max_age, storage: StorageType::File, ..Default::default() })
-        .await
-        .map_err(|e| BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))
+    js.create_key_value(kv::Config {
+        bucket: bucket.into(),
+        description: description.into(),
+        history: 1,
+        max_age,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))
 }
 
 /// Connects to Redis through a connection manager, which reconnects by itself. Credentials go
 /// in the URL (`redis://user:password@host:6379`); a PING checks them at once, so a wrong
 /// password or a missing one fails here, with a message that says so.
 pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, BrokerError> {
-    let fail = |source: redis::RedisError| BrokerError::RedisConnect { url: redact_url(url), hint: auth::redis_connect_hint(&source), source };
+    let fail =
+        |source: redis::RedisError| BrokerError::RedisConnect { url: redact_url(url), hint: auth::redis_connect_hint(&source), source };
     let client = redis::Client::open(url).map_err(fail)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))

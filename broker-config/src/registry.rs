@@ -37,9 +37,11 @@ impl Registry {
     pub async fn heartbeat(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), BrokerError> {
         let now = now_ms();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .set_ex(keys::worker(&record.worker_id), encode(record)?, ttl.as_secs().max(1))
-            .zadd(keys::WORKERS, &record.worker_id, now + ttl.as_millis() as u64);
+        pipe.atomic().set_ex(keys::worker(&record.worker_id), encode(record)?, ttl.as_secs().max(1)).zadd(
+            keys::WORKERS,
+            &record.worker_id,
+            now + ttl.as_millis() as u64,
+        );
         for card in &record.models {
             let card = ModelCard { last_seen_ms: now, ..card.clone() };
             pipe.hset(keys::MODELS, &card.name, encode(&card)?);
@@ -50,12 +52,7 @@ impl Registry {
 
     /// Removes a worker at once (graceful shutdown); its models stay known.
     pub async fn deregister(&self, worker_id: &str) -> Result<(), BrokerError> {
-        redis::pipe()
-            .atomic()
-            .del(keys::worker(worker_id))
-            .zrem(keys::WORKERS, worker_id)
-            .exec_async(&mut self.redis.clone())
-            .await?;
+        redis::pipe().atomic().del(keys::worker(worker_id)).zrem(keys::WORKERS, worker_id).exec_async(&mut self.redis.clone()).await?;
         Ok(())
     }
 

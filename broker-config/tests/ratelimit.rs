@@ -133,7 +133,8 @@ async fn a_reservation_is_charged_whole_dated_ahead_and_returned_in_part() {
     let decision = limiter.admit(&reserve, "lease", 250, 60_000).await.unwrap();
     assert_eq!(decision.refused, None, "{decision:?}");
     assert_eq!((decision.states[0].remaining, decision.states[1].remaining), (4, 200), "{decision:?}");
-    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE").arg("rl:req4").arg(0).arg(-1).arg("WITHSCORES").query_async(&mut raw).await.unwrap();
+    let entries: Vec<(String, f64)> =
+        redis::cmd("ZRANGE").arg("rl:req4").arg(0).arg(-1).arg("WITHSCORES").query_async(&mut raw).await.unwrap();
     let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
     let expected: Vec<String> = (1..=8).map(|j| reserved_member("lease", j)).collect();
     assert_eq!(names.len(), 8, "{entries:?}");

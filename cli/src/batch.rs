@@ -324,7 +324,9 @@ fn error_message(body: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("could not connect to {url}: {detail}\n(is the api running there? `switchyard dev` starts one; set --api-url or SWITCHYARD_API_URL)")]
+    #[error(
+        "could not connect to {url}: {detail}\n(is the api running there? `switchyard dev` starts one; set --api-url or SWITCHYARD_API_URL)"
+    )]
     Connect { url: String, detail: String },
     #[error("{method} {url} failed: HTTP {status}: {message}")]
     Http { method: Method, url: String, status: StatusCode, message: String },
@@ -406,7 +408,12 @@ impl Api {
         Err(ApiError::Http { method, url, status, message })
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, build: impl FnOnce(RequestBuilder) -> RequestBuilder) -> Result<T, ApiError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+    ) -> Result<T, ApiError> {
         let url = self.url(path);
         let response = self.send(method.clone(), path, |r| build(r).timeout(Duration::from_secs(60))).await?;
         let body = response.bytes().await.map_err(|e| ApiError::from_reqwest(&method, &url, e))?;
@@ -538,7 +545,11 @@ fn is_loopback_url(api_url: &str) -> bool {
 }
 
 /// Runs `fut` unless Ctrl-C comes first; then fails with [`Interrupted`] carrying `hint`.
-async fn interruptible<T>(shutdown: &CancellationToken, hint: impl FnOnce() -> String, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+async fn interruptible<T>(
+    shutdown: &CancellationToken,
+    hint: impl FnOnce() -> String,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => Err(Interrupted(hint()).into()),
@@ -594,7 +605,8 @@ async fn submit(api: &Api, args: SubmitArgs, shutdown: &CancellationToken) -> an
         body["metadata"] = args.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect();
     }
     let create_hint = || format!("interrupted while creating the batch of {}; see `switchyard batch list`", file.id);
-    let batch: Batch = interruptible(shutdown, create_hint, async { Ok(api.json(Method::POST, "/batches", |r| r.json(&body)).await?) }).await?;
+    let batch: Batch =
+        interruptible(shutdown, create_hint, async { Ok(api.json(Method::POST, "/batches", |r| r.json(&body)).await?) }).await?;
     if batch.id.is_empty() {
         bail!("POST {}: the answer has no batch id", api.url("/batches"));
     }
@@ -616,7 +628,13 @@ async fn cancel(api: &Api, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn download(api: &Api, id: &str, output: Option<PathBuf>, errors: Option<PathBuf>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn download(
+    api: &Api,
+    id: &str,
+    output: Option<PathBuf>,
+    errors: Option<PathBuf>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let batch = api.batch(id).await?;
     let (default_output, default_errors) = default_download_paths(id);
     let (output, errors) = (output.unwrap_or(default_output), errors.unwrap_or(default_errors));
@@ -732,7 +750,8 @@ fn describe(batch: &Batch) -> String {
         }
     }
     if let Some(metadata) = batch.metadata.as_ref().filter(|m| !m.is_empty()) {
-        let pairs: Vec<String> = metadata.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect();
+        let pairs: Vec<String> =
+            metadata.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect();
         row("metadata", pairs.join(", "));
     }
     for error in &batch.errors.data {
@@ -792,9 +811,7 @@ async fn wait(api: &Api, mut batch: Batch, shutdown: &CancellationToken) -> anyh
     let id = batch.id.clone();
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner:.green} [{bar:20.cyan/blue}] {wide_msg}")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner:.green} [{bar:20.cyan/blue}] {wide_msg}").expect("a valid template").progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut throughput = Throughput::new(RATE_WINDOW);
@@ -804,7 +821,8 @@ async fn wait(api: &Api, mut batch: Batch, shutdown: &CancellationToken) -> anyh
         let now = Instant::now();
         let counts = batch.request_counts;
         throughput.record(now, counts.done());
-        let message = progress_message(&batch.status, counts, throughput.rate(), throughput.eta(counts.total.saturating_sub(counts.done())));
+        let message =
+            progress_message(&batch.status, counts, throughput.rate(), throughput.eta(counts.total.saturating_sub(counts.done())));
         // An empty bar, not a full one, while the total is unknown (0 while validating).
         bar.set_length(counts.total.max(1));
         bar.set_position(counts.done().min(counts.total));
@@ -1007,7 +1025,9 @@ mod tests {
         assert!(parse(&["list", "--limit", "0"]).is_err());
         assert!(parse(&["list", "--limit", "101"]).is_err());
         let command = parse(&["download", "batch_2", "-o", "x.jsonl"]).unwrap();
-        assert!(matches!(command.action, BatchAction::Download { ref output, errors: None, .. } if output.as_deref() == Some(Path::new("x.jsonl"))));
+        assert!(
+            matches!(command.action, BatchAction::Download { ref output, errors: None, .. } if output.as_deref() == Some(Path::new("x.jsonl")))
+        );
         assert!(matches!(parse(&["cancel", "batch_3"]).unwrap().action, BatchAction::Cancel { ref id } if id == "batch_3"));
     }
 

@@ -55,7 +55,10 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     std::fs::create_dir_all(&logs)?;
     for port in [options.api_port, options.nats_port, options.redis_port, options.scheduler_port] {
         if TcpStream::connect((options.host.as_str(), port)).is_ok() {
-            bail!("port {port} on {} is already in use — is another stack running? Pick other ports with --api-port/--nats-port/--redis-port/--scheduler-port", options.host);
+            bail!(
+                "port {port} on {} is already in use — is another stack running? Pick other ports with --api-port/--nats-port/--redis-port/--scheduler-port",
+                options.host
+            );
         }
     }
     let nats_url = format!("nats://{}:{}", options.host, options.nats_port);

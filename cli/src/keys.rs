@@ -60,7 +60,12 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                 expires_ms: expires.map(|lifetime| now_ms() + lifetime.as_millis() as u64),
             };
             let (secret, record) = keys.create(spec).await?;
-            eprintln!("created {} for user {} (groups: {}); the secret is shown only now:", record.id, record.user, record.groups.join(", "));
+            eprintln!(
+                "created {} for user {} (groups: {}); the secret is shown only now:",
+                record.id,
+                record.user,
+                record.groups.join(", ")
+            );
             println!("{secret}");
         }
         KeysAction::List => {

@@ -61,7 +61,10 @@ enum BackendCommand {
 const BACKENDS: &[(&str, &str)] = &[
     ("echo", "transport debugging: reflects the last user message or prompt token by token; debug embedding vectors"),
     ("dummy", "transport debugging: a fixed reply to every request"),
-    ("openai", "an OpenAI-compatible upstream server's models (vLLM, a cloud API, another Switchyard), errors and usage as it reports them"),
+    (
+        "openai",
+        "an OpenAI-compatible upstream server's models (vLLM, a cloud API, another Switchyard), errors and usage as it reports them",
+    ),
     ("tools-demo", "hosted functions: HepAI's example tool model (custom_method, get_stream, get_info)"),
     #[cfg(feature = "torch")]
     ("torch", "local Hugging Face models on libtorch (CPU/CUDA): Llama, Qwen2, Mistral chat; BERT sentence embeddings"),
@@ -78,12 +81,8 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
         anyhow::bail!("name a backend: switchyard worker <BACKEND> (see `switchyard worker --list`)");
     };
     let (runtime, backend, default_slots): (RuntimeOptions, Arc<dyn Backend>, u32) = match backend {
-        BackendCommand::Echo { runtime, echo } => {
-            (runtime, Arc::new(echo::Echo::new(echo)), 256)
-        }
-        BackendCommand::Dummy { runtime, dummy } => {
-            (runtime, Arc::new(dummy::Dummy::new(dummy)), 256)
-        }
+        BackendCommand::Echo { runtime, echo } => (runtime, Arc::new(echo::Echo::new(echo)), 256),
+        BackendCommand::Dummy { runtime, dummy } => (runtime, Arc::new(dummy::Dummy::new(dummy)), 256),
         BackendCommand::Openai { runtime, openai } => {
             // Each slot is one upstream request in flight.
             let slots = runtime.slots.unwrap_or(64);

@@ -42,13 +42,17 @@ type Shared = Arc<Mutex<Fake>>;
 
 /// The output file's bytes: big enough to arrive in many chunks.
 fn output_bytes() -> Vec<u8> {
-    (0..5000).map(|i| format!("{{\"id\":\"batch_req_{i}\",\"custom_id\":\"r{i}\",\"response\":{{\"status_code\":200}},\"error\":null}}\n")).collect::<String>().into_bytes()
+    (0..5000)
+        .map(|i| format!("{{\"id\":\"batch_req_{i}\",\"custom_id\":\"r{i}\",\"response\":{{\"status_code\":200}},\"error\":null}}\n"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 const ERROR_BYTES: &[u8] = b"{\"id\":\"batch_req_x\",\"custom_id\":\"r2\",\"response\":null,\"error\":{\"code\":\"model_not_found\",\"message\":\"no such model\"}}\n";
 
 fn openai_error(status: StatusCode, message: &str, param: Option<&str>) -> Response {
-    (status, axum::Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response()
+    (status, axum::Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}})))
+        .into_response()
 }
 
 fn authorized(fake: &Fake, headers: &HeaderMap) -> bool {
@@ -85,7 +89,9 @@ async fn upload(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> 
     if !text.contains("name=\"purpose\"\r\n\r\nbatch\r\n") {
         return openai_error(StatusCode::BAD_REQUEST, "purpose must be batch", Some("purpose"));
     }
-    let Some(file_start) = text.find("name=\"file\"; filename=\"requests.jsonl\"").and_then(|at| text[at..].find("\r\n\r\n").map(|h| at + h + 4)) else {
+    let Some(file_start) =
+        text.find("name=\"file\"; filename=\"requests.jsonl\"").and_then(|at| text[at..].find("\r\n\r\n").map(|h| at + h + 4))
+    else {
         return openai_error(StatusCode::BAD_REQUEST, "no file part", Some("file"));
     };
     let file_end = text[file_start..].find(&format!("\r\n--{boundary}--")).map(|e| file_start + e).unwrap_or(text.len());
@@ -147,7 +153,8 @@ async fn cancel(State(fake): State<Shared>) -> Response {
 
 async fn list(State(_fake): State<Shared>) -> Response {
     let batch = batch_object("in_progress", (100, 7, 0), json!({}));
-    axum::Json(json!({"object": "list", "data": [batch], "first_id": "batch_test1", "last_id": "batch_test1", "has_more": true})).into_response()
+    axum::Json(json!({"object": "list", "data": [batch], "first_id": "batch_test1", "last_id": "batch_test1", "has_more": true}))
+        .into_response()
 }
 
 async fn content(Path(id): Path<String>) -> Response {
@@ -226,7 +233,9 @@ async fn submit_wait_uploads_follows_and_downloads() {
     assert_eq!(fake.uploaded.as_deref(), Some(input_bytes.as_slice()), "the uploaded file is the input, byte for byte");
     assert_eq!(
         fake.created,
-        Some(json!({"input_file_id": "file-in", "endpoint": "/v1/chat/completions", "completion_window": "24h", "metadata": {"run": "test"}}))
+        Some(
+            json!({"input_file_id": "file-in", "endpoint": "/v1/chat/completions", "completion_window": "24h", "metadata": {"run": "test"}})
+        )
     );
     assert_eq!(fake.polls, 3, "validating, in_progress, completed");
     assert_eq!(std::fs::read(dir.path().join("requests.output.jsonl")).unwrap(), output_bytes());
@@ -276,7 +285,14 @@ async fn a_failed_batch_exits_non_zero_with_its_line_errors() {
     let (url, _fake) = serve(Scenario::Fail).await;
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = requests_file(dir.path());
-    let output = run(switchyard(dir.path(), &url, Some("sk-test")).args(["submit", input.to_str().unwrap(), "--endpoint", "/v1/chat/completions", "--wait"])).await;
+    let output = run(switchyard(dir.path(), &url, Some("sk-test")).args([
+        "submit",
+        input.to_str().unwrap(),
+        "--endpoint",
+        "/v1/chat/completions",
+        "--wait",
+    ]))
+    .await;
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("line 2: invalid_json: This line is not parseable as valid JSON."), "{stderr}");
@@ -290,7 +306,8 @@ async fn http_errors_show_openai_s_message_and_status() {
     let (url, _fake) = serve(Scenario::RejectCreate).await;
     let dir = tempfile::tempdir().unwrap();
     let (input, _) = requests_file(dir.path());
-    let output = run(switchyard(dir.path(), &url, Some("sk-test")).args(["submit", input.to_str().unwrap(), "--endpoint", "/v1/embeddings"])).await;
+    let output =
+        run(switchyard(dir.path(), &url, Some("sk-test")).args(["submit", input.to_str().unwrap(), "--endpoint", "/v1/embeddings"])).await;
     let stderr = text(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains(&format!("POST {url}/batches failed: HTTP 400 Bad Request: The endpoint is not supported for this model. (type: invalid_request_error, param: endpoint)")), "{stderr}");
@@ -348,7 +365,12 @@ async fn status_list_and_cancel() {
 async fn ctrl_c_stops_waiting_without_cancelling() {
     let (url, fake) = serve(Scenario::Never).await;
     let dir = tempfile::tempdir().unwrap();
-    let child = switchyard(dir.path(), &url, Some("sk-test")).args(["status", "batch_test1", "--wait"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = switchyard(dir.path(), &url, Some("sk-test"))
+        .args(["status", "batch_test1", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while fake.lock().unwrap().polls < 3 {
         assert!(tokio::time::Instant::now() < deadline, "the CLI never polled three times");
@@ -356,7 +378,8 @@ async fn ctrl_c_stops_waiting_without_cancelling() {
     }
     // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) }, 0);
-    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("it stops waiting on Ctrl-C").unwrap();
+    let output =
+        tokio::time::timeout(Duration::from_secs(10), child.wait_with_output()).await.expect("it stops waiting on Ctrl-C").unwrap();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopped waiting; batch batch_test1 goes on (in_progress, not cancelled)"), "{stderr}");

@@ -91,12 +91,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let prompt = args.prompt.join(" ");
     let params = SamplingParams { max_tokens: args.max_tokens, ..Default::default() };
     let request = match args.kind {
-        Kind::Chat => JobRequest::Chat {
-            messages: vec![ChatMessage::new("user", prompt)],
-            params,
-            tools: None,
-            response_format: Default::default(),
-        },
+        Kind::Chat => {
+            JobRequest::Chat { messages: vec![ChatMessage::new("user", prompt)], params, tools: None, response_format: Default::default() }
+        }
         Kind::Completion => JobRequest::Completion { prompt, params },
         Kind::Embedding => JobRequest::Embedding { input: args.prompt.clone() },
     };
@@ -162,7 +159,8 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(EventBody::Error { code, message, upstream }) => {
-            let upstream = upstream.map(|u| format!(" (upstream: status {}, type {:?}, code {:?})", u.status, u.r#type, u.code)).unwrap_or_default();
+            let upstream =
+                upstream.map(|u| format!(" (upstream: status {}, type {:?}, code {:?})", u.status, u.r#type, u.code)).unwrap_or_default();
             eprintln!("error: {}: {message}{upstream}", code.as_str());
             Ok(ExitCode::from(1))
         }

@@ -35,8 +35,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use switchyard_schemas::{
-    ErrorCode, EventBody, JobEnvelope, JobRequest, Lane, OUT_OF_BAND_SEQ, ResumeState, StreamEvent, WIRE_VERSION, decode, encode,
-    now_ms, subject,
+    ErrorCode, EventBody, JobEnvelope, JobRequest, Lane, OUT_OF_BAND_SEQ, ResumeState, StreamEvent, WIRE_VERSION, decode, encode, now_ms,
+    subject,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -153,7 +153,11 @@ impl Jobs {
         let id = ulid::Ulid::new().to_string();
         let timeouts = self.timeouts;
         let deadline = now_ms() + timeouts.idle.as_millis() as u64 + timeouts.queue.as_millis() as u64;
-        let route = Route { reply_to: subject::reply(&self.instance, &id), resume_to: subject::resume(&self.instance, &id), deadline_ms: Some(deadline) };
+        let route = Route {
+            reply_to: subject::reply(&self.instance, &id),
+            resume_to: subject::resume(&self.instance, &id),
+            deadline_ms: Some(deadline),
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         // Listen before publishing: a fast worker may answer before the publish ack arrives.
         self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, progress: ResumeState::start() });

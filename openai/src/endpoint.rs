@@ -47,7 +47,10 @@ impl Endpoint {
             Endpoint::Embeddings => QueuedRequest::Embedding(crate::parse(body)?),
         };
         if request.streamed() {
-            return Err(Invalid::new("stream", "This request is answered whole later, so it cannot be streamed: remove `stream` or set it to false."));
+            return Err(Invalid::new(
+                "stream",
+                "This request is answered whole later, so it cannot be streamed: remove `stream` or set it to false.",
+            ));
         }
         Ok(request)
     }

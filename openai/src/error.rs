@@ -92,15 +92,17 @@ impl JobFailure {
 
     pub fn body(&self) -> ErrorResponse {
         if let Some(upstream) = &self.upstream {
-            let kind = upstream.r#type.clone().unwrap_or_else(|| if upstream.status < 500 { "invalid_request_error" } else { "server_error" }.into());
+            let kind = upstream
+                .r#type
+                .clone()
+                .unwrap_or_else(|| if upstream.status < 500 { "invalid_request_error" } else { "server_error" }.into());
             let code = upstream.code.clone().unwrap_or_else(|| self.code.as_str().into());
             return ErrorResponse::new(self.message.clone(), kind, self.param.clone(), Some(code));
         }
         let kind = match self.code {
-            ErrorCode::InvalidRequest
-            | ErrorCode::ContextLengthExceeded
-            | ErrorCode::InvalidArguments
-            | ErrorCode::UnknownFunction => "invalid_request_error",
+            ErrorCode::InvalidRequest | ErrorCode::ContextLengthExceeded | ErrorCode::InvalidArguments | ErrorCode::UnknownFunction => {
+                "invalid_request_error"
+            }
             _ => "server_error",
         };
         ErrorResponse::new(self.message.clone(), kind, self.param.clone(), Some(self.code.as_str()))

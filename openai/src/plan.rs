@@ -82,8 +82,9 @@ pub fn plan_chat(request: ChatCompletionRequest, limits: &Limits, card: &ModelCa
     validate::serves(&request.model, card, ModelKind::Chat)?;
     let model = request.model.clone();
     let validate::Chat { messages, params, n, tools, response_format } = validate::chat(request, limits, card)?;
-    let prompt_chars: usize = messages.iter().map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>()).sum::<usize>()
-        + tools.iter().flat_map(|t| &t.tools).map(|t| t.parameters.as_ref().map_or(0, |p| p.to_string().len())).sum::<usize>();
+    let prompt_chars: usize =
+        messages.iter().map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>()).sum::<usize>()
+            + tools.iter().flat_map(|t| &t.tools).map(|t| t.parameters.as_ref().map_or(0, |p| p.to_string().len())).sum::<usize>();
     let estimate = estimate_tokens(prompt_chars, params.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)).saturating_mul(n);
     let jobs = (0..n)
         .map(|i| JobRequest::Chat {
@@ -499,8 +500,7 @@ mod tests {
     #[test]
     fn a_job_error_names_the_prompt_when_it_is_too_long() {
         let mut output = JobOutput::default();
-        let failure =
-            output.push(EventBody::error(ErrorCode::ContextLengthExceeded, "long"), "prompt").unwrap_err();
+        let failure = output.push(EventBody::error(ErrorCode::ContextLengthExceeded, "long"), "prompt").unwrap_err();
         assert_eq!(failure.param.as_deref(), Some("prompt"));
     }
 }

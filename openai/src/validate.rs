@@ -185,7 +185,10 @@ fn tool_use(
     let tools = tools.unwrap_or_default();
     if tools.is_empty() {
         if matches!(choice, Some(ToolChoiceIn::Named(_)) | Some(ToolChoiceIn::Mode(ToolChoiceMode::Auto | ToolChoiceMode::Required))) {
-            return Err(Invalid::new("tool_choice", "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."));
+            return Err(Invalid::new(
+                "tool_choice",
+                "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            ));
         }
         // `parallel_tool_calls` without tools changes nothing: accepted, as clients that
         // always send it expect.
@@ -215,7 +218,10 @@ fn tool_use(
             ));
         }
         if !names.insert(function.name.clone()) {
-            return Err(Invalid::new(format!("tools[{i}].function.name"), format!("Duplicate function name '{}' in 'tools'.", function.name)));
+            return Err(Invalid::new(
+                format!("tools[{i}].function.name"),
+                format!("Duplicate function name '{}' in 'tools'.", function.name),
+            ));
         }
         if let Some(parameters) = &function.parameters {
             check_schema(&format!("tools[{i}].function.parameters"), parameters, true)?;

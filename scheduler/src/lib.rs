@@ -156,7 +156,12 @@ struct MaxDeliveriesAdvisory {
     deliveries: u64,
 }
 
-async fn dead_letter_loop(js: jetstream::Context, nats: async_nats::Client, mut advisories: async_nats::Subscriber, counters: Arc<Counters>) {
+async fn dead_letter_loop(
+    js: jetstream::Context,
+    nats: async_nats::Client,
+    mut advisories: async_nats::Subscriber,
+    counters: Arc<Counters>,
+) {
     while let Some(message) = advisories.next().await {
         let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) else {
             warn!("unreadable max-deliveries advisory");

@@ -53,7 +53,8 @@ mod tests {
     #[test]
     fn a_job_resumes_after_its_streamed_text() {
         let started = EventBody::Started { worker_id: "w".into(), attempt: 1, prompt_tokens: None };
-        let state = resume_state([StreamEvent::new("j", 0, vec![started, delta("a")]), StreamEvent::single("j", 1, delta("b"))].into_iter());
+        let state =
+            resume_state([StreamEvent::new("j", 0, vec![started, delta("a")]), StreamEvent::single("j", 1, delta("b"))].into_iter());
         assert_eq!((state.wanted, state.text.as_str(), state.completion_tokens, state.next_seq), (true, "ab", 2, 2));
         let done = EventBody::Done { finish_reason: FinishReason::Stop, usage: Usage::default() };
         assert!(!resume_state([StreamEvent::single("j", 0, done)].into_iter()).wanted);

@@ -19,10 +19,10 @@ pub mod model;
 pub mod subject;
 
 pub use codec::{CodecError, decode, encode};
-pub use event::{OUT_OF_BAND_SEQ, ErrorCode, EventBody, FinishReason, StreamEvent, TokenLogprob, TopLogprob, UpstreamError, Usage};
+pub use event::{ErrorCode, EventBody, FinishReason, OUT_OF_BAND_SEQ, StreamEvent, TokenLogprob, TopLogprob, UpstreamError, Usage};
 pub use job::{
-    ChatMessage, JobEnvelope, JobKind, JobRequest, Lane, ResponseFormat, ResumeState, SamplingParams, ToolCall, ToolChoice,
-    ToolDefinition, ToolUse,
+    ChatMessage, JobEnvelope, JobKind, JobRequest, Lane, ResponseFormat, ResumeState, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+    ToolUse,
 };
 pub use model::{
     ApiKeyRecord, FunctionSpec, GenerationDefaults, ModelCard, ModelKind, Permissions, PromptSettings, RateLimits, Supports, WorkerRecord,
@@ -33,8 +33,5 @@ pub const WIRE_VERSION: u16 = 6;
 
 /// Milliseconds since the Unix epoch: the one clock format on the wire.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

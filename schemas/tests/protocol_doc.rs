@@ -128,10 +128,7 @@ fn string_values(schema: &Value) -> Option<Vec<(String, String)>> {
         return Some(values.iter().map(|v| (v.as_str().unwrap_or_default().to_string(), String::new())).collect());
     }
     let variants = schema.get("oneOf")?.as_array()?;
-    variants
-        .iter()
-        .map(|variant| Some((variant.get("const")?.as_str()?.to_string(), description(variant))))
-        .collect()
+    variants.iter().map(|variant| Some((variant.get("const")?.as_str()?.to_string(), description(variant)))).collect()
 }
 
 /// A tagged variant: the tag's field and value, and the schema of its fields (the adjacently
@@ -206,7 +203,11 @@ fn generated_tables(schema: &Value) -> String {
     out.push_str("Each is one NATS message payload (or, for the model card and worker record, one Redis value).\n\n");
     let mut defs: BTreeMap<String, Value> = BTreeMap::new();
     let top = schema.as_object().expect("the schema file is a map of messages");
-    assert_eq!(sorted_keys(top).into_iter().cloned().collect::<BTreeSet<_>>(), MESSAGES.iter().map(|m| m.to_string()).collect(), "the messages the document presents");
+    assert_eq!(
+        sorted_keys(top).into_iter().cloned().collect::<BTreeSet<_>>(),
+        MESSAGES.iter().map(|m| m.to_string()).collect(),
+        "the messages the document presents"
+    );
     for message in MESSAGES {
         let message_schema = &schema[message];
         render_type(&mut out, message, message_schema);

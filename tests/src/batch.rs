@@ -66,9 +66,8 @@ impl BatchClient {
 
     /// Creates a batch of `input_file_id` for `endpoint` with `window` (panics unless 200).
     pub async fn create(&self, input_file_id: &str, endpoint: &str, window: &str) -> Value {
-        let (status, batch) = self
-            .post("/v1/batches", &json!({ "input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window }))
-            .await;
+        let (status, batch) =
+            self.post("/v1/batches", &json!({ "input_file_id": input_file_id, "endpoint": endpoint, "completion_window": window })).await;
         assert_eq!(status, 200, "{batch}");
         assert_eq!(batch["status"], "validating", "{batch}");
         batch
@@ -82,7 +81,10 @@ impl BatchClient {
 
     /// Polls a batch until it reaches a terminal status, or panics after `timeout`.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Value {
-        self.wait_for(id, timeout, |batch| ["completed", "failed", "expired", "cancelled"].contains(&batch["status"].as_str().unwrap_or(""))).await
+        self.wait_for(id, timeout, |batch| {
+            ["completed", "failed", "expired", "cancelled"].contains(&batch["status"].as_str().unwrap_or(""))
+        })
+        .await
     }
 
     /// Polls a batch until `done` holds for it, or panics after `timeout`.

@@ -722,7 +722,17 @@ impl Stack {
 
         let (api, api_port) = start_api(&dir, &logs, &http, "api", &options, &servers.connection(Role::Api)).await;
 
-        Stack { api, scheduler, servers, api_port, scheduler_port, options, http, worker_count: Mutex::new(0), replica_count: Mutex::new(0) }
+        Stack {
+            api,
+            scheduler,
+            servers,
+            api_port,
+            scheduler_port,
+            options,
+            http,
+            worker_count: Mutex::new(0),
+            replica_count: Mutex::new(0),
+        }
     }
 
     pub fn options(&self) -> &StackOptions {
@@ -761,7 +771,8 @@ impl Stack {
     /// `["keys", "create", "--user", "u"]`.
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
         let admin = self.servers.connection(Role::Admin);
-        let mut command = switchyard_command(&switchyard_bin(), &admin.nats_url, &admin.redis_url, &with_env(&self.options.env, &admin.env));
+        let mut command =
+            switchyard_command(&switchyard_bin(), &admin.nats_url, &admin.redis_url, &with_env(&self.options.env, &admin.env));
         command.args(args).stdin(Stdio::null());
         command.output().unwrap_or_else(|e| panic!("running switchyard {args:?}: {e}"))
     }
@@ -821,7 +832,8 @@ impl Stack {
         };
         let name = format!("worker-{n}-{}", args.first().copied().unwrap_or("none"));
         let worker = self.servers.connection(Role::Worker);
-        let mut command = switchyard_command(&switchyard_bin(), &worker.nats_url, &worker.redis_url, &with_env(&self.options.env, &worker.env));
+        let mut command =
+            switchyard_command(&switchyard_bin(), &worker.nats_url, &worker.redis_url, &with_env(&self.options.env, &worker.env));
         single_threaded(&mut command, &self.options.env);
         command.arg("worker").args(args);
         self.servers.spawn(&name, command)
@@ -1152,7 +1164,9 @@ async fn start_redis(dir: &Arc<Dir>, logs: &LogList, secrets: Option<&Secrets>) 
         if wait_for_port(&proc, port, |mut stream| {
             // A secured server answers an unauthenticated PING with -NOAUTH: up all the same.
             let mut reply = [0u8; 7];
-            stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
+            stream.write_all(b"PING\r\n").is_ok()
+                && stream.read_exact(&mut reply).is_ok()
+                && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
         })
         .await
         {
@@ -1250,8 +1264,7 @@ impl ReplyTap {
     pub async fn next(&mut self, timeout: Duration) -> Option<TapEvent> {
         while self.pending.is_empty() {
             let message = tokio::time::timeout(timeout, self.subscriber.next()).await.ok()??;
-            let decoded: StreamEvent = decode(&message.payload)
-                .unwrap_or_else(|e| panic!("undecodable event on {}: {e}", message.subject));
+            let decoded: StreamEvent = decode(&message.payload).unwrap_or_else(|e| panic!("undecodable event on {}: {e}", message.subject));
             for body in decoded.events {
                 let event = TapEvent { job_id: decoded.job_id.clone(), seq: decoded.seq, body };
                 self.seen.push((message.subject.to_string(), event.clone()));
@@ -1288,9 +1301,7 @@ impl ReplyTap {
         self.seen
             .iter()
             .filter_map(|(_, event)| match &event.body {
-                EventBody::Started { worker_id, attempt, .. } => {
-                    Some((event.job_id.clone(), worker_id.clone(), *attempt))
-                }
+                EventBody::Started { worker_id, attempt, .. } => Some((event.job_id.clone(), worker_id.clone(), *attempt)),
                 _ => None,
             })
             .collect()

@@ -93,13 +93,8 @@ async fn a_job_is_submitted_followed_and_read_back_from_any_replica() {
     assert_eq!(streamed_text(&events), prompt);
     assert_eq!(events[0].1["events"][0]["type"], "started", "{events:?}");
     let first = events[0].0;
-    let response = stack
-        .http()
-        .get(stack.api_url(&format!("/v1/jobs/{id}/events")))
-        .header("Last-Event-ID", first.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response =
+        stack.http().get(stack.api_url(&format!("/v1/jobs/{id}/events"))).header("Last-Event-ID", first.to_string()).send().await.unwrap();
     let (resumed, done_marker) = sse_events(&response.text().await.unwrap());
     assert!(done_marker);
     assert_eq!(resumed, events[1..].to_vec(), "resumed right after event {first}");
@@ -124,8 +119,16 @@ async fn a_job_can_be_cancelled_and_bad_jobs_are_refused() {
     let refused = [
         (json!({ "endpoint": "/v1/images", "body": chat("x") }), 400, "endpoint"),
         (json!({ "endpoint": "/v1/chat/completions", "body": { "model": "echo", "messages": [], "stream": true } }), 400, "body.stream"),
-        (json!({ "endpoint": "/v1/chat/completions", "body": { "model": "echo", "messages": [{ "role": "user", "content": "x" }], "temperature": 7 } }), 400, "body.temperature"),
-        (json!({ "endpoint": "/v1/chat/completions", "body": chat("x").as_object().map(|b| { let mut b = b.clone(); b.insert("model".into(), json!("nope")); b }) }), 404, "model"),
+        (
+            json!({ "endpoint": "/v1/chat/completions", "body": { "model": "echo", "messages": [{ "role": "user", "content": "x" }], "temperature": 7 } }),
+            400,
+            "body.temperature",
+        ),
+        (
+            json!({ "endpoint": "/v1/chat/completions", "body": chat("x").as_object().map(|b| { let mut b = b.clone(); b.insert("model".into(), json!("nope")); b }) }),
+            404,
+            "model",
+        ),
     ];
     for (body, want, param) in refused {
         let (status, error) = api.post("/v1/jobs", &body).await;

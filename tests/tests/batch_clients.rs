@@ -299,7 +299,10 @@ fn succeeded(what: &str, output: &Output) -> String {
 /// The lines of a JSONL file, parsed.
 fn jsonl(path: &Path) -> Vec<Value> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text(&bytes).lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", path.display()))).collect()
+    text(&bytes)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {line}", path.display())))
+        .collect()
 }
 
 /// Every `req-<i>` of `0..n` exactly once across the files; the lines by custom_id.
@@ -345,7 +348,19 @@ async fn the_switchyard_batch_cli_submits_follows_lists_downloads_and_cancels() 
     let output = batch_cli(
         cwd,
         &api,
-        &["submit", "requests.jsonl", "--endpoint", CHAT, "--metadata", "suite=batch_clients", "--wait", "-o", "out.jsonl", "--errors", "err.jsonl"],
+        &[
+            "submit",
+            "requests.jsonl",
+            "--endpoint",
+            CHAT,
+            "--metadata",
+            "suite=batch_clients",
+            "--wait",
+            "-o",
+            "out.jsonl",
+            "--errors",
+            "err.jsonl",
+        ],
         &[],
     )
     .await;
@@ -373,13 +388,18 @@ async fn the_switchyard_batch_cli_submits_follows_lists_downloads_and_cancels() 
     assert!(human.contains(&format!("output file:  {}\n", status["output_file_id"].as_str().unwrap())), "{human}");
 
     // download: the same output file again, byte for byte.
-    let stdout = succeeded("download", &batch_cli(cwd, &api, &["download", &id, "-o", "again/out.jsonl", "--errors", "again/err.jsonl"], &[]).await);
+    let stdout =
+        succeeded("download", &batch_cli(cwd, &api, &["download", &id, "-o", "again/out.jsonl", "--errors", "again/err.jsonl"], &[]).await);
     assert!(stdout.contains("output → again/out.jsonl"), "{stdout}");
     assert_eq!(std::fs::read(cwd.join("again/out.jsonl")).unwrap(), std::fs::read(cwd.join("out.jsonl")).unwrap());
 
     // A malformed file: submit --wait exits non-zero and names the bad lines.
-    let good = |custom_id: &str| json!({ "custom_id": custom_id, "method": "POST", "url": CHAT, "body": { "model": "echo", "messages": [{ "role": "user", "content": "hi" }] } }).to_string();
-    let bad_url = json!({ "custom_id": "c", "method": "POST", "url": "/v1/embeddings", "body": { "model": "echo-embedding", "input": "x" } }).to_string();
+    let good = |custom_id: &str| {
+        json!({ "custom_id": custom_id, "method": "POST", "url": CHAT, "body": { "model": "echo", "messages": [{ "role": "user", "content": "hi" }] } }).to_string()
+    };
+    let bad_url =
+        json!({ "custom_id": "c", "method": "POST", "url": "/v1/embeddings", "body": { "model": "echo-embedding", "input": "x" } })
+            .to_string();
     std::fs::write(cwd.join("bad.jsonl"), [good("a"), "{not json".to_string(), bad_url, good("d")].join("\n") + "\n").unwrap();
     let output = batch_cli(cwd, &api, &["submit", "bad.jsonl", "--endpoint", CHAT, "--wait"], &[]).await;
     let stderr = text(&output.stderr);
@@ -451,7 +471,8 @@ async fn the_switchyard_batch_cli_sends_the_key_an_api_with_auth_wants() {
     let created = stack.run_cli(&["keys", "create", "--user", "u"]);
     assert!(created.status.success(), "{}", text(&created.stderr));
     let printed = text(&created.stdout);
-    let key = printed.split_whitespace().find(|w| w.starts_with("sy-")).unwrap_or_else(|| panic!("no sy- secret in {printed:?}")).to_string();
+    let key =
+        printed.split_whitespace().find(|w| w.starts_with("sy-")).unwrap_or_else(|| panic!("no sy- secret in {printed:?}")).to_string();
     let api = stack.api_url("/v1");
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
@@ -462,14 +483,18 @@ async fn the_switchyard_batch_cli_sends_the_key_an_api_with_auth_wants() {
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stderr).contains("HTTP 401 Unauthorized"), "{}", text(&output.stderr));
 
-    let output = batch_cli(cwd, &api, &["--api-key", &key, "submit", "requests.jsonl", "--endpoint", CHAT, "--wait", "-o", "out.jsonl"], &[]).await;
+    let output =
+        batch_cli(cwd, &api, &["--api-key", &key, "submit", "requests.jsonl", "--endpoint", CHAT, "--wait", "-o", "out.jsonl"], &[]).await;
     let id = batch_id(&succeeded("submit --api-key --wait", &output));
     let lines = jsonl(&cwd.join("out.jsonl"));
     for (custom_id, line) in one_line_per_custom_id(20, &[&lines]) {
         assert_echoed(&custom_id, &line);
     }
     // The batch is the key's user's: OPENAI_API_KEY works too, no key does not.
-    let status = succeeded("status with OPENAI_API_KEY", &batch_cli(cwd, &api, &["status", &id, "--json"], &[("OPENAI_API_KEY", key.as_str())]).await);
+    let status = succeeded(
+        "status with OPENAI_API_KEY",
+        &batch_cli(cwd, &api, &["status", &id, "--json"], &[("OPENAI_API_KEY", key.as_str())]).await,
+    );
     assert_eq!(serde_json::from_str::<Value>(&status).unwrap()["status"], "completed");
     let output = batch_cli(cwd, &api, &["status", &id], &[]).await;
     assert!(text(&output.stderr).contains("HTTP 401 Unauthorized"), "{}", text(&output.stderr));
@@ -479,7 +504,8 @@ async fn the_switchyard_batch_cli_sends_the_key_an_api_with_auth_wants() {
     std::fs::create_dir(cwd.join(".switchyard")).unwrap();
     std::fs::write(cwd.join(".switchyard/dev-api-key"), format!("{key}\n")).unwrap();
     for url in [api.clone(), api.replace("127.0.0.1", "localhost")] {
-        let status = succeeded(&format!("status via the dev key file at {url}"), &batch_cli(cwd, &url, &["status", &id, "--json"], &[]).await);
+        let status =
+            succeeded(&format!("status via the dev key file at {url}"), &batch_cli(cwd, &url, &["status", &id, "--json"], &[]).await);
         assert_eq!(serde_json::from_str::<Value>(&status).unwrap()["id"], id.as_str());
     }
 }

@@ -49,7 +49,10 @@ async fn a_chat_batch_runs_every_line_once_and_matches_the_interactive_answer() 
     let file = api.upload_input(chat_input(1000, "echo", &json!({ "max_tokens": 64 }))).await;
     let (status, info) = api.get(&format!("/v1/files/{file}")).await;
     assert_eq!(status, 200);
-    assert_eq!((info["object"].as_str(), info["purpose"].as_str(), info["status"].as_str()), (Some("file"), Some("batch"), Some("processed")));
+    assert_eq!(
+        (info["object"].as_str(), info["purpose"].as_str(), info["status"].as_str()),
+        (Some("file"), Some("batch"), Some("processed"))
+    );
 
     let batch = api.create(&file, CHAT, "24h").await;
     let id = batch["id"].as_str().unwrap();
@@ -66,8 +69,9 @@ async fn a_chat_batch_runs_every_line_once_and_matches_the_interactive_answer() 
     assert_echoed(&lines);
 
     // The body is exactly what the synchronous endpoint answers, apart from its id and time.
-    let (status, mut interactive) =
-        stack.post_json(CHAT, &json!({ "model": "echo", "max_tokens": 64, "messages": [{ "role": "user", "content": "line 7 says hello" }] })).await;
+    let (status, mut interactive) = stack
+        .post_json(CHAT, &json!({ "model": "echo", "max_tokens": 64, "messages": [{ "role": "user", "content": "line 7 says hello" }] }))
+        .await;
     assert_eq!(status, 200);
     let mut from_batch = lines["req-7"]["response"]["body"].clone();
     for body in [&mut interactive, &mut from_batch] {
@@ -111,7 +115,9 @@ async fn a_malformed_file_fails_validation_with_its_line_numbers() {
     let stack = Stack::start().await;
     let (_worker, _) = stack.ready_worker(&["echo"], "echo").await;
     let api = client(&stack);
-    let good = |id: &str| json!({ "custom_id": id, "method": "POST", "url": CHAT, "body": { "model": "echo", "messages": [{ "role": "user", "content": "hi" }] } }).to_string();
+    let good = |id: &str| {
+        json!({ "custom_id": id, "method": "POST", "url": CHAT, "body": { "model": "echo", "messages": [{ "role": "user", "content": "hi" }] } }).to_string()
+    };
     let lines = [
         good("a"),
         "{not json".to_string(),
@@ -334,7 +340,8 @@ async fn an_interactive_request_is_served_ahead_of_a_queued_batch() {
     assert!(waited < Duration::from_secs(2), "the interactive request waited {waited:?} behind the batch");
     let (status, _) = api.post(&format!("/v1/batches/{id}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
-    eventually(Duration::from_secs(60), "the batch to end", || async { (api.batch(&id).await["status"] == "cancelled").then_some(()) }).await;
+    eventually(Duration::from_secs(60), "the batch to end", || async { (api.batch(&id).await["status"] == "cancelled").then_some(()) })
+        .await;
 }
 
 #[tokio::test]

@@ -92,7 +92,9 @@ async fn printed_key(dev: &Dev) -> String {
     eventually(Duration::from_secs(120), "switchyard dev to print its API key", || {
         let printed = dev.output();
         async move {
-            printed.lines().find_map(|line| line.trim().strip_prefix("api key").map(|rest| rest.split_whitespace().next().unwrap_or("").to_string()))
+            printed
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("api key").map(|rest| rest.split_whitespace().next().unwrap_or("").to_string()))
         }
     })
     .await
@@ -117,11 +119,20 @@ async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
         async move {
             let body: Value = request.await.ok()?.json().await.ok()?;
             let ids: Vec<String> = body["data"].as_array()?.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect();
-            ["echo", "echo-embedding", "dummy", "tiny-llama", "all-minilm-l6-v2"].iter().all(|m| ids.iter().any(|id| id == m)).then_some(ids)
+            ["echo", "echo-embedding", "dummy", "tiny-llama", "all-minilm-l6-v2"]
+                .iter()
+                .all(|m| ids.iter().any(|id| id == m))
+                .then_some(ids)
         }
     })
     .await;
-    let response = http.post(format!("{base}/v1/chat/completions")).bearer_auth(&key).json(&chat_request("echo", "hello from dev")).send().await.unwrap();
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_request("echo", "hello from dev"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200, "models {models:?}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "hello from dev", "{body}");
@@ -144,5 +155,8 @@ async fn a_second_ctrl_c_leaves_no_part_behind() {
     std::thread::sleep(Duration::from_millis(100));
     dev.interrupt();
     dev.wait(Duration::from_secs(30)).unwrap_or_else(|| panic!("switchyard dev did not exit on a second Ctrl-C: {}", dev.output()));
-    eventually(Duration::from_secs(10), "every part to die with dev", || async { ports.iter().all(|port| !listening(*port)).then_some(()) }).await;
+    eventually(Duration::from_secs(10), "every part to die with dev", || async {
+        ports.iter().all(|port| !listening(*port)).then_some(())
+    })
+    .await;
 }

@@ -133,7 +133,8 @@ async fn the_examples_stream_what_the_api_answers_for_the_same_request() {
     let stack = Stack::start().await;
     let (_worker, _) = stack.ready_worker(&["echo", "--delay", "5ms"], "echo").await;
     let prompt = "the quick brown fox jumps over the lazy dog";
-    let (status, chat) = stack.post_json("/v1/chat/completions", &json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]})).await;
+    let (status, chat) =
+        stack.post_json("/v1/chat/completions", &json!({"model": "echo", "messages": [{"role": "user", "content": prompt}]})).await;
     assert_eq!(status, 200, "{chat}");
     let (status, completion) = stack.post_json("/v1/completions", &json!({"model": "echo", "prompt": prompt, "max_tokens": 3})).await;
     assert_eq!(status, 200, "{completion}");
@@ -153,7 +154,9 @@ async fn the_examples_stream_what_the_api_answers_for_the_same_request() {
         assert!(run.number("deltas") > 1, "{example:?}: the text came in several deltas: {run:?}");
 
         // Completions, cut by max_tokens, on the batch lane.
-        let run = run_example(example, &on(&stack, &["--model", "echo", "--kind", "completion", "--lane", "batch", "--max-tokens", "3", prompt])).await;
+        let run =
+            run_example(example, &on(&stack, &["--model", "echo", "--kind", "completion", "--lane", "batch", "--max-tokens", "3", prompt]))
+                .await;
         assert_succeeded(example, &run);
         assert_eq!(run.stdout.trim_end(), completion["choices"][0]["text"].as_str().unwrap(), "{example:?}");
         assert_eq!(run.summary()["finish_reason"], "length");
@@ -165,7 +168,8 @@ async fn the_examples_stream_what_the_api_answers_for_the_same_request() {
         embedding_args.extend(args(&inputs));
         let run = run_example(example, &embedding_args).await;
         assert_succeeded(example, &run);
-        let vectors: Vec<Vec<f64>> = run.stdout.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))).collect();
+        let vectors: Vec<Vec<f64>> =
+            run.stdout.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))).collect();
         assert_eq!(vectors.len(), inputs.len(), "{example:?}: {run:?}");
         for (i, vector) in vectors.iter().enumerate() {
             let expected: Vec<f64> = embeddings["data"][i]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
@@ -226,7 +230,12 @@ async fn the_rust_publisher_continues_a_job_whose_worker_died() {
     let timeouts = JobTimeouts { queue: Duration::from_secs(30), idle: Duration::from_secs(30) };
     let jobs = Jobs::start_publisher("rust-publisher".into(), nats, Some(redis), timeouts).await.unwrap();
     let prompt = words("resume", 40);
-    let request = JobRequest::Chat { messages: vec![ChatMessage::new("user", prompt.clone())], params: Default::default(), tools: None, response_format: Default::default() };
+    let request = JobRequest::Chat {
+        messages: vec![ChatMessage::new("user", prompt.clone())],
+        params: Default::default(),
+        tools: None,
+        response_format: Default::default(),
+    };
     let mut job = jobs.submit(Lane::Interactive, "echo", request).await.unwrap();
     let (mut text, mut attempts, mut deltas) = (String::new(), Vec::new(), 0);
     let mut b = None;

@@ -9,14 +9,7 @@ const CHAT: &str = "/v1/chat/completions";
 
 /// Sends a raw body with `content-type: application/json`.
 async fn post_raw(stack: &Stack, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = stack
-        .http()
-        .post(stack.api_url(path))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("POST");
+    let response = stack.http().post(stack.api_url(path)).header("content-type", "application/json").body(body).send().await.expect("POST");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} → {status}: not JSON ({e}): {text:?}"));
@@ -86,14 +79,14 @@ async fn check_param_errors(stack: &Stack, cases: &[(&str, Value, &str)]) {
         let named = body["error"]["param"].as_str().unwrap_or_default();
         let names_it = named == *param || named.starts_with(&format!("{param}.")) || named.starts_with(&format!("{param}["));
         if status != 400 || !names_it || body["error"]["type"] != "invalid_request_error" {
-            failures.push(format!("{path} {request}: expected 400 invalid_request_error with error.param = `{param}`, got {status} {body}"));
+            failures
+                .push(format!("{path} {request}: expected 400 invalid_request_error with error.param = `{param}`, got {status} {body}"));
         } else {
             assert_openai_error(&body);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
-
 
 #[tokio::test]
 async fn unknown_route_is_404_in_openai_shape() {

@@ -194,7 +194,11 @@ async fn every_provokable_4xx_has_the_openai_error_shape() {
         cases.push((format!("POST {path} without a key"), post().json(valid), 401));
         cases.push((format!("POST {path} with an unknown key"), post().bearer_auth("sy-unknown").json(valid), 401));
         cases.push((format!("POST {path} with a malformed Authorization"), post().header("authorization", "Basic abc").json(valid), 401));
-        cases.push((format!("POST {path} malformed JSON"), post().bearer_auth(&key).header("content-type", "application/json").body("{\"model\": "), 400));
+        cases.push((
+            format!("POST {path} malformed JSON"),
+            post().bearer_auth(&key).header("content-type", "application/json").body("{\"model\": "),
+            400,
+        ));
         cases.push((format!("POST {path} empty body"), post().bearer_auth(&key).header("content-type", "application/json").body(""), 400));
         cases.push((format!("POST {path} JSON array"), post().bearer_auth(&key).json(&json!([1, 2])), 400));
         cases.push((format!("POST {path} missing model"), post().bearer_auth(&key).json(&json!({})), 400));
@@ -242,7 +246,9 @@ async fn every_provokable_4xx_has_the_openai_error_shape() {
 
     // 429 from each generating route (a key allowed one request per minute).
     for (path, body) in [("/v1/chat/completions", &chat), ("/v1/completions", &completion), ("/v1/embeddings", &embedding)] {
-        let limited_key = create_key(&stack, KeySpec { user: "one-rpm".into(), limits: RateLimits { rpm: Some(1), tpm: None }, ..Default::default() }).await;
+        let limited_key =
+            create_key(&stack, KeySpec { user: "one-rpm".into(), limits: RateLimits { rpm: Some(1), tpm: None }, ..Default::default() })
+                .await;
         let (first, _, first_body) = send(http.post(url(path)).bearer_auth(&limited_key).json(body)).await;
         assert_eq!(first, 200, "POST {path} within the limit: {first_body}");
         let (status, content_type, body) = send(http.post(url(path)).bearer_auth(&limited_key).json(body)).await;
@@ -251,8 +257,14 @@ async fn every_provokable_4xx_has_the_openai_error_shape() {
         })
         .is_ok();
         if status != 429 || !shaped || !content_type.starts_with("application/json") || body["error"]["code"] != "rate_limit_exceeded" {
-            failures.push(format!("POST {path} over the rate limit: expected 429 rate_limit_exceeded, got {status} ({content_type:?}) {body}"));
+            failures
+                .push(format!("POST {path} over the rate limit: expected 429 rate_limit_exceeded, got {status} ({content_type:?}) {body}"));
         }
     }
-    assert!(failures.is_empty(), "{} responses lack the right status or OpenAI's error shape:\n  {}", failures.len(), failures.join("\n  "));
+    assert!(
+        failures.is_empty(),
+        "{} responses lack the right status or OpenAI's error shape:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
 }

@@ -183,7 +183,8 @@ async fn max_tokens_and_max_completion_tokens_end_with_length() {
     assert_eq!(finishes, ["length"]);
     assert_usage(&usage, 6, 2);
 
-    let request = with(chat_request("echo", prompt), json!({ "max_tokens": 4, "stream": true, "stream_options": { "include_usage": true } }));
+    let request =
+        with(chat_request("echo", prompt), json!({ "max_tokens": 4, "stream": true, "stream_options": { "include_usage": true } }));
     let chunks = stack.post_stream_all(CHAT, &request).await;
     let summary = check_stream(Endpoint::Chat, &chunks, "echo", true);
     assert_eq!(summary.text(), "one two three four");

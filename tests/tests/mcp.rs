@@ -183,7 +183,8 @@ async fn keys_and_permissions_apply_as_on_rest() {
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}}});
     for key in [None, Some("sk-wrong")] {
-        let mut request = stack.http().post(stack.api_url("/mcp")).header("accept", "application/json, text/event-stream").json(&initialize);
+        let mut request =
+            stack.http().post(stack.api_url("/mcp")).header("accept", "application/json, text/event-stream").json(&initialize);
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
@@ -316,7 +317,15 @@ async fn malformed_requests_are_refused_with_4xx() {
         ("not JSON-RPC", stack.http().post(&url).header("accept", both).json(&json!({"hello": 1}))),
         ("no Accept", stack.http().post(&url).json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))),
         ("a form", stack.http().post(&url).header("accept", both).header("content-type", "text/plain").body("a=1")),
-        ("an unknown session", stack.http().post(&url).header("accept", both).header("mcp-session-id", "nope").json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))),
+        (
+            "an unknown session",
+            stack
+                .http()
+                .post(&url)
+                .header("accept", both)
+                .header("mcp-session-id", "nope")
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})),
+        ),
         ("GET without a session", stack.http().get(&url).header("accept", "text/event-stream")),
         ("DELETE without a session", stack.http().delete(&url)),
         ("PUT", stack.http().put(&url).body("x")),

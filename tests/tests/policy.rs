@@ -197,7 +197,9 @@ async fn permission_matrix_owner_users_groups_and_strangers() {
     let (both, _) = create_key(&stack, KeySpec { groups: vec!["default".into(), "research".into()], ..user("frank") }).await;
 
     // Owner, listed user and group member see and use the restricted models.
-    for (who, key) in [("carol (owner)", &carol), ("bob (listed user)", &bob), ("dave (group research)", &dave), ("frank (default+research)", &both)] {
+    for (who, key) in
+        [("carol (owner)", &carol), ("bob (listed user)", &bob), ("dave (group research)", &dave), ("frank (default+research)", &both)]
+    {
         wait_listed(&stack, key, &["echo", "echo-embedding"]).await;
         let reply = post(&stack, Some(key), CHAT, &chat_request("echo", "allowed here")).await;
         assert_eq!(reply.status, 200, "{who}: {}", reply.body);
@@ -352,7 +354,8 @@ async fn leases_on_two_replicas_reach_a_limit_exactly() {
 /// the job is cancelled.
 #[tokio::test]
 async fn a_job_dispatched_while_redis_decides_is_cancelled_when_refused() {
-    let TwoReplicas { stack, key, chat: [here, there], .. } = &two_replicas(&["echo", "--delay", "50ms"], &["--user", "u", "--rpm", "16"]).await;
+    let TwoReplicas { stack, key, chat: [here, there], .. } =
+        &two_replicas(&["echo", "--delay", "50ms"], &["--user", "u", "--rpm", "16"]).await;
     let send = |url: String, text: &'static str| {
         let (http, key) = (stack.http().clone(), key.clone());
         async move { call(&http, &url, Some(&key), Some(&chat_request("echo", text)), Duration::from_secs(60)).await }
@@ -431,7 +434,11 @@ async fn refusals_carry_retry_after_and_openai_ratelimit_headers() {
     assert_eq!(error["code"], "rate_limit_exceeded", "{}", refused.body);
     assert_eq!(error["param"], Value::Null, "{}", refused.body);
     assert!(refused.message().contains("requests per minute"), "the message says which limit: {}", refused.body);
-    assert!(refused.body.get("error").is_some_and(|e| e.as_object().unwrap().len() == 4), "exactly message/type/param/code: {}", refused.body);
+    assert!(
+        refused.body.get("error").is_some_and(|e| e.as_object().unwrap().len() == 4),
+        "exactly message/type/param/code: {}",
+        refused.body
+    );
 
     // A refused streaming request is an ordinary JSON 429, not an event stream.
     let mut body = chat_request("echo", "stream refused");
@@ -475,14 +482,8 @@ async fn token_charges_are_corrected_to_real_usage_after_the_job() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut streamed = request.clone();
     streamed["stream"] = true.into();
-    let mut stream = stack
-        .http()
-        .post(stack.api_url(COMPLETIONS))
-        .bearer_auth(&key)
-        .json(&streamed)
-        .send()
-        .await
-        .expect("streamed request");
+    let mut stream =
+        stack.http().post(stack.api_url(COMPLETIONS)).bearer_auth(&key).json(&streamed).send().await.expect("streamed request");
     assert_eq!(stream.status(), 200, "{}", stream.text().await.unwrap_or_default());
     while stream.chunk().await.expect("reading the stream").is_some() {}
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -626,7 +627,8 @@ async fn redis_unreachable_is_503_and_service_recovers() {
 
     let stopped = Stopped::new(stack.redis().pid());
     for attempt in 0..2 {
-        let reply = call(stack.http(), &stack.api_url(CHAT), Some(&key), Some(&chat_request("echo", "during")), Duration::from_secs(30)).await;
+        let reply =
+            call(stack.http(), &stack.api_url(CHAT), Some(&key), Some(&chat_request("echo", "during")), Duration::from_secs(30)).await;
         assert_eq!(reply.status, 503, "attempt {attempt} with Redis stopped (after {:?}): {}", reply.elapsed, reply.body);
         assert!(reply.elapsed < Duration::from_secs(10), "attempt {attempt}: the 503 took {:?}", reply.elapsed);
         eprintln!("attempt {attempt} with Redis stopped: {} after {:?}: {}", reply.status, reply.elapsed, reply.body);
@@ -642,7 +644,8 @@ async fn redis_unreachable_is_503_and_service_recovers() {
 
     let recovered = Instant::now();
     eventually(Duration::from_secs(30), "requests to succeed again after SIGCONT", || async {
-        let reply = call(stack.http(), &stack.api_url(CHAT), Some(&key), Some(&chat_request("echo", "after")), Duration::from_secs(30)).await;
+        let reply =
+            call(stack.http(), &stack.api_url(CHAT), Some(&key), Some(&chat_request("echo", "after")), Duration::from_secs(30)).await;
         (reply.status == 200).then_some(())
     })
     .await;
@@ -788,13 +791,17 @@ async fn every_validation_rule_names_its_param() {
         (
             "image_url content part",
             CHAT,
-            msg(json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } }] }] })),
+            msg(
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } }] }] }),
+            ),
             "messages[0].content[0]",
         ),
         (
             "image_url as second content part",
             CHAT,
-            msg(json!({ "messages": [{ "role": "user", "content": [{ "type": "text", "text": "look" }, { "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } }] }] })),
+            msg(
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "text", "text": "look" }, { "type": "image_url", "image_url": { "url": "https://example.com/cat.png" } }] }] }),
+            ),
             "messages[0].content[1]",
         ),
         ("embeddings input \"\"", EMBEDDINGS, json!({ "model": "echo-embedding", "input": "" }), "input"),
@@ -812,11 +819,17 @@ async fn every_validation_rule_names_its_param() {
         let reply = post(&stack, None, path, body).await;
         let error = reply.body.get("error").and_then(Value::as_object);
         let ok = reply.status == 400
-            && error.is_some_and(|e| e.get("param").and_then(Value::as_str) == Some(param) && e.get("type").and_then(Value::as_str) == Some("invalid_request_error"));
+            && error.is_some_and(|e| {
+                e.get("param").and_then(Value::as_str) == Some(param)
+                    && e.get("type").and_then(Value::as_str) == Some("invalid_request_error")
+            });
         if ok {
             assert_openai_error(&reply.body);
         } else {
-            failures.push(format!("{what}: {path} {body}\n    expected 400 invalid_request_error param {param:?}, got {} {}", reply.status, reply.body));
+            failures.push(format!(
+                "{what}: {path} {body}\n    expected 400 invalid_request_error param {param:?}, got {} {}",
+                reply.status, reply.body
+            ));
         }
     }
     assert!(failures.is_empty(), "{} of {} validation cases failed:\n  {}", failures.len(), cases.len(), failures.join("\n  "));
@@ -831,7 +844,11 @@ async fn every_validation_rule_names_its_param() {
         ("top_logprobs 20 with logprobs", CHAT, msg(json!({ "logprobs": true, "top_logprobs": 20 }))),
         ("completions logprobs 5", COMPLETIONS, prompt(json!({ "logprobs": 5 }))),
         ("text content parts", CHAT, msg(json!({ "messages": [{ "role": "user", "content": [{ "type": "text", "text": "hi" }] }] }))),
-        ("assistant message without content", CHAT, msg(json!({ "messages": [{ "role": "assistant" }, { "role": "user", "content": "hi" }] }))),
+        (
+            "assistant message without content",
+            CHAT,
+            msg(json!({ "messages": [{ "role": "assistant" }, { "role": "user", "content": "hi" }] })),
+        ),
     ] {
         let reply = post(&stack, None, path, &body).await;
         assert_eq!(reply.status, 200, "{what} must be accepted: {}", reply.body);

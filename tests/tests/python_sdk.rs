@@ -74,7 +74,12 @@ async fn get(stack: &Stack, path: &str) -> (u16, Value) {
 }
 
 fn listed<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["data"].as_array().expect("data is a list").iter().find(|t| t["function"]["name"] == name).unwrap_or_else(|| panic!("{name} is not listed: {list}"))
+    list["data"]
+        .as_array()
+        .expect("data is a list")
+        .iter()
+        .find(|t| t["function"]["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not listed: {list}"))
 }
 
 /// Runs a Python command to its end (at most `limit`), returning stdout; panics with both
@@ -138,7 +143,10 @@ async fn python_functions_are_registered_and_listed_with_schemas_from_type_hints
         let stream = js.get_stream(subject::JOBS_STREAM).await.unwrap();
         let before = stream.consumer_info(&name).await.unwrap_or_else(|e| panic!("{name}: {e}")).config;
         assert_eq!(before.filter_subject, subject::job(lane, JobKind::Tool, MODEL));
-        assert_eq!((before.ack_wait, before.max_deliver, before.max_waiting, before.max_ack_pending), (Duration::from_secs(10), 3, 4096, 100_000));
+        assert_eq!(
+            (before.ack_wait, before.max_deliver, before.max_waiting, before.max_ack_pending),
+            (Duration::from_secs(10), 3, 4096, 100_000)
+        );
         assert_eq!(before.inactive_threshold, Duration::from_secs(24 * 3600));
         let rust = switchyard_broker::jobs::ensure_consumer(&js, lane, JobKind::Tool, MODEL, Default::default()).await.unwrap();
         let mut rust = rust;
@@ -215,7 +223,9 @@ async fn plain_streamed_invalid_and_failing_calls() {
     assert_eq!(serde_json::from_str::<Value>(last).unwrap()["error"]["code"], "function_failed", "{text}");
 
     // Invalid arguments: 400, naming the argument — wrong type, missing, unknown.
-    for (arguments, named) in [(json!({"a": "five"}), "`a`"), (json!({}), "`a`"), (json!({"a": 1, "c": 2}), "`c`"), (json!({"n": -1.5}), "`n`")] {
+    for (arguments, named) in
+        [(json!({"a": "five"}), "`a`"), (json!({}), "`a`"), (json!({"a": 1, "c": 2}), "`c`"), (json!({"n": -1.5}), "`n`")]
+    {
         let path = if named == "`n`" { call_path("count") } else { call_path("add") };
         let (status, body) = stack.post_json(&path, &arguments).await;
         assert_eq!(status, 400, "{arguments} → {body}");
@@ -248,7 +258,11 @@ async fn plain_streamed_invalid_and_failing_calls() {
     let jobs = messages_by_job(tap.seen());
     assert!(jobs.len() >= 16, "{} jobs seen", jobs.len());
     for (job, events) in &jobs {
-        assert!(matches!(&events[0].body, EventBody::Started { worker_id, attempt: 1, .. } if *worker_id == id), "job {job}: {:?}", events[0].body);
+        assert!(
+            matches!(&events[0].body, EventBody::Started { worker_id, attempt: 1, .. } if *worker_id == id),
+            "job {job}: {:?}",
+            events[0].body
+        );
         let terminal: Vec<_> = events.iter().filter(|e| e.body.is_terminal()).collect();
         assert_eq!(terminal.len(), 1, "job {job}: {events:?}");
         assert!(events.last().unwrap().body.is_terminal(), "job {job}: the terminal event is last");
@@ -275,10 +289,7 @@ async fn a_client_that_goes_away_cancels_the_python_generator() {
     drop(reader);
     // On the worker's side: the call ends cancelled, long before its 2,000 s of numbers, and
     // the generator itself is closed (its `finally` writes the marker).
-    let done = tap
-        .wait_for(Duration::from_secs(30), |e| e.body.is_terminal())
-        .await
-        .expect("the worker ended the call");
+    let done = tap.wait_for(Duration::from_secs(30), |e| e.body.is_terminal()).await.expect("the worker ended the call");
     assert!(matches!(done.body, EventBody::Done { finish_reason: FinishReason::Cancelled, .. }), "{:?}", done.body);
     let chunks = tap.seen().iter().filter(|(_, e)| matches!(e.body, EventBody::ToolChunk { .. })).count();
     assert!(chunks < 1500, "the function stopped soon after the client left ({chunks} chunks)");
@@ -394,9 +405,8 @@ async fn the_python_client_calls_functions_sync_and_async() {
     assert_eq!(check("async stream invalid"), json!({"status": 400, "code": "invalid_arguments"}));
     assert_eq!(check("done"), json!(true));
     // The stream the script closed early was cancelled on the worker.
-    let cancelled = tap
-        .wait_for(Duration::from_secs(30), |e| matches!(e.body, EventBody::Done { finish_reason: FinishReason::Cancelled, .. }))
-        .await;
+    let cancelled =
+        tap.wait_for(Duration::from_secs(30), |e| matches!(e.body, EventBody::Done { finish_reason: FinishReason::Cancelled, .. })).await;
     assert!(cancelled.is_some(), "closing the iterator cancelled the call");
 }
 
@@ -469,7 +479,11 @@ except SwitchyardError as e:
     .await;
     assert_eq!(serde_json::from_str::<Value>(answer.trim()).unwrap(), json!({"add": 42}));
     let answer = run(bob.clone()).await;
-    assert_eq!(serde_json::from_str::<Value>(answer.trim()).unwrap(), json!({"status": 404, "code": "model_not_found"}), "bob sees no such model");
+    assert_eq!(
+        serde_json::from_str::<Value>(answer.trim()).unwrap(),
+        json!({"status": 404, "code": "model_not_found"}),
+        "bob sees no such model"
+    );
     // No key at all: 401.
     let answer = run(String::new()).await;
     assert_eq!(serde_json::from_str::<Value>(answer.trim()).unwrap()["status"], 401);
@@ -527,9 +541,17 @@ async fn direct_publishers_get_wire_events_on_both_lanes() {
     assert_eq!(bodies("batch-add"), vec![started.clone(), EventBody::ToolResult { value: json!(42) }, done.clone()]);
     let chunks = (0..3).map(|i| EventBody::ToolChunk { value: json!(i) });
     assert_eq!(bodies("batch-stream"), [started.clone()].into_iter().chain(chunks).chain([done]).collect::<Vec<_>>());
-    assert!(matches!(&bodies("unknown")[..], [s, EventBody::Error { code: ErrorCode::UnknownFunction, message, .. }] if *s == started && message.contains("nope")), "{:?}", bodies("unknown"));
+    assert!(
+        matches!(&bodies("unknown")[..], [s, EventBody::Error { code: ErrorCode::UnknownFunction, message, .. }] if *s == started && message.contains("nope")),
+        "{:?}",
+        bodies("unknown")
+    );
     assert!(matches!(&bodies("late")[..], [EventBody::Error { code: ErrorCode::DeadlineExceeded, .. }]), "{:?}", bodies("late"));
-    assert!(matches!(&bodies("not-a-tool")[..], [_, EventBody::Error { code: ErrorCode::InvalidRequest, .. }]), "{:?}", bodies("not-a-tool"));
+    assert!(
+        matches!(&bodies("not-a-tool")[..], [_, EventBody::Error { code: ErrorCode::InvalidRequest, .. }]),
+        "{:?}",
+        bodies("not-a-tool")
+    );
     for (id, job) in &events {
         let mut seqs: Vec<u64> = job.iter().map(|(seq, _)| *seq).collect();
         seqs.dedup();
@@ -620,7 +642,10 @@ async fn a_call_cancelled_before_its_worker_listened_is_skipped_by_its_redis_fla
         wait_for_a_cancel_flag(&stack).await;
         let b = python_worker(&stack, "py-worker-b", &stack.log_dir().join("b-markers"), &[]);
         stack.worker_id(&b).await;
-        eventually(Duration::from_secs(20), "b to skip the cancelled call", || async { b.log().contains("cancelled while queued").then_some(()) }).await;
+        eventually(Duration::from_secs(20), "b to skip the cancelled call", || async {
+            b.log().contains("cancelled while queued").then_some(())
+        })
+        .await;
         b
     });
     assert_eq!(status, 200, "{body}");

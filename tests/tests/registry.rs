@@ -56,10 +56,7 @@ async fn a_model_without_live_workers_is_503_after_the_queue_timeout() {
     assert_eq!(status, 503, "{body}");
     let error = assert_openai_error(&body);
     let message = error["message"].as_str().unwrap().to_lowercase();
-    assert!(
-        ["worker", "available", "capacity", "echo"].iter().any(|word| message.contains(word)),
-        "the message should say why: {body}"
-    );
+    assert!(["worker", "available", "capacity", "echo"].iter().any(|word| message.contains(word)), "the message should say why: {body}");
     assert!(elapsed >= Duration::from_millis(900), "503 came before the 1 s queue timeout: {elapsed:?}");
     assert!(elapsed < Duration::from_secs(10), "503 took {elapsed:?}");
 
@@ -123,6 +120,7 @@ async fn ready_follows_nats() {
     };
     assert_eq!(status("/ready").await, 200);
     stack.nats().sigkill();
-    eventually(Duration::from_secs(20), "/ready to turn 503 without NATS", || async { (status("/ready").await == 503).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "/ready to turn 503 without NATS", || async { (status("/ready").await == 503).then_some(()) })
+        .await;
     assert_eq!(status("/health").await, 200);
 }

@@ -161,8 +161,7 @@ async fn api_scheduler_and_workers_serve_under_their_roles() {
     let chunks = sse::parse_body(&text);
     let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(content, "one two three");
-    let (status, body) =
-        post_with_key(&stack, &key, "/v1/embeddings", &json!({ "model": NOT_GRANTED, "input": ["a", "b"] })).await;
+    let (status, body) = post_with_key(&stack, &key, "/v1/embeddings", &json!({ "model": NOT_GRANTED, "input": ["a", "b"] })).await;
     assert_eq!(status, 200, "{body}");
 
     // A batch: files in the object store, the batch record in its bucket, lines run by the
@@ -176,7 +175,8 @@ async fn api_scheduler_and_workers_serve_under_their_roles() {
     assert_eq!((output.len(), errors.len()), (3, 0), "{output:?} {errors:?}");
 
     // A /v1/jobs job: its events go to the events stream, read back by the api.
-    let (status, job) = api.post("/v1/jobs", &json!({ "endpoint": "/v1/chat/completions", "body": chat_request(GRANTED, "kept for later") })).await;
+    let (status, job) =
+        api.post("/v1/jobs", &json!({ "endpoint": "/v1/chat/completions", "body": chat_request(GRANTED, "kept for later") })).await;
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     let job = eventually(Duration::from_secs(30), "the job to complete", || async {
@@ -256,10 +256,16 @@ async fn a_publisher_runs_its_own_jobs_and_is_refused_everything_else() {
     let api_instance = api_instance(stack.api());
     let mut other_replies = nats.subscribe(subject::replies_of(&api_instance)).await.unwrap();
     let mut all_jobs = nats.subscribe(subject::JOBS_SUBJECTS).await.unwrap();
-    for refused in [subject::resumes_of(&api_instance), subject::CANCEL_ALL.to_string(), subject::EVENTS_SUBJECTS.to_string(),
-        subject::DEAD_LETTER_SUBJECTS.to_string(), subject::API_KEY_REVOKED.to_string(), "_INBOX.>".to_string(), "_INBOX_api.>".to_string(),
-        "_INBOX_worker.>".to_string()]
-    {
+    for refused in [
+        subject::resumes_of(&api_instance),
+        subject::CANCEL_ALL.to_string(),
+        subject::EVENTS_SUBJECTS.to_string(),
+        subject::DEAD_LETTER_SUBJECTS.to_string(),
+        subject::API_KEY_REVOKED.to_string(),
+        "_INBOX.>".to_string(),
+        "_INBOX_api.>".to_string(),
+        "_INBOX_worker.>".to_string(),
+    ] {
         nats.subscribe(refused.clone()).await.unwrap();
         violations.expect("subscription", &refused).await;
     }
@@ -276,7 +282,9 @@ async fn a_publisher_runs_its_own_jobs_and_is_refused_everything_else() {
     }
 
     // Publishing anywhere but its jobs and cancellations: refused.
-    for subject in [subject::reply(&api_instance, "01JFAKE"), subject::API_KEY_REVOKED.to_string(), subject::dead_letter(JobKind::Chat, GRANTED)] {
+    for subject in
+        [subject::reply(&api_instance, "01JFAKE"), subject::API_KEY_REVOKED.to_string(), subject::dead_letter(JobKind::Chat, GRANTED)]
+    {
         nats.publish(subject.clone(), "x".into()).await.unwrap();
         violations.expect("publish", &subject).await;
     }
@@ -367,7 +375,10 @@ async fn the_other_roles_are_scoped_and_wrong_credentials_are_named() {
     assert!(error.contains("refused these credentials"), "{error}");
     let wrong = plain.replace("nats://", "nats://api:not-the-password@");
     let error = switchyard_broker::connect_nats(&wrong, "wrong", &BrokerAuth::default()).await.unwrap_err().to_string();
-    assert!(error.contains("refused these credentials") && error.contains("nats://api:***@") && !error.contains("not-the-password"), "{error}");
+    assert!(
+        error.contains("refused these credentials") && error.contains("nats://api:***@") && !error.contains("not-the-password"),
+        "{error}"
+    );
     let wrong = servers.redis_url().replace("redis://", "redis://api:not-the-password@");
     let error = switchyard_broker::connect_redis(&wrong).await.err().expect("a wrong Redis password is refused").to_string();
     assert!(error.contains("Redis refused these credentials") && !error.contains("not-the-password"), "{error}");

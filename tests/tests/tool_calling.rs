@@ -74,7 +74,11 @@ fn calls_of(body: &Value) -> Vec<(String, String, String)> {
                 .iter()
                 .map(|c| {
                     assert_eq!(c["type"], "function");
-                    (c["id"].as_str().unwrap().into(), c["function"]["name"].as_str().unwrap().into(), c["function"]["arguments"].as_str().unwrap().into())
+                    (
+                        c["id"].as_str().unwrap().into(),
+                        c["function"]["name"].as_str().unwrap().into(),
+                        c["function"]["arguments"].as_str().unwrap().into(),
+                    )
                 })
                 .collect()
         })
@@ -105,7 +109,10 @@ async fn calls_come_back_as_tool_calls_streamed_or_not() {
     assert_eq!(streamed.len(), 1);
     assert_eq!((&streamed[0].1, &streamed[0].2), (&calls[0].1, &calls[0].2), "streamed arguments are the same bytes");
     // The echo streams token by token, 1 ms apart: the arguments arrive in more than one piece.
-    let pieces = chunks.iter().filter(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().is_some_and(|a| !a.is_empty())).count();
+    let pieces = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().is_some_and(|a| !a.is_empty()))
+        .count();
     assert!(pieces > 1, "arguments streamed in pieces: {chunks:?}");
 
     // Text before parallel calls: the text is content, the calls are calls, in order.
@@ -115,11 +122,17 @@ async fn calls_come_back_as_tool_calls_streamed_or_not() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "Let me look.");
     let calls = calls_of(&body);
-    assert_eq!(calls.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect::<Vec<_>>(), [("get_weather", r#"{"city": "Oslo"}"#), ("get_time", "{}")]);
+    assert_eq!(
+        calls.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect::<Vec<_>>(),
+        [("get_weather", r#"{"city": "Oslo"}"#), ("get_time", "{}")]
+    );
     assert_ne!(calls[0].0, calls[1].0, "call ids differ");
     let (content, streamed, finish) = accumulate(&stack.post_stream_all(CHAT, &request(two, json!({"stream": true}))).await);
     assert_eq!((content.as_str(), finish.as_str()), ("Let me look.", "tool_calls"));
-    assert_eq!(streamed.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect::<Vec<_>>(), calls.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect::<Vec<_>>());
+    assert_eq!(
+        streamed.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect::<Vec<_>>(),
+        calls.iter().map(|c| (c.1.as_str(), c.2.as_str())).collect::<Vec<_>>()
+    );
 
     // parallel_tool_calls: false keeps the first call only.
     let (status, body) = stack.post_json(CHAT, &request(two, json!({"parallel_tool_calls": false}))).await;
@@ -151,7 +164,8 @@ async fn tool_choice_forces_and_forbids() {
     assert_eq!((calls[0].1.as_str(), calls[0].2.as_str()), ("get_weather", r#"{"city": "Lima"}"#));
 
     // `required`: the call is opened, the model names the function.
-    let (status, body) = stack.post_json(CHAT, &request(r#"get_time", "arguments": {}}</tool_call>"#, json!({"tool_choice": "required"}))).await;
+    let (status, body) =
+        stack.post_json(CHAT, &request(r#"get_time", "arguments": {}}</tool_call>"#, json!({"tool_choice": "required"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(calls_of(&body)[0].1, "get_time");
 
@@ -206,7 +220,10 @@ async fn tool_requests_are_validated_by_name() {
         (json!({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}), "tools[0].function.name"),
         (json!({"tools": [weather_tool(), weather_tool()]}), "tools[1].function.name"),
         (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}), "tools[0].function.parameters"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}),
+            "tools[0].function.parameters",
+        ),
         (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 12}}}]}), "tools[0].function.parameters"),
         (json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
         (json!({"tools": [weather_tool()], "tool_choice": "sometimes"}), "tool_choice"),
@@ -239,9 +256,15 @@ async fn tool_requests_are_validated_by_name() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "thanks");
     for (messages, param) in [
-        (json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}, {"role": "user", "content": "y"}]), "messages"),
+        (
+            json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}, {"role": "user", "content": "y"}]),
+            "messages",
+        ),
         (json!([{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "call_9", "content": "z"}]), "messages[1].role"),
-        (json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "content": "z"}]), "messages[2].tool_call_id"),
+        (
+            json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "content": "z"}]),
+            "messages[2].tool_call_id",
+        ),
         (json!([{"role": "user", "content": "x", "tool_calls": [call]}]), "messages[0].tool_calls"),
         (
             json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]),
@@ -277,7 +300,9 @@ async fn models_without_tools_refuse_them_by_name() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["choices"][0]["message"]["content"], "hi");
 
-    for format in [json!({"type": "json_object"}), json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})] {
+    for format in
+        [json!({"type": "json_object"}), json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})]
+    {
         let body = json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}], "response_format": format});
         let (status, answer) = stack.post_json(CHAT, &body).await;
         assert_eq!(status, 400, "{format}: {answer}");

@@ -170,7 +170,8 @@ async fn chat_uses_the_model_chat_template() {
     assert_eq!(summary.finish(), finishes[0]);
 
     // A plain one-message chat works too.
-    let (status, body) = stack.post_json(CHAT, &json!({ "model": LLAMA, "messages": [{ "role": "user", "content": "Hello!" }], "max_tokens": 16 })).await;
+    let (status, body) =
+        stack.post_json(CHAT, &json!({ "model": LLAMA, "messages": [{ "role": "user", "content": "Hello!" }], "max_tokens": 16 })).await;
     assert_eq!(status, 200, "{body}");
     let (texts, finishes, _) = check_completion(Endpoint::Chat, &body, LLAMA);
     assert!(!texts[0].is_empty(), "{body}");
@@ -393,13 +394,8 @@ async fn concurrent_embeddings_on_one_worker_match_each_alone() {
     let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path], MINILM).await;
     let reference = read_json(workspace_root().join("worker/torch/tests/data/minilm_reference.json"));
     // The reference sentences (the truncated 256-token one among them) and more, of many lengths.
-    let mut sentences: Vec<String> = reference["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let mut sentences: Vec<String> =
+        reference["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).filter(|s| !s.is_empty()).collect();
     let words = ["river", "mountains", "weather", "guitar", "stage", "lighthouse", "ships", "night", "book", "village"];
     let mut i = 0;
     while sentences.len() < 32 {
@@ -653,7 +649,8 @@ async fn bad_prompt_settings_stop_the_worker_at_startup() {
         let mut args = vec!["torch", "--model-path", path];
         args.extend_from_slice(flags);
         let worker = stack.worker(&args);
-        let status = worker.wait_exit(std::time::Duration::from_secs(60)).await.unwrap_or_else(|| panic!("{flags:?}: the worker kept running"));
+        let status =
+            worker.wait_exit(std::time::Duration::from_secs(60)).await.unwrap_or_else(|| panic!("{flags:?}: the worker kept running"));
         assert!(!status.success(), "{flags:?}: {status:?}");
         let log = worker.log();
         for w in words {

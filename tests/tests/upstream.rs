@@ -61,7 +61,10 @@ impl Upstream {
     async fn start() -> Upstream {
         let stack = Stack::builder().with_auth().start().await;
         // Its models are listed only to keys: wait for the workers' registration instead.
-        let workers = vec![stack.worker(&["echo", "--tools-name", "echo-tools"]), stack.worker(&["echo", "--name", "slow", "--embedding-name", "slow-embedding", "--delay", "100ms"])];
+        let workers = vec![
+            stack.worker(&["echo", "--tools-name", "echo-tools"]),
+            stack.worker(&["echo", "--name", "slow", "--embedding-name", "slow-embedding", "--delay", "100ms"]),
+        ];
         for worker in &workers {
             stack.worker_id(worker).await;
         }
@@ -118,12 +121,14 @@ async fn a_switchyard_upstream_answers_through_the_worker_as_it_answers_directly
     assert_eq!(relayed["usage"], direct["usage"]);
     assert_eq!(direct["choices"][0]["finish_reason"], "length");
     // Under another name, the upstream's model all the same.
-    let (status, aliased) = post(&down, &down_base, None, CHAT, &json!({"model": "alias", "messages": chat["messages"], "max_tokens": 3})).await;
+    let (status, aliased) =
+        post(&down, &down_base, None, CHAT, &json!({"model": "alias", "messages": chat["messages"], "max_tokens": 3})).await;
     assert_eq!(status, 200, "{aliased}");
     assert_eq!(gist(Endpoint::Chat, &aliased, "alias").0, gist(Endpoint::Chat, &direct, "echo").0);
 
     // Streamed: the same text and the upstream's usage, chunk by chunk.
-    let streamed = json!({"model": "echo", "messages": chat["messages"], "stream": true, "stream_options": {"include_usage": true}, "stop": ["four"]});
+    let streamed =
+        json!({"model": "echo", "messages": chat["messages"], "stream": true, "stream_options": {"include_usage": true}, "stop": ["four"]});
     let direct = post_stream(&down, &up_base, key, CHAT, &streamed).await;
     let relayed = post_stream(&down, &down_base, None, CHAT, &streamed).await;
     let (direct, relayed) = (check_stream(Endpoint::Chat, &direct, "echo", true), check_stream(Endpoint::Chat, &relayed, "echo", true));
@@ -187,7 +192,8 @@ async fn a_switchyard_upstream_answers_through_the_worker_as_it_answers_directly
     let mut redis = up.stack.redis_conn().await;
     let flags = |keys: Vec<String>| keys.len();
     let before = flags(redis.keys("sy:cancel:*").await.unwrap());
-    let slow = json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": switchyard_tests::openai::words("w", 100)}]});
+    let slow =
+        json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": switchyard_tests::openai::words("w", 100)}]});
     let response = down.http().post(down.api_url(CHAT)).json(&slow).send().await.unwrap();
     let mut body = response.bytes_stream();
     use futures::StreamExt;
@@ -298,7 +304,10 @@ async fn serve(mut socket: TcpStream, seen: Arc<Mutex<Vec<(Instant, Value)>>>, r
     };
     match reply {
         Reply::Status(status, headers, body) => {
-            let mut head = format!("HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+            let mut head = format!(
+                "HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+                body.len()
+            );
             for (name, value) in headers {
                 head.push_str(&format!("{name}: {value}\r\n"));
             }
@@ -306,8 +315,11 @@ async fn serve(mut socket: TcpStream, seen: Arc<Mutex<Vec<(Instant, Value)>>>, r
         }
         Reply::Stream { texts, complete } => {
             let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n").await;
-            let chunk = |choices: Value, usage: Value| format!("data: {}\n\n", json!({"id": "x", "object": "chat.completion.chunk", "choices": choices, "usage": usage}));
-            let _ = socket.write_all(chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}}]), Value::Null).as_bytes()).await;
+            let chunk = |choices: Value, usage: Value| {
+                format!("data: {}\n\n", json!({"id": "x", "object": "chat.completion.chunk", "choices": choices, "usage": usage}))
+            };
+            let _ =
+                socket.write_all(chunk(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}}]), Value::Null).as_bytes()).await;
             for text in &texts {
                 let _ = socket.write_all(chunk(json!([{"index": 0, "delta": {"content": text}}]), Value::Null).as_bytes()).await;
                 let _ = socket.flush().await;
@@ -315,7 +327,8 @@ async fn serve(mut socket: TcpStream, seen: Arc<Mutex<Vec<(Instant, Value)>>>, r
             }
             if complete {
                 let finish = chunk(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]), Value::Null);
-                let usage = chunk(json!([]), json!({"prompt_tokens": 11, "completion_tokens": texts.len(), "total_tokens": 11 + texts.len()}));
+                let usage =
+                    chunk(json!([]), json!({"prompt_tokens": 11, "completion_tokens": texts.len(), "total_tokens": 11 + texts.len()}));
                 let _ = socket.write_all(format!("{finish}{usage}data: [DONE]\n\n").as_bytes()).await;
             }
         }
@@ -356,7 +369,10 @@ async fn failures_before_the_first_output_are_retried_and_never_after() {
     // What went upstream: the request's fields, streamed, with the usage asked for.
     let sent = &server.bodies()[0];
     assert_eq!((sent["stream"].clone(), sent["stream_options"].clone()), (json!(true), json!({"include_usage": true})));
-    assert_eq!((sent["max_tokens"].clone(), sent["tool_choice"].clone(), sent["tools"][0]["function"]["name"].clone()), (json!(9), json!("none"), json!("f")));
+    assert_eq!(
+        (sent["max_tokens"].clone(), sent["tool_choice"].clone(), sent["tools"][0]["function"]["name"].clone()),
+        (json!(9), json!("none"), json!("f"))
+    );
     server.stop().await;
 
     // A 429 with Retry-After: the next try waits that long.
@@ -371,7 +387,9 @@ async fn failures_before_the_first_output_are_retried_and_never_after() {
     server.stop().await;
 
     // Still 429 after every try: the client gets the upstream's 429, as it came.
-    let server = Scripted::start(port, vec![Reply::Status(429, vec![("retry-after-ms", "10".into())], error_body("slow down", "rate_limit_error"))]).await;
+    let server =
+        Scripted::start(port, vec![Reply::Status(429, vec![("retry-after-ms", "10".into())], error_body("slow down", "rate_limit_error"))])
+            .await;
     let (status, body) = stack.post_json(CHAT, &request).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!((body["error"]["message"].clone(), body["error"]["type"].clone()), (json!("slow down"), json!("rate_limit_error")));
@@ -390,7 +408,12 @@ async fn failures_before_the_first_output_are_retried_and_never_after() {
     let response = stack.post(CHAT, &json!({"model": "scripted", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
-    let data: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(|d| serde_json::from_str(d).unwrap()).collect();
+    let data: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
     let said: String = data.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(said, "half of", "{text}");
     let error = data.last().unwrap();

@@ -164,7 +164,8 @@ async fn client_disconnect_stops_generation_on_the_worker() {
     let mut tap = stack.tap_replies().await;
 
     let prompt = words("cancel", 60); // 3 s of tokens if nobody stops it
-    let mut reader = stack.post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": prompt }], "stream": true })).await;
+    let mut reader =
+        stack.post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": prompt }], "stream": true })).await;
     let mut chunks = Vec::new();
     read_text_chunks(&mut reader, &mut chunks, 2).await;
     let job_id = match tap.wait_for(Duration::from_secs(5), |e| matches!(e.body, EventBody::Started { .. })).await {
@@ -295,11 +296,17 @@ async fn a_sequence_gap_ends_the_stream_with_an_error() {
     let (_worker, _) = stack.ready_worker(&["echo", "--delay", "50ms"], "echo").await;
     let mut tap = stack.tap_replies().await;
 
-    let mut reader = stack.post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": words("gap", 60) }], "stream": true })).await;
+    let mut reader = stack
+        .post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": words("gap", 60) }], "stream": true }))
+        .await;
     let started = tap.wait_for(Duration::from_secs(10), |e| matches!(e.body, EventBody::Started { .. })).await.expect("the job started");
     let reply_subject = tap.seen().iter().find(|(_, e)| e.job_id == started.job_id).expect("the job's reply subject").0.clone();
     // A message far ahead of the next one expected: the ones in between were "lost".
-    let skipped = StreamEvent::single(started.job_id.clone(), 1000, EventBody::Delta { text: "out of order".into(), tokens: 1, logprobs: Vec::new() });
+    let skipped = StreamEvent::single(
+        started.job_id.clone(),
+        1000,
+        EventBody::Delta { text: "out of order".into(), tokens: 1, logprobs: Vec::new() },
+    );
     let nats = stack.nats_client().await;
     nats.publish(reply_subject, encode(&skipped).unwrap().into()).await.unwrap();
     nats.flush().await.unwrap();

@@ -190,9 +190,7 @@ impl ParseError {
 
 /// Folds events into the non-streamed answer: the text, and each call's `(name, arguments)`
 /// in index order.
-pub fn collect<'a>(
-    events: impl IntoIterator<Item = &'a Parsed>,
-) -> (String, Vec<(String, String)>) {
+pub fn collect<'a>(events: impl IntoIterator<Item = &'a Parsed>) -> (String, Vec<(String, String)>) {
     let mut text = String::new();
     let mut calls: Vec<(String, String)> = Vec::new();
     for event in events {
@@ -301,9 +299,7 @@ impl Parser {
                     out.text(&parser.held);
                 }
             }
-            Mode::CloseTag { .. } => out.push(Parsed::CallEnd {
-                index: parser.index,
-            }),
+            Mode::CloseTag { .. } => out.push(Parsed::CallEnd { index: parser.index }),
             Mode::LlamaLead => out.text(&parser.held),
             Mode::LlamaText => {}
             Mode::LlamaNext { expect_object } => {
@@ -325,9 +321,7 @@ impl Parser {
                         Format::Llama3Json => {
                             out.push(Parsed::CallEnd { index: self.index });
                             self.index += 1;
-                            Mode::LlamaNext {
-                                expect_object: false,
-                            }
+                            Mode::LlamaNext { expect_object: false }
                         }
                     };
                 }
@@ -343,10 +337,7 @@ impl Parser {
                         self.mode = Mode::Text;
                     }
                 } else {
-                    return Err(malformed(
-                        self.index,
-                        format!("expected `</tool_call>` after the call's object, found {c:?}"),
-                    ));
+                    return Err(malformed(self.index, format!("expected `</tool_call>` after the call's object, found {c:?}")));
                 }
             }
             Mode::LlamaLead => self.llama_lead(c, out)?,
@@ -358,15 +349,9 @@ impl Parser {
                 } else if *expect_object && c == '{' {
                     self.start_call(c, out)?;
                 } else if *expect_object {
-                    return Err(malformed(
-                        self.index,
-                        format!("expected `{{` to open the call, found {c:?}"),
-                    ));
+                    return Err(malformed(self.index, format!("expected `{{` to open the call, found {c:?}")));
                 } else {
-                    return Err(malformed(
-                        self.index - 1,
-                        format!("expected `;` or the end after the call, found {c:?}"),
-                    ));
+                    return Err(malformed(self.index - 1, format!("expected `;` or the end after the call, found {c:?}")));
                 }
             }
             Mode::Failed(error) => return Err(error.clone()),
@@ -425,9 +410,7 @@ impl Parser {
                 if self.matched == PYTHON_TAG.len() {
                     self.held.clear();
                     self.matched = 0;
-                    self.mode = Mode::LlamaNext {
-                        expect_object: true,
-                    };
+                    self.mode = Mode::LlamaNext { expect_object: true };
                 }
             } else {
                 self.held.push(c);
@@ -488,20 +471,14 @@ impl Out {
         }
         match self.events.last_mut() {
             Some(Parsed::Arguments { index: i, delta }) if *i == index => delta.push_str(s),
-            _ => self.events.push(Parsed::Arguments {
-                index,
-                delta: s.to_owned(),
-            }),
+            _ => self.events.push(Parsed::Arguments { index, delta: s.to_owned() }),
         }
     }
 
     fn arguments_char(&mut self, index: u32, c: char) {
         match self.events.last_mut() {
             Some(Parsed::Arguments { index: i, delta }) if *i == index => delta.push(c),
-            _ => self.events.push(Parsed::Arguments {
-                index,
-                delta: c.to_string(),
-            }),
+            _ => self.events.push(Parsed::Arguments { index, delta: c.to_string() }),
         }
     }
 }
@@ -580,19 +557,14 @@ impl Call {
                     if c == '{' {
                         self.state = Obj::FirstKey;
                     } else if !is_json_space(c) {
-                        return Err(
-                            self.malformed(format!("expected `{{` to open the call, found {c:?}"))
-                        );
+                        return Err(self.malformed(format!("expected `{{` to open the call, found {c:?}")));
                     }
                 }
                 Obj::FirstKey | Obj::NextKey => {
                     if c == '"' {
                         self.key.clear();
                         self.key.push(c);
-                        self.scan = Scan {
-                            in_string: true,
-                            ..Scan::default()
-                        };
+                        self.scan = Scan { in_string: true, ..Scan::default() };
                         self.state = Obj::Key;
                     } else if c == '}' && self.state == Obj::FirstKey {
                         return self.close(out).map(|()| true);
@@ -627,9 +599,7 @@ impl Call {
                                 '{' => ArgumentsKind::Object,
                                 '"' => ArgumentsKind::String,
                                 _ => {
-                                    return Err(ParseError::ArgumentsNotObject {
-                                        index: self.index,
-                                    });
+                                    return Err(ParseError::ArgumentsNotObject { index: self.index });
                                 }
                             });
                         }
@@ -669,8 +639,7 @@ impl Call {
     }
 
     fn key_field(&self) -> Result<Field, ParseError> {
-        let key: String = serde_json::from_str(&self.key)
-            .map_err(|e| self.malformed(format!("bad key {}: {e}", self.key)))?;
+        let key: String = serde_json::from_str(&self.key).map_err(|e| self.malformed(format!("bad key {}: {e}", self.key)))?;
         let field = match key.as_str() {
             "name" => Field::Name,
             "arguments" | "parameters" => Field::Arguments,
@@ -691,9 +660,7 @@ impl Call {
     fn record(&mut self, c: char, out: &mut Out) {
         match (self.field, self.arguments) {
             (Field::Name, _) => self.name_raw.push(c),
-            (Field::Arguments, Some(ArgumentsKind::Object)) if self.name.is_some() => {
-                out.arguments_char(self.index, c)
-            }
+            (Field::Arguments, Some(ArgumentsKind::Object)) if self.name.is_some() => out.arguments_char(self.index, c),
             (Field::Arguments, _) => self.held.push(c),
             (Field::Other, _) => {}
         }
@@ -702,15 +669,12 @@ impl Call {
     fn value_done(&mut self, out: &mut Out) -> Result<(), ParseError> {
         match self.field {
             Field::Name => {
-                let name: String = serde_json::from_str(&self.name_raw)
-                    .map_err(|e| self.malformed(format!("bad name {}: {e}", self.name_raw)))?;
+                let name: String =
+                    serde_json::from_str(&self.name_raw).map_err(|e| self.malformed(format!("bad name {}: {e}", self.name_raw)))?;
                 if name.is_empty() {
                     return Err(ParseError::MissingName { index: self.index });
                 }
-                out.push(Parsed::CallStart {
-                    index: self.index,
-                    name: name.clone(),
-                });
+                out.push(Parsed::CallStart { index: self.index, name: name.clone() });
                 self.name = Some(name);
                 out.arguments(self.index, &self.held);
                 self.held.clear();
@@ -718,8 +682,7 @@ impl Call {
             Field::Arguments if self.arguments == Some(ArgumentsKind::String) => {
                 // Some models write the arguments as a string of JSON, as OpenAI's API carries
                 // them: accepted when it holds an object, whose text is then the arguments.
-                let text: String = serde_json::from_str(&self.held)
-                    .map_err(|e| self.malformed(format!("bad arguments string: {e}")))?;
+                let text: String = serde_json::from_str(&self.held).map_err(|e| self.malformed(format!("bad arguments string: {e}")))?;
                 if !serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object()) {
                     return Err(ParseError::ArgumentsNotObject { index: self.index });
                 }
@@ -810,11 +773,7 @@ impl Scan {
             return Ok(Step::Inside);
         }
         if self.scalar {
-            return Ok(if matches!(c, ',' | '}' | ']') || is_json_space(c) {
-                Step::EndedBefore
-            } else {
-                Step::Inside
-            });
+            return Ok(if matches!(c, ',' | '}' | ']') || is_json_space(c) { Step::EndedBefore } else { Step::Inside });
         }
         match c {
             '"' => self.in_string = true,

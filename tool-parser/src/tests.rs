@@ -31,19 +31,11 @@ fn assert_split_invariant(format: Format, output: &str) -> Result<Vec<Parsed>, P
     let whole = run(format, &[output]).map(merged);
     for (i, _) in output.char_indices().skip(1) {
         let (a, b) = output.split_at(i);
-        assert_eq!(
-            run(format, &[a, b]).map(merged),
-            whole,
-            "split at byte {i} of {output:?}"
-        );
+        assert_eq!(run(format, &[a, b]).map(merged), whole, "split at byte {i} of {output:?}");
     }
     let chars: Vec<String> = output.chars().map(String::from).collect();
     let chars: Vec<&str> = chars.iter().map(String::as_str).collect();
-    assert_eq!(
-        run(format, &chars).map(merged),
-        whole,
-        "one char at a time: {output:?}"
-    );
+    assert_eq!(run(format, &chars).map(merged), whole, "one char at a time: {output:?}");
     whole
 }
 
@@ -70,14 +62,8 @@ fn one_call() {
     assert_eq!(
         events,
         [
-            Parsed::CallStart {
-                index: 0,
-                name: "get_current_temperature".into()
-            },
-            Parsed::Arguments {
-                index: 0,
-                delta: "{\"location\": \"San Francisco, CA, USA\", \"unit\": \"celsius\"}".into()
-            },
+            Parsed::CallStart { index: 0, name: "get_current_temperature".into() },
+            Parsed::Arguments { index: 0, delta: "{\"location\": \"San Francisco, CA, USA\", \"unit\": \"celsius\"}".into() },
             Parsed::CallEnd { index: 0 },
         ]
     );
@@ -92,14 +78,8 @@ fn parallel_calls() {
         (
             String::new(),
             vec![
-                call(
-                    "get_current_temperature",
-                    "{\"location\": \"San Francisco, CA, USA\"}"
-                ),
-                call(
-                    "get_temperature_date",
-                    "{\"location\": \"San Francisco, CA, USA\", \"date\": \"2024-10-01\"}"
-                ),
+                call("get_current_temperature", "{\"location\": \"San Francisco, CA, USA\"}"),
+                call("get_temperature_date", "{\"location\": \"San Francisco, CA, USA\", \"date\": \"2024-10-01\"}"),
             ]
         )
     );
@@ -113,17 +93,7 @@ fn parallel_calls() {
             Parsed::Text(t) => panic!("text {t:?}"),
         })
         .collect();
-    assert_eq!(
-        indices,
-        [
-            ("start", 0),
-            ("args", 0),
-            ("end", 0),
-            ("start", 1),
-            ("args", 1),
-            ("end", 1)
-        ]
-    );
+    assert_eq!(indices, [("start", 0), ("args", 0), ("end", 0), ("start", 1), ("args", 1), ("end", 1)]);
 }
 
 #[test]
@@ -139,10 +109,7 @@ fn text_then_call_then_text() {
 #[test]
 fn text_is_passed_on_without_waiting() {
     let mut parser = Parser::new(Format::Hermes);
-    assert_eq!(
-        parser.push("Hello").unwrap(),
-        [Parsed::Text("Hello".into())]
-    );
+    assert_eq!(parser.push("Hello").unwrap(), [Parsed::Text("Hello".into())]);
     // A space may be the separator before a tag: it waits for the next character.
     assert_eq!(parser.push(" ").unwrap(), []);
     assert_eq!(parser.push("wor").unwrap(), [Parsed::Text(" wor".into())]);
@@ -166,11 +133,7 @@ fn plain_text_keeps_every_byte() {
         "<<tool_call",
         "Grüße 🌧 <日本>",
     ] {
-        assert_eq!(
-            collected(Format::Hermes, output),
-            (output.to_owned(), vec![]),
-            "{output:?}"
-        );
+        assert_eq!(collected(Format::Hermes, output), (output.to_owned(), vec![]), "{output:?}");
     }
 }
 
@@ -179,17 +142,15 @@ fn arguments_split_at_every_boundary() {
     let outputs = [
         QWEN_ONE.to_owned(),
         format!("Sure.\n{QWEN_ONE}\n{QWEN_ONE}\nAnything else?"),
-        "<tool_call>{\"name\":\"f\",\"arguments\":{\"n\":-1.5e3,\"ok\":true,\"none\":null,\"list\":[1,[2,{}],\"]\"]}}</tool_call>".to_owned(),
+        "<tool_call>{\"name\":\"f\",\"arguments\":{\"n\":-1.5e3,\"ok\":true,\"none\":null,\"list\":[1,[2,{}],\"]\"]}}</tool_call>"
+            .to_owned(),
         "<tool_call>\n{\"arguments\": {\"x\": 1}, \"name\": \"late_name\"}\n</tool_call>".to_owned(),
         "<tool_call>\n{\"name\": \"f\", \"id\": 7, \"parameters\": {\"q\": \"a\\\\b\"}, \"extra\": [null]}\n</tool_call>".to_owned(),
     ];
     for output in &outputs {
         let (_, calls) = collected(Format::Hermes, output);
         for (_, arguments) in &calls {
-            assert!(
-                output.contains(arguments.as_str()),
-                "{arguments:?} is a substring"
-            );
+            assert!(output.contains(arguments.as_str()), "{arguments:?} is a substring");
         }
     }
 }
@@ -211,39 +172,13 @@ fn tags_split_across_pushes() {
         ">",
     ];
     let events = run(Format::Hermes, &pieces).unwrap();
-    assert_eq!(
-        collect(&events),
-        (
-            "Let me check.".into(),
-            vec![call("get_weather", "{\"city\": \"Paris\"}")]
-        )
-    );
+    assert_eq!(collect(&events), ("Let me check.".into(), vec![call("get_weather", "{\"city\": \"Paris\"}")]));
     // The name is announced as soon as its string closes, before any argument.
     let mut parser = Parser::new(Format::Hermes);
-    parser
-        .push("<tool_call>\n{\"name\": \"get_weather")
-        .unwrap();
-    assert_eq!(
-        parser.push("\"").unwrap(),
-        [Parsed::CallStart {
-            index: 0,
-            name: "get_weather".into()
-        }]
-    );
-    assert_eq!(
-        parser.push(", \"arguments\": {\"ci").unwrap(),
-        [Parsed::Arguments {
-            index: 0,
-            delta: "{\"ci".into()
-        }]
-    );
-    assert_eq!(
-        parser.push("ty\": 1}}\n</tool_call").unwrap(),
-        [Parsed::Arguments {
-            index: 0,
-            delta: "ty\": 1}".into()
-        }]
-    );
+    parser.push("<tool_call>\n{\"name\": \"get_weather").unwrap();
+    assert_eq!(parser.push("\"").unwrap(), [Parsed::CallStart { index: 0, name: "get_weather".into() }]);
+    assert_eq!(parser.push(", \"arguments\": {\"ci").unwrap(), [Parsed::Arguments { index: 0, delta: "{\"ci".into() }]);
+    assert_eq!(parser.push("ty\": 1}}\n</tool_call").unwrap(), [Parsed::Arguments { index: 0, delta: "ty\": 1}".into() }]);
     assert_eq!(parser.push(">").unwrap(), [Parsed::CallEnd { index: 0 }]);
     assert_eq!(parser.finish().unwrap(), []);
 }
@@ -253,58 +188,35 @@ fn closing_tag_inside_a_string_does_not_end_the_call() {
     let output = "<tool_call>\n{\"name\": \"write_file\", \"arguments\": {\"content\": \"<tool_call>\\n{}\\n</tool_call>\", \"path\": \"a}b]\"}}\n</tool_call>";
     assert_eq!(
         collected(Format::Hermes, output),
-        (
-            String::new(),
-            vec![call(
-                "write_file",
-                "{\"content\": \"<tool_call>\\n{}\\n</tool_call>\", \"path\": \"a}b]\"}"
-            )]
-        )
+        (String::new(), vec![call("write_file", "{\"content\": \"<tool_call>\\n{}\\n</tool_call>\", \"path\": \"a}b]\"}")])
     );
 }
 
 #[test]
 fn escaped_quotes() {
-    let output = "<tool_call>\n{\"name\": \"say\", \"arguments\": {\"text\": \"she said \\\"hi\\\" \\\\\", \"k\\\"ey\": \"\\u0022\"}}\n</tool_call>";
+    let output =
+        "<tool_call>\n{\"name\": \"say\", \"arguments\": {\"text\": \"she said \\\"hi\\\" \\\\\", \"k\\\"ey\": \"\\u0022\"}}\n</tool_call>";
     let (_, calls) = collected(Format::Hermes, output);
-    assert_eq!(
-        calls,
-        [call(
-            "say",
-            "{\"text\": \"she said \\\"hi\\\" \\\\\", \"k\\\"ey\": \"\\u0022\"}"
-        )]
-    );
+    assert_eq!(calls, [call("say", "{\"text\": \"she said \\\"hi\\\" \\\\\", \"k\\\"ey\": \"\\u0022\"}")]);
     // An escaped name is decoded.
     let output = "<tool_call>{\"name\": \"get\\u005fweather\", \"arguments\": {}}</tool_call>";
-    assert_eq!(
-        collected(Format::Hermes, output).1,
-        [call("get_weather", "{}")]
-    );
+    assert_eq!(collected(Format::Hermes, output).1, [call("get_weather", "{}")]);
 }
 
 #[test]
 fn unicode_arguments() {
-    let output = "Voilà 🌤\n<tool_call>\n{\"name\": \"météo\", \"arguments\": {\"ville\": \"Zürich\", \"note\": \"日本語 🌧\"}}\n</tool_call>";
+    let output =
+        "Voilà 🌤\n<tool_call>\n{\"name\": \"météo\", \"arguments\": {\"ville\": \"Zürich\", \"note\": \"日本語 🌧\"}}\n</tool_call>";
     assert_eq!(
         collected(Format::Hermes, output),
-        (
-            "Voilà 🌤".into(),
-            vec![call(
-                "météo",
-                "{\"ville\": \"Zürich\", \"note\": \"日本語 🌧\"}"
-            )]
-        )
+        ("Voilà 🌤".into(), vec![call("météo", "{\"ville\": \"Zürich\", \"note\": \"日本語 🌧\"}")])
     );
 }
 
 #[test]
 fn string_arguments_holding_an_object() {
-    let output =
-        "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": \\\"é\\\"}\"}\n</tool_call>";
-    assert_eq!(
-        collected(Format::Hermes, output).1,
-        [call("f", "{\"a\": \"é\"}")]
-    );
+    let output = "<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": \\\"é\\\"}\"}\n</tool_call>";
+    assert_eq!(collected(Format::Hermes, output).1, [call("f", "{\"a\": \"é\"}")]);
     let output = "<tool_call>\n{\"arguments\": \"{}\", \"name\": \"f\"}\n</tool_call>";
     assert_eq!(collected(Format::Hermes, output).1, [call("f", "{}")]);
 }
@@ -312,18 +224,12 @@ fn string_arguments_holding_an_object() {
 #[test]
 fn missing_arguments_are_an_empty_object() {
     let output = "<tool_call>\n{\"name\": \"get_time\"}\n</tool_call>";
-    assert_eq!(
-        collected(Format::Hermes, output).1,
-        [call("get_time", "{}")]
-    );
+    assert_eq!(collected(Format::Hermes, output).1, [call("get_time", "{}")]);
 }
 
 #[test]
 fn closing_tag_may_be_missing_at_the_end() {
-    for output in [
-        "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}",
-        "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_",
-    ] {
+    for output in ["<tool_call>\n{\"name\": \"f\", \"arguments\": {}}", "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_"] {
         assert_eq!(collected(Format::Hermes, output).1, [call("f", "{}")]);
     }
 }
@@ -331,38 +237,16 @@ fn closing_tag_may_be_missing_at_the_end() {
 #[test]
 fn forced_calls() {
     let format = Format::Hermes;
-    assert_eq!(
-        format.forced_call("we\"ird"),
-        "<tool_call>\n{\"name\": \"we\\\"ird\", \"arguments\": "
-    );
-    let output = format!(
-        "{}{{\"city\": \"Oslo\"}}{}",
-        format.forced_call("get_weather"),
-        format.call_closing()
-    );
-    assert_eq!(
-        collected(format, &output).1,
-        [call("get_weather", "{\"city\": \"Oslo\"}")]
-    );
-    let output = format!(
-        "{}lookup\", \"arguments\": {{}}{}",
-        format.forced_opening(),
-        format.call_closing()
-    );
+    assert_eq!(format.forced_call("we\"ird"), "<tool_call>\n{\"name\": \"we\\\"ird\", \"arguments\": ");
+    let output = format!("{}{{\"city\": \"Oslo\"}}{}", format.forced_call("get_weather"), format.call_closing());
+    assert_eq!(collected(format, &output).1, [call("get_weather", "{\"city\": \"Oslo\"}")]);
+    let output = format!("{}lookup\", \"arguments\": {{}}{}", format.forced_opening(), format.call_closing());
     assert_eq!(collected(format, &output).1, [call("lookup", "{}")]);
 
     let format = Format::Llama3Json;
-    let output = format!(
-        "{}{{\"q\": 1}}{}",
-        format.forced_call("search"),
-        format.call_closing()
-    );
+    let output = format!("{}{{\"q\": 1}}{}", format.forced_call("search"), format.call_closing());
     assert_eq!(collected(format, &output).1, [call("search", "{\"q\": 1}")]);
-    let output = format!(
-        "{}search\", \"parameters\": {{}}{}",
-        format.forced_opening(),
-        format.call_closing()
-    );
+    let output = format!("{}search\", \"parameters\": {{}}{}", format.forced_opening(), format.call_closing());
     assert_eq!(collected(format, &output).1, [call("search", "{}")]);
 }
 
@@ -382,32 +266,17 @@ fn malformed_json() {
         "<tool_call>\n{\"name\": 7, \"arguments\": {}}\n</tool_call>",
         "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"raw\nnewline\"}}\n</tool_call>",
     ] {
-        assert!(
-            matches!(
-                error(Format::Hermes, output),
-                ParseError::Malformed { index: 0, .. }
-            ),
-            "{output:?}"
-        );
+        assert!(matches!(error(Format::Hermes, output), ParseError::Malformed { index: 0, .. }), "{output:?}");
     }
-    let second =
-        format!("{QWEN_ONE}\n<tool_call>\n{{\"name\": \"f\", \"arguments\": {{]}}\n</tool_call>");
-    assert!(matches!(
-        error(Format::Hermes, &second),
-        ParseError::Malformed { index: 1, .. }
-    ));
+    let second = format!("{QWEN_ONE}\n<tool_call>\n{{\"name\": \"f\", \"arguments\": {{]}}\n</tool_call>");
+    assert!(matches!(error(Format::Hermes, &second), ParseError::Malformed { index: 1, .. }));
 }
 
 #[test]
 fn error_comes_after_streamed_events() {
     let mut parser = Parser::new(Format::Hermes);
-    let events = parser
-        .push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": tru")
-        .unwrap();
-    assert_eq!(
-        collect(&events),
-        (String::new(), vec![call("f", "{\"a\": tru")])
-    );
+    let events = parser.push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": tru").unwrap();
+    assert_eq!(collect(&events), (String::new(), vec![call("f", "{\"a\": tru")]));
     let error = parser.push("}}\n</tool_call>").unwrap_err();
     assert!(matches!(error, ParseError::Malformed { index: 0, .. }));
     assert_eq!(error.index(), 0);
@@ -426,24 +295,12 @@ fn missing_name() {
         "<tool_call>\n{\"name\": \"\", \"arguments\": {}}\n</tool_call>",
         "<tool_call>\n{\"function\": \"f\", \"arguments\": {}}\n</tool_call>",
     ] {
-        assert_eq!(
-            error(Format::Hermes, output),
-            ParseError::MissingName { index: 0 },
-            "{output:?}"
-        );
+        assert_eq!(error(Format::Hermes, output), ParseError::MissingName { index: 0 }, "{output:?}");
     }
     // No call was announced.
     let mut parser = Parser::new(Format::Hermes);
-    assert_eq!(
-        parser
-            .push("<tool_call>\n{\"arguments\": {\"a\": 1}")
-            .unwrap(),
-        []
-    );
-    assert_eq!(
-        parser.push("}").unwrap_err(),
-        ParseError::MissingName { index: 0 }
-    );
+    assert_eq!(parser.push("<tool_call>\n{\"arguments\": {\"a\": 1}").unwrap(), []);
+    assert_eq!(parser.push("}").unwrap_err(), ParseError::MissingName { index: 0 });
 }
 
 #[test]
@@ -455,11 +312,7 @@ fn arguments_not_an_object() {
         "<tool_call>\n{\"name\": \"f\", \"arguments\": \"Paris\"}\n</tool_call>",
         "<tool_call>\n{\"name\": \"f\", \"arguments\": \"[1]\"}\n</tool_call>",
     ] {
-        assert_eq!(
-            error(Format::Hermes, output),
-            ParseError::ArgumentsNotObject { index: 0 },
-            "{output:?}"
-        );
+        assert_eq!(error(Format::Hermes, output), ParseError::ArgumentsNotObject { index: 0 }, "{output:?}");
     }
 }
 
@@ -471,17 +324,10 @@ fn unterminated() {
         "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"</tool_call>",
         "<tool_call>\n{\"name\": \"f\", \"n\": 1",
     ] {
-        assert_eq!(
-            error(Format::Hermes, output),
-            ParseError::Unterminated { index: 0 },
-            "{output:?}"
-        );
+        assert_eq!(error(Format::Hermes, output), ParseError::Unterminated { index: 0 }, "{output:?}");
     }
     let output = format!("{QWEN_ONE}\n<tool_call>\n{{\"name\": \"f\"");
-    assert_eq!(
-        error(Format::Hermes, &output),
-        ParseError::Unterminated { index: 1 }
-    );
+    assert_eq!(error(Format::Hermes, &output), ParseError::Unterminated { index: 1 });
 }
 
 #[test]
@@ -490,13 +336,7 @@ fn parser_is_fresh_after_finish() {
     parser.push(QWEN_ONE).unwrap();
     parser.finish().unwrap();
     let events = parser.push(QWEN_ONE).unwrap();
-    assert_eq!(
-        events[0],
-        Parsed::CallStart {
-            index: 0,
-            name: "get_current_temperature".into()
-        }
-    );
+    assert_eq!(events[0], Parsed::CallStart { index: 0, name: "get_current_temperature".into() });
 }
 
 #[test]
@@ -505,12 +345,10 @@ fn detect() {
     assert_eq!(Format::detect(qwen), Some(Format::Hermes));
     let llama = r#"{{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}"#;
     assert_eq!(Format::detect(llama), Some(Format::Llama3Json));
-    let llama_escaped = r#"{{- "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}." }}"#;
+    let llama_escaped =
+        r#"{{- "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}." }}"#;
     assert_eq!(Format::detect(llama_escaped), Some(Format::Llama3Json));
-    assert_eq!(
-        Format::detect("{%- if builtin_tools is defined or tool_call is not none %}<|python_tag|>"),
-        Some(Format::Llama3Json)
-    );
+    assert_eq!(Format::detect("{%- if builtin_tools is defined or tool_call is not none %}<|python_tag|>"), Some(Format::Llama3Json));
     let plain = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>{% endfor %}";
     assert_eq!(Format::detect(plain), None);
 }
@@ -518,90 +356,42 @@ fn detect() {
 #[test]
 fn llama_calls() {
     let output = "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"São Paulo\"}}";
-    assert_eq!(
-        collected(Format::Llama3Json, output),
-        (
-            String::new(),
-            vec![call("get_weather", "{\"city\": \"São Paulo\"}")]
-        )
-    );
-    let output = "<|python_tag|>{\"type\": \"function\", \"name\": \"a\", \"parameters\": {\"x\": [1, 2]}}; {\"name\": \"b\", \"parameters\": {}};";
-    assert_eq!(
-        collected(Format::Llama3Json, output),
-        (
-            String::new(),
-            vec![call("a", "{\"x\": [1, 2]}"), call("b", "{}")]
-        )
-    );
+    assert_eq!(collected(Format::Llama3Json, output), (String::new(), vec![call("get_weather", "{\"city\": \"São Paulo\"}")]));
+    let output =
+        "<|python_tag|>{\"type\": \"function\", \"name\": \"a\", \"parameters\": {\"x\": [1, 2]}}; {\"name\": \"b\", \"parameters\": {}};";
+    assert_eq!(collected(Format::Llama3Json, output), (String::new(), vec![call("a", "{\"x\": [1, 2]}"), call("b", "{}")]));
     // A call ends with its object.
     let mut parser = Parser::new(Format::Llama3Json);
-    let events = parser
-        .push("\n{\"name\": \"a\", \"parameters\": {}}")
-        .unwrap();
+    let events = parser.push("\n{\"name\": \"a\", \"parameters\": {}}").unwrap();
     assert_eq!(events.last(), Some(&Parsed::CallEnd { index: 0 }));
 }
 
 #[test]
 fn llama_text() {
-    for output in [
-        "The capital of France is Paris.",
-        "  \n Indented {braces} later",
-        "<|eot_id|> is not the python tag",
-        "<|python",
-        "   ",
-    ] {
-        assert_eq!(
-            collected(Format::Llama3Json, output),
-            (output.to_owned(), vec![]),
-            "{output:?}"
-        );
+    for output in ["The capital of France is Paris.", "  \n Indented {braces} later", "<|eot_id|> is not the python tag", "<|python", "   "]
+    {
+        assert_eq!(collected(Format::Llama3Json, output), (output.to_owned(), vec![]), "{output:?}");
     }
 }
 
 #[test]
 fn llama_errors() {
     assert!(matches!(
-        error(
-            Format::Llama3Json,
-            "{\"name\": \"a\", \"parameters\": {}} and some words"
-        ),
+        error(Format::Llama3Json, "{\"name\": \"a\", \"parameters\": {}} and some words"),
         ParseError::Malformed { index: 0, .. }
     ));
-    assert!(matches!(
-        error(
-            Format::Llama3Json,
-            "<|python_tag|>brave_search.call(query=\"x\")"
-        ),
-        ParseError::Malformed { index: 0, .. }
-    ));
-    assert_eq!(
-        error(Format::Llama3Json, "<|python_tag|>"),
-        ParseError::Unterminated { index: 0 }
-    );
-    assert_eq!(
-        error(
-            Format::Llama3Json,
-            "{\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\""
-        ),
-        ParseError::Unterminated { index: 1 }
-    );
-    assert_eq!(
-        error(Format::Llama3Json, "{\"parameters\": {}}"),
-        ParseError::MissingName { index: 0 }
-    );
-    assert_eq!(
-        error(Format::Llama3Json, "{\"name\": \"a\", \"parameters\": [1]}"),
-        ParseError::ArgumentsNotObject { index: 0 }
-    );
+    assert!(matches!(error(Format::Llama3Json, "<|python_tag|>brave_search.call(query=\"x\")"), ParseError::Malformed { index: 0, .. }));
+    assert_eq!(error(Format::Llama3Json, "<|python_tag|>"), ParseError::Unterminated { index: 0 });
+    assert_eq!(error(Format::Llama3Json, "{\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\""), ParseError::Unterminated { index: 1 });
+    assert_eq!(error(Format::Llama3Json, "{\"parameters\": {}}"), ParseError::MissingName { index: 0 });
+    assert_eq!(error(Format::Llama3Json, "{\"name\": \"a\", \"parameters\": [1]}"), ParseError::ArgumentsNotObject { index: 0 });
 }
 
 #[test]
 fn long_output_is_linear() {
     // A call with a long argument pushed three bytes at a time: quadratic work would show.
     let long = "x".repeat(200_000);
-    let output = format!(
-        "<tool_call>\n{{\"name\": \"f\", \"arguments\": {{\"s\": \"{long}\"}}}}\n</tool_call>"
-    );
+    let output = format!("<tool_call>\n{{\"name\": \"f\", \"arguments\": {{\"s\": \"{long}\"}}}}\n</tool_call>");
     let mut parser = Parser::new(Format::Hermes);
     let mut events = Vec::new();
     for chunk in output.as_bytes().chunks(3) {

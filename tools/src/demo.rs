@@ -104,9 +104,7 @@ pub fn toolbox(name: &str) -> Toolbox {
                 Some((Ok::<_, ToolError>(i), i + 1))
             })
         })
-        .function("fail", "Always fails with `message`.", |args: Fail, _: Call| async move {
-            Err::<(), _>(ToolError::new(args.message))
-        })
+        .function("fail", "Always fails with `message`.", |args: Fail, _: Call| async move { Err::<(), _>(ToolError::new(args.message)) })
         .function("sleep", "Waits `ms` milliseconds, then says so and which process waited.", |args: Sleep, _: Call| async move {
             tokio::time::sleep(Duration::from_millis(args.ms)).await;
             Ok::<_, ToolError>(Slept { ms: args.ms, pid: std::process::id() })

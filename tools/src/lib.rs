@@ -36,8 +36,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, Stream, StreamExt};
 use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -181,8 +181,8 @@ impl Toolbox {
         assert!(FunctionSpec::valid_name(name), "{name:?} is not a valid tool name (^[a-zA-Z0-9_-]{{1,64}}$)");
         assert!(!self.functions.contains_key(name), "{} hosts {name:?} twice", self.model);
         let parameters = schema_of::<A>();
-        let validator = jsonschema::validator_for(&parameters)
-            .unwrap_or_else(|e| panic!("the parameter schema of {name} does not compile: {e}"));
+        let validator =
+            jsonschema::validator_for(&parameters).unwrap_or_else(|e| panic!("the parameter schema of {name} does not compile: {e}"));
         let spec = FunctionSpec {
             name: name.to_owned(),
             description: description.to_owned(),
@@ -259,10 +259,7 @@ impl Backend for Toolbox {
             return Err(BackendError::invalid(format!("{} is a tool model: it only runs function calls", self.model)));
         };
         let Some(f) = self.functions.get(function) else {
-            return Err(BackendError::new(
-                ErrorCode::UnknownFunction,
-                format!("{} has no function {function:?}", self.model),
-            ));
+            return Err(BackendError::new(ErrorCode::UnknownFunction, format!("{} has no function {function:?}", self.model)));
         };
         check(&f.validator, arguments)?;
         let call = Call { cancel: cancel.clone(), attempt: job.attempt, job_id: job.envelope.id.clone() };

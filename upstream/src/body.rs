@@ -172,7 +172,12 @@ mod tests {
             messages: vec![ChatMessage::new("user", "hi"), assistant, tool],
             params: SamplingParams { max_tokens: Some(5), temperature: Some(0.7), stop: vec!["\n".into()], ..Default::default() },
             tools: Some(ToolUse {
-                tools: vec![ToolDefinition { name: "add".into(), description: None, parameters: Some(json!({"type": "object"})), strict: None }],
+                tools: vec![ToolDefinition {
+                    name: "add".into(),
+                    description: None,
+                    parameters: Some(json!({"type": "object"})),
+                    strict: None,
+                }],
                 choice: ToolChoice::Function("add".into()),
                 parallel: false,
             }),

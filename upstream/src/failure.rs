@@ -37,7 +37,11 @@ impl Failure {
             .or_else(|| parsed.as_ref().and_then(|b| b.get("detail")).map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_owned)))
             .unwrap_or_else(|| {
                 let body: String = body.trim().chars().take(500).collect();
-                if body.is_empty() { format!("The upstream server answered {status}.") } else { format!("The upstream server answered {status}: {body}") }
+                if body.is_empty() {
+                    format!("The upstream server answered {status}.")
+                } else {
+                    format!("The upstream server answered {status}: {body}")
+                }
             });
         // Some servers put the status number in `code`; only a word is a code.
         let code = text("code").filter(|code| code.parse::<u16>().is_err());
@@ -115,10 +119,14 @@ mod tests {
 
     #[test]
     fn an_openai_error_body_keeps_its_fields() {
-        let body = r#"{"error": {"message": "temperature is too high", "type": "invalid_request_error", "param": "temperature", "code": null}}"#;
+        let body =
+            r#"{"error": {"message": "temperature is too high", "type": "invalid_request_error", "param": "temperature", "code": null}}"#;
         let Failure::Status { error, message, retry_after } = Failure::from_status(400, &HeaderMap::new(), body) else { panic!() };
         assert_eq!(message, "temperature is too high");
-        assert_eq!(error, UpstreamError { status: 400, r#type: Some("invalid_request_error".into()), code: None, param: Some("temperature".into()) });
+        assert_eq!(
+            error,
+            UpstreamError { status: 400, r#type: Some("invalid_request_error".into()), code: None, param: Some("temperature".into()) }
+        );
         assert_eq!(retry_after, None);
         assert!(!Failure::from_status(400, &HeaderMap::new(), body).retryable());
     }

@@ -234,7 +234,14 @@ impl OpenAi {
     }
 
     /// Reads a successful answer into the job's events.
-    async fn answer(&self, response: reqwest::Response, endpoint: Endpoint, request: &JobRequest, sink: &EventSink, cancel: &CancellationToken) -> Result<Finish, Stopped> {
+    async fn answer(
+        &self,
+        response: reqwest::Response,
+        endpoint: Endpoint,
+        request: &JobRequest,
+        sink: &EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Finish, Stopped> {
         if endpoint != Endpoint::Embeddings {
             return reply::relay(response, endpoint, sink, cancel).await;
         }
@@ -242,8 +249,12 @@ impl OpenAi {
             JobRequest::Embedding { input } => input.len(),
             _ => 0,
         };
-        let broken = |e: reqwest::Error| Stopped { failure: Failure::Broken(format!("reading the embeddings answer: {}", failure::describe(e))), sent_output: false };
-        let answer: Value = tokio::select! { answer = response.json() => answer.map_err(broken)?, _ = cancel.cancelled() => return Ok(cancelled()) };
+        let broken = |e: reqwest::Error| Stopped {
+            failure: Failure::Broken(format!("reading the embeddings answer: {}", failure::describe(e))),
+            sent_output: false,
+        };
+        let answer: Value =
+            tokio::select! { answer = response.json() => answer.map_err(broken)?, _ = cancel.cancelled() => return Ok(cancelled()) };
         let (vectors, usage) = reply::embeddings(&answer, inputs).map_err(|failure| Stopped { failure, sent_output: false })?;
         sink.embeddings(0, vectors);
         Ok(Finish { reason: FinishReason::Stop, usage })
@@ -310,8 +321,8 @@ impl Backend for OpenAi {
             ));
         }
         let request = &job.envelope.request;
-        let (endpoint, body) =
-            body::build(request, &route.upstream).ok_or_else(|| BackendError::invalid(format!("{model} is an upstream model: it runs no functions")))?;
+        let (endpoint, body) = body::build(request, &route.upstream)
+            .ok_or_else(|| BackendError::invalid(format!("{model} is an upstream model: it runs no functions")))?;
         let mut tries = 0;
         loop {
             if let Some(left) = self.health.cooling() {

@@ -26,7 +26,12 @@ pub struct Stopped {
 
 /// Relays a streamed chat or completions answer to `sink` until its end, a failure, or
 /// `cancel` (which drops the response, closing the upstream request).
-pub async fn relay(response: reqwest::Response, endpoint: Endpoint, sink: &EventSink, cancel: &CancellationToken) -> Result<Finish, Stopped> {
+pub async fn relay(
+    response: reqwest::Response,
+    endpoint: Endpoint,
+    sink: &EventSink,
+    cancel: &CancellationToken,
+) -> Result<Finish, Stopped> {
     let mut reader = ChunkReader::new(endpoint);
     let mut events = SseStream::from_bytes_stream(response.bytes_stream());
     let stop = |failure, reader: &ChunkReader| Err(Stopped { failure, sent_output: reader.sent_output });
@@ -254,7 +259,11 @@ fn completion_logprobs(choice: &Value) -> Vec<TokenLogprob> {
             let top = tops.get(i).and_then(Value::as_object).map_or_else(Vec::new, |alternatives| {
                 alternatives
                     .iter()
-                    .map(|(t, lp)| TopLogprob { token: t.clone(), logprob: lp.as_f64().unwrap_or(f64::NEG_INFINITY) as f32, bytes: t.as_bytes().to_vec() })
+                    .map(|(t, lp)| TopLogprob {
+                        token: t.clone(),
+                        logprob: lp.as_f64().unwrap_or(f64::NEG_INFINITY) as f32,
+                        bytes: t.as_bytes().to_vec(),
+                    })
                     .collect()
             });
             let logprob = values.get(i).and_then(Value::as_f64).unwrap_or(f64::NEG_INFINITY) as f32;
@@ -285,7 +294,13 @@ mod tests {
                 json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}),
             ],
         );
-        let text: Vec<_> = events.iter().map(|e| match e { EventBody::Delta { text, tokens: 1, .. } => text.as_str(), _ => panic!("{e:?}") }).collect();
+        let text: Vec<_> = events
+            .iter()
+            .map(|e| match e {
+                EventBody::Delta { text, tokens: 1, .. } => text.as_str(),
+                _ => panic!("{e:?}"),
+            })
+            .collect();
         assert_eq!(text, ["Hel", "lo"]);
         let finish = reader.finish(reader.finish_reason.unwrap());
         assert_eq!((finish.reason, finish.usage), (FinishReason::Length, Usage { prompt_tokens: 7, completion_tokens: 2 }));
@@ -313,7 +328,8 @@ mod tests {
             ]
         );
         assert_eq!(reader.finish_reason, Some(FinishReason::ToolCalls));
-        let unnamed = ChunkReader::new(Endpoint::Chat).chunk(&json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]}));
+        let unnamed = ChunkReader::new(Endpoint::Chat)
+            .chunk(&json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]}));
         assert!(matches!(unnamed, Err(Failure::Broken(_))));
     }
 
@@ -329,7 +345,11 @@ mod tests {
         let (events, reader) = read(Endpoint::Completions, &[chunk]);
         let EventBody::Delta { logprobs, tokens: 2, .. } = &events[0] else { panic!("{events:?}") };
         assert_eq!((logprobs[1].token.as_str(), logprobs[1].top[0].logprob), ("b", -0.2));
-        assert_eq!(reader.finish(FinishReason::Stop).usage, Usage { prompt_tokens: 0, completion_tokens: 2 }, "no usage sent: the tokens seen");
+        assert_eq!(
+            reader.finish(FinishReason::Stop).usage,
+            Usage { prompt_tokens: 0, completion_tokens: 2 },
+            "no usage sent: the tokens seen"
+        );
     }
 
     #[test]

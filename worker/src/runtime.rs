@@ -9,8 +9,8 @@ use futures::StreamExt;
 pub use switchyard_broker::parse_duration;
 use switchyard_broker::{cancel, jobs, registry::Registry};
 use switchyard_schemas::{
-    ErrorCode, EventBody, JobEnvelope, Lane, ModelCard, Permissions, RateLimits, ResumeState, StreamEvent, WIRE_VERSION, WorkerRecord, decode,
-    encode, now_ms, subject,
+    ErrorCode, EventBody, JobEnvelope, Lane, ModelCard, Permissions, RateLimits, ResumeState, StreamEvent, WIRE_VERSION, WorkerRecord,
+    decode, encode, now_ms, subject,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,8 +18,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::backend::{Backend, BackendError, Job};
 use crate::running::{Heard, Pulled, RunningJobs};
-use crate::slots::{Slot, Slots};
 use crate::sink::{self, EventSink};
+use crate::slots::{Slot, Slots};
 
 /// Flags every worker shares, whatever its backend.
 #[derive(Debug, Clone, clap::Args)]
@@ -348,7 +348,13 @@ enum Outcome {
     HandedBack(Option<Duration>),
 }
 
-async fn run_job(worker: &Arc<Worker>, envelope: JobEnvelope, attempt: u32, stream_seq: u64, ack_subject: Option<async_nats::Subject>) -> Outcome {
+async fn run_job(
+    worker: &Arc<Worker>,
+    envelope: JobEnvelope,
+    attempt: u32,
+    stream_seq: u64,
+    ack_subject: Option<async_nats::Subject>,
+) -> Outcome {
     let job_id = envelope.id.clone();
     let cancel = CancellationToken::new();
     let pulled = Pulled { job_id: &job_id, attempt, stream_seq, created_ms: envelope.created_ms };

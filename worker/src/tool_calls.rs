@@ -102,12 +102,13 @@ impl<'a> ToolCallStream<'a> {
     ) -> Result<Self, BackendError> {
         let mut schemas = HashMap::new();
         for tool in &tools.tools {
-            let validator = match &tool.parameters {
-                Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
-                    BackendError::invalid(format!("the parameters schema of tool `{}` does not compile: {e}", tool.name))
-                })?),
-                None => None,
-            };
+            let validator =
+                match &tool.parameters {
+                    Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                        BackendError::invalid(format!("the parameters schema of tool `{}` does not compile: {e}", tool.name))
+                    })?),
+                    None => None,
+                };
             schemas.insert(tool.name.clone(), validator);
         }
         let skip = resume

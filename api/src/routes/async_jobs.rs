@@ -68,7 +68,11 @@ pub struct JobObject {
 }
 
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJob, responses((status = 202, body = JobObject), ErrorResponses))]
-pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(request): OpenAiJson<CreateJob>) -> Result<Response, ApiError> {
+pub async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<CreateJob>,
+) -> Result<Response, ApiError> {
     let endpoint = Endpoint::parse(&request.endpoint).ok_or_else(|| Endpoint::unsupported("endpoint", &request.endpoint))?;
     let read = endpoint.read(request.body.get().as_bytes()).map_err(in_body)?;
     let model = read.model().to_string();
@@ -101,7 +105,8 @@ pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(re
     jobs.records.create(&id, value.into()).await.map_err(unavailable)?;
     let deadline_ms = switchyard_schemas::now_ms() + jobs.retention.as_millis() as u64;
     let publish = plan.jobs.into_iter().enumerate().map(|(index, job)| {
-        let route = Route { reply_to: subject::events(&id, index), resume_to: subject::durable_resume(&id, index), deadline_ms: Some(deadline_ms) };
+        let route =
+            Route { reply_to: subject::events(&id, index), resume_to: subject::durable_resume(&id, index), deadline_ms: Some(deadline_ms) };
         state.jobs.submit_detached(part_id(&id, index), Lane::Batch, &model, job, route)
     });
     futures::future::try_join_all(publish).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -144,7 +149,8 @@ async fn object(state: &AppState, record: JobRecord) -> Result<JobObject, ApiErr
     let mut finished = vec![false; record.parts];
     let (mut started, mut failure) = (false, None);
     let card = state.card_of(&record.model).await;
-    let plan = card.and_then(|card| record.endpoint.read(record.body.get().as_bytes()).and_then(|read| read.plan(&state.limits, &card)).ok());
+    let plan =
+        card.and_then(|card| record.endpoint.read(record.body.get().as_bytes()).and_then(|read| read.plan(&state.limits, &card)).ok());
     let prompt_param = plan.as_ref().map_or("messages", |plan| plan.reply.prompt_param());
     for (_, message) in messages {
         let index = message_index(&message, &record).unwrap_or(usize::MAX);
@@ -174,14 +180,17 @@ async fn object(state: &AppState, record: JobRecord) -> Result<JobObject, ApiErr
     };
     // A cancelled job ends with a `cancelled` finish or error, or not at all; one that finished
     // before the cancel arrived keeps its result.
-    let stopped = failure.is_some() || !finished.iter().all(|done| *done) || outputs.iter().any(|o| o.finish_reason == Some(FinishReason::Cancelled));
+    let stopped =
+        failure.is_some() || !finished.iter().all(|done| *done) || outputs.iter().any(|o| o.finish_reason == Some(FinishReason::Cancelled));
     job.status = if record.cancelled_at.is_some() && stopped {
         JobStatus::Cancelled
     } else if let Some(failure) = failure {
         job.error = Some(failure.body());
         JobStatus::Failed
     } else if finished.iter().all(|done| *done) {
-        let mut plan = plan.ok_or_else(|| ApiError::Unavailable(format!("The model `{}` is not known any more; its result cannot be put together.", record.model)))?;
+        let mut plan = plan.ok_or_else(|| {
+            ApiError::Unavailable(format!("The model `{}` is not known any more; its result cannot be put together.", record.model))
+        })?;
         if let (Reply::Generation(generation), Some(id)) = (&mut plan.reply, &record.response_id) {
             generation.id = id.clone();
             generation.created = record.response_created;
@@ -220,7 +229,12 @@ pub async fn cancel(caller: Caller, State(state): State<AppState>, Path(id): Pat
 
 #[utoipa::path(get, path = "/v1/jobs/{job_id}/events", tag = "jobs", params(("job_id" = String, Path), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
     responses((status = 200, description = "SSE: each event's `id:` is its position, `data:` `{\"index\", \"events\": [...]}` with the job's stream events; ends with `data: [DONE]`", content_type = "text/event-stream"), ErrorResponses))]
-pub async fn events(caller: Caller, State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn events(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (record, _) = owned(&state, &caller, &id).await?;
     let after = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     let deliver_policy = match after {
@@ -237,7 +251,8 @@ pub async fn events(caller: Caller, State(state): State<AppState>, Path(id): Pat
     let mut open: Vec<bool> = vec![true; record.parts];
     if after.is_some() {
         for (seq, message) in switchyard_broker::jobs::read_events(&state.async_jobs.js, subject::events_of(&id)).await? {
-            if Some(seq) <= after && message.events.iter().any(EventBody::is_terminal)
+            if Some(seq) <= after
+                && message.events.iter().any(EventBody::is_terminal)
                 && let Some(slot) = message_index(&message, &record).and_then(|i| open.get_mut(i))
             {
                 *slot = false;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
-use switchyard_openai::endpoint::Endpoint;
 use switchyard_broker::new_id;
+use switchyard_openai::endpoint::Endpoint;
 use switchyard_scheduler::batches::object::{Batch, BatchStatus, RequestCounts};
 use switchyard_scheduler::batches::store::{BatchRecord, Owner};
 
@@ -42,7 +42,11 @@ pub struct ExpiresAfter {
 }
 
 #[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch, responses((status = 200, body = Batch), ErrorResponses))]
-pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(request): OpenAiJson<CreateBatch>) -> Result<Json<Batch>, ApiError> {
+pub async fn create(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<CreateBatch>,
+) -> Result<Json<Batch>, ApiError> {
     let endpoint = Endpoint::parse(&request.endpoint).ok_or_else(|| Endpoint::unsupported("endpoint", &request.endpoint))?;
     let window = window(&state.batch_windows, &request.completion_window)?;
     if let Some(metadata) = &request.metadata {
@@ -65,11 +69,17 @@ pub async fn create(caller: Caller, State(state): State<AppState>, OpenAiJson(re
         _ => return Err(ApiError::invalid("input_file_id", format!("No such File object: {}", request.input_file_id))),
     };
     if input.purpose != "batch" {
-        return Err(ApiError::invalid("input_file_id", format!("The file {} has purpose {:?}; a batch's input needs purpose `batch`.", input.id, input.purpose)));
+        return Err(ApiError::invalid(
+            "input_file_id",
+            format!("The file {} has purpose {:?}; a batch's input needs purpose `batch`.", input.id, input.purpose),
+        ));
     }
     let max_requests = state.files_limits.max_batch_requests;
     if input.lines.is_some_and(|lines| lines > max_requests) {
-        return Err(ApiError::invalid("input_file_id", format!("The file has {} requests; a batch may have at most {max_requests}.", input.lines.unwrap_or(0))));
+        return Err(ApiError::invalid(
+            "input_file_id",
+            format!("The file has {} requests; a batch may have at most {max_requests}.", input.lines.unwrap_or(0)),
+        ));
     }
     let now = switchyard_schemas::now_ms() / 1000;
     let batch = Batch {
@@ -162,7 +172,10 @@ pub async fn cancel(caller: Caller, State(state): State<AppState>, Path(id): Pat
         .ok_or_else(|| ApiError::NoSuchObject { kind: "Batch", id: id.clone() })?;
     match updated.batch.status {
         BatchStatus::Cancelling | BatchStatus::Cancelled => Ok(Json(updated.batch)),
-        status => Err(ApiError::Conflict(format!("Cannot cancel a batch with status {}.", serde_json::to_value(status).unwrap_or_default().as_str().unwrap_or("?")))),
+        status => Err(ApiError::Conflict(format!(
+            "Cannot cancel a batch with status {}.",
+            serde_json::to_value(status).unwrap_or_default().as_str().unwrap_or("?")
+        ))),
     }
 }
 
@@ -176,14 +189,25 @@ pub struct ListBatches {
 }
 
 #[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListBatches), responses((status = 200, body = Page<Batch>), ErrorResponses))]
-pub async fn list(caller: Caller, State(state): State<AppState>, OpenAiQuery(query): OpenAiQuery<ListBatches>) -> Result<Json<Page<Batch>>, ApiError> {
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiQuery(query): OpenAiQuery<ListBatches>,
+) -> Result<Json<Page<Batch>>, ApiError> {
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 100."));
     }
     let owner = owner_of(&caller);
-    let mut batches: Vec<Batch> =
-        state.batches.list().await.map_err(|e| ApiError::Unavailable(e.to_string()))?.into_iter().filter(|r| r.owner.user == owner).map(|r| r.batch).collect();
+    let mut batches: Vec<Batch> = state
+        .batches
+        .list()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .into_iter()
+        .filter(|r| r.owner.user == owner)
+        .map(|r| r.batch)
+        .collect();
     // Newest first; ids are UUID v7, so they sort by creation too.
     batches.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
     if let Some(after) = &query.after

@@ -124,7 +124,10 @@ pub async fn upload(
             "expires_after[seconds]" => {
                 let text = field.text().await.map_err(multipart_error)?;
                 let seconds = text.trim().parse::<u64>().ok().filter(|s| EXPIRY_SECONDS.contains(s)).ok_or_else(|| {
-                    ApiError::invalid("expires_after.seconds", "expires_after[seconds] must be a whole number of seconds from 3600 to 2592000.")
+                    ApiError::invalid(
+                        "expires_after.seconds",
+                        "expires_after[seconds] must be a whole number of seconds from 3600 to 2592000.",
+                    )
                 })?;
                 expires_after = Some(seconds);
             }
@@ -133,7 +136,10 @@ pub async fn upload(
                     ApiError::invalid("purpose", "Missing required parameter: 'purpose' (send it before the `file` field).")
                 })?;
                 if !PURPOSES.contains(&purpose.as_str()) {
-                    return Err(ApiError::invalid("purpose", format!("Invalid purpose {purpose:?}: expected one of {}.", PURPOSES.join(", "))));
+                    return Err(ApiError::invalid(
+                        "purpose",
+                        format!("Invalid purpose {purpose:?}: expected one of {}.", PURPOSES.join(", ")),
+                    ));
                 }
                 let filename = field.file_name().unwrap_or("upload").to_string();
                 let now = now_secs();
@@ -180,7 +186,11 @@ pub struct ListFiles {
 }
 
 #[utoipa::path(get, path = "/v1/files", tag = "files", params(ListFiles), responses((status = 200, body = Page<FileObject>), ErrorResponses))]
-pub async fn list(caller: Caller, State(state): State<AppState>, OpenAiQuery(query): OpenAiQuery<ListFiles>) -> Result<Json<Page<FileObject>>, ApiError> {
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    OpenAiQuery(query): OpenAiQuery<ListFiles>,
+) -> Result<Json<Page<FileObject>>, ApiError> {
     let limit = query.limit.unwrap_or(10_000);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::invalid("limit", "limit must be from 1 to 10000."));
@@ -190,8 +200,11 @@ pub async fn list(caller: Caller, State(state): State<AppState>, OpenAiQuery(que
         Some("asc") => true,
         Some(_) => return Err(ApiError::invalid("order", "order must be `asc` or `desc`.")),
     };
-    let (records, has_more) =
-        state.files.list(&owner_of(&caller), query.purpose.as_deref(), query.after.as_deref(), limit, ascending).await.map_err(unavailable)?;
+    let (records, has_more) = state
+        .files
+        .list(&owner_of(&caller), query.purpose.as_deref(), query.after.as_deref(), limit, ascending)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(Page::new(records.into_iter().map(FileObject::from).collect(), has_more, |file| &file.id)))
 }
 

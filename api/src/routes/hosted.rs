@@ -22,14 +22,11 @@ use futures::stream::FuturesOrdered;
 use serde_json::{Value, json};
 use switchyard_client::JobHandle;
 use switchyard_openai::request::{ChatCompletionRequest, FunctionDefinition, ToolIn, ToolType};
-use switchyard_openai::response::{
-    ChatChunkChoice, ChatDelta, ChatLogprobs, FunctionDelta, HostedToolCallOut, ToolCallDelta,
-    UsageOut,
-};
+use switchyard_openai::response::{ChatChunkChoice, ChatDelta, ChatLogprobs, FunctionDelta, HostedToolCallOut, ToolCallDelta, UsageOut};
 use switchyard_openai::{Answer, Generation, JobOutput, Plan, Reply};
 use switchyard_schemas::{
-    ChatMessage, EventBody, FinishReason, FunctionSpec, JobRequest, Lane, ModelCard,
-    ResponseFormat, SamplingParams, TokenLogprob, ToolCall, ToolUse, Usage,
+    ChatMessage, EventBody, FinishReason, FunctionSpec, JobRequest, Lane, ModelCard, ResponseFormat, SamplingParams, TokenLogprob,
+    ToolCall, ToolUse, Usage,
 };
 
 use super::run::Delivery;
@@ -49,30 +46,15 @@ pub(crate) struct Hosted {
 /// descriptions and parameter schemas (in place, in order); `None` when it has none. A tool
 /// model the caller may not use is `model_not_found`, like one that does not exist; an unknown
 /// function or a name another tool has is a 400 naming it; `n` above 1 is refused.
-pub(crate) async fn resolve(
-    state: &AppState,
-    caller: &Caller,
-    request: &mut ChatCompletionRequest,
-) -> Result<Option<Hosted>, ApiError> {
-    if !request
-        .tools
-        .iter()
-        .flatten()
-        .any(|tool| tool.kind == ToolType::Hosted)
-    {
+pub(crate) async fn resolve(state: &AppState, caller: &Caller, request: &mut ChatCompletionRequest) -> Result<Option<Hosted>, ApiError> {
+    if !request.tools.iter().flatten().any(|tool| tool.kind == ToolType::Hosted) {
         return Ok(None);
     }
     if request.n.is_some_and(|n| n > 1) {
-        return Err(ApiError::invalid(
-            "n",
-            "Invalid 'n': hosted tools answer one choice; 'n' must be 1.",
-        ));
+        return Err(ApiError::invalid("n", "Invalid 'n': hosted tools answer one choice; 'n' must be 1."));
     }
     let tools = request.tools.take().unwrap_or_default();
-    let client: HashSet<String> = tools
-        .iter()
-        .filter_map(|tool| tool.function.as_ref().map(|f| f.name.clone()))
-        .collect();
+    let client: HashSet<String> = tools.iter().filter_map(|tool| tool.function.as_ref().map(|f| f.name.clone())).collect();
     let mut functions = HashMap::new();
     let mut resolved = Vec::with_capacity(tools.len());
     for (i, tool) in tools.into_iter().enumerate() {
@@ -80,29 +62,18 @@ pub(crate) async fn resolve(
             resolved.push(tool);
             continue;
         }
-        let model = tool.model.ok_or_else(|| {
-            ApiError::invalid(
-                format!("tools[{i}].model"),
-                format!("Missing required parameter: 'tools[{i}].model'."),
-            )
-        })?;
+        let model = tool
+            .model
+            .ok_or_else(|| ApiError::invalid(format!("tools[{i}].model"), format!("Missing required parameter: 'tools[{i}].model'.")))?;
         let entry = tool_model(state, caller, &model).await?;
         let chosen: Vec<(String, FunctionSpec)> = match tool.functions {
-            None => entry
-                .card
-                .functions
-                .iter()
-                .map(|spec| (format!("tools[{i}]"), spec.clone()))
-                .collect(),
+            None => entry.card.functions.iter().map(|spec| (format!("tools[{i}]"), spec.clone())).collect(),
             Some(names) => {
                 let mut chosen = Vec::with_capacity(names.len());
                 for (j, name) in names.iter().enumerate() {
                     let param = format!("tools[{i}].functions[{j}]");
-                    let Some(spec) = entry.card.functions.iter().find(|spec| spec.name == *name)
-                    else {
-                        let message = format!(
-                            "Invalid '{param}': the tool model `{model}` has no function `{name}`."
-                        );
+                    let Some(spec) = entry.card.functions.iter().find(|spec| spec.name == *name) else {
+                        let message = format!("Invalid '{param}': the tool model `{model}` has no function `{name}`.");
                         return Err(ApiError::invalid(param, message));
                     };
                     chosen.push((param, spec.clone()));
@@ -114,10 +85,7 @@ pub(crate) async fn resolve(
             if client.contains(&spec.name) || functions.contains_key(&spec.name) {
                 return Err(ApiError::invalid(
                     param.clone(),
-                    format!(
-                        "Invalid '{param}': the function name '{}' is already another tool's in 'tools'.",
-                        spec.name
-                    ),
+                    format!("Invalid '{param}': the function name '{}' is already another tool's in 'tools'.", spec.name),
                 ));
             }
             resolved.push(ToolIn {
@@ -147,24 +115,10 @@ pub(crate) async fn run(
     delivery: Delivery,
     hosted: Hosted,
 ) -> Result<Response, ApiError> {
-    let Plan {
-        jobs,
-        estimate,
-        reply,
-    } = plan;
-    let (
-        Reply::Generation(reply),
-        Some(JobRequest::Chat {
-            messages,
-            params,
-            tools,
-            response_format,
-        }),
-    ) = (reply, jobs.into_iter().next())
+    let Plan { jobs, estimate, reply } = plan;
+    let (Reply::Generation(reply), Some(JobRequest::Chat { messages, params, tools, response_format })) = (reply, jobs.into_iter().next())
     else {
-        return Err(ApiError::Internal(
-            "a chat request with hosted tools planned no chat job".into(),
-        ));
+        return Err(ApiError::Internal("a chat request with hosted tools planned no chat job".into()));
     };
     let rounds_left = state.max_tool_rounds;
     let conversation = Conversation {
@@ -184,14 +138,8 @@ pub(crate) async fn run(
     let (admission, handle) = conversation.start_round().await?;
     let headers = admission.headers().clone();
     let response = match delivery {
-        Delivery::Whole => {
-            Json(conversation.whole(reply, admission, handle).await?).into_response()
-        }
-        Delivery::Stream { include_usage } => {
-            conversation
-                .stream(reply, include_usage, admission, handle)
-                .await?
-        }
+        Delivery::Whole => Json(conversation.whole(reply, admission, handle).await?).into_response(),
+        Delivery::Stream { include_usage } => conversation.stream(reply, include_usage, admission, handle).await?,
     };
     Ok((headers, response).into_response())
 }
@@ -223,28 +171,15 @@ impl Conversation {
             tools: self.tools.clone(),
             response_format: self.response_format.clone(),
         };
-        let submit = async {
-            Ok::<_, ApiError>(
-                self.state
-                    .jobs
-                    .submit(Lane::Interactive, &self.card.name, request)
-                    .await?,
-            )
-        };
-        self.state
-            .gate
-            .admit_and_dispatch(&self.caller, &self.card, self.estimate, submit)
-            .await
+        let submit = async { Ok::<_, ApiError>(self.state.jobs.submit(Lane::Interactive, &self.card.name, request).await?) };
+        self.state.gate.admit_and_dispatch(&self.caller, &self.card, self.estimate, submit).await
     }
 
     /// Whether the api runs this answer's calls: all of them hosted, and a round left.
     fn runs_calls(&self, output: &JobOutput) -> bool {
         output.finish_reason == Some(FinishReason::ToolCalls)
             && !output.tool_calls.is_empty()
-            && output
-                .tool_calls
-                .iter()
-                .all(|call| self.hosted.functions.contains_key(&call.name))
+            && output.tool_calls.iter().all(|call| self.hosted.functions.contains_key(&call.name))
             && self.rounds_left > 0
     }
 
@@ -253,16 +188,10 @@ impl Conversation {
     async fn call(&self, call: &ToolCall) -> HostedToolCallOut {
         let (entry, spec) = &self.hosted.functions[&call.name];
         let outcome = async {
-            let arguments: Value = serde_json::from_str(&call.arguments)
-                .map_err(|e| format!("The arguments are not JSON: {e}"))?;
+            let arguments: Value = serde_json::from_str(&call.arguments).map_err(|e| format!("The arguments are not JSON: {e}"))?;
             let (admission, handle) =
-                start_call(&self.state, &self.caller, entry, &call.name, arguments)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            Outputs::new(handle, admission, spec.streams)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())
+                start_call(&self.state, &self.caller, entry, &call.name, arguments).await.map_err(|e| e.to_string())?;
+            Outputs::new(handle, admission, spec.streams).collect().await.map_err(|e| e.to_string())
         }
         .await;
         let (result, error) = match outcome {
@@ -282,13 +211,8 @@ impl Conversation {
     /// Appends the answer that made the calls, and their answers, for the next round.
     fn append(&mut self, output: JobOutput, records: Vec<HostedToolCallOut>) {
         let before: usize = self.messages.iter().map(|m| m.content.len()).sum();
-        let assistant = ChatMessage {
-            role: "assistant".into(),
-            content: output.text,
-            name: None,
-            tool_calls: output.tool_calls,
-            tool_call_id: None,
-        };
+        let assistant =
+            ChatMessage { role: "assistant".into(), content: output.text, name: None, tool_calls: output.tool_calls, tool_call_id: None };
         self.messages.push(assistant);
         for record in &records {
             let content = match (&record.result, &record.error) {
@@ -305,21 +229,10 @@ impl Conversation {
             };
             self.messages.push(tool);
         }
-        let added: usize = self
-            .messages
-            .iter()
-            .map(|m| {
-                m.content.len()
-                    + m.tool_calls
-                        .iter()
-                        .map(|c| c.arguments.len())
-                        .sum::<usize>()
-            })
-            .sum::<usize>()
-            - before;
-        self.estimate = self
-            .estimate
-            .saturating_add(switchyard_openai::estimate_tokens(added, 0));
+        let added: usize =
+            self.messages.iter().map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>()).sum::<usize>()
+                - before;
+        self.estimate = self.estimate.saturating_add(switchyard_openai::estimate_tokens(added, 0));
         self.rounds_left -= 1;
         self.calls.extend(records);
     }
@@ -335,19 +248,13 @@ impl Conversation {
 
     /// The non-streamed answer: the last round's message, the summed usage, and the hosted
     /// calls made on the way.
-    async fn whole(
-        mut self,
-        reply: Generation,
-        mut admission: Admission,
-        mut handle: JobHandle,
-    ) -> Result<Answer, ApiError> {
+    async fn whole(mut self, reply: Generation, mut admission: Admission, mut handle: JobHandle) -> Result<Answer, ApiError> {
         loop {
             let output = collect(&mut handle, admission).await?;
             self.add_usage(output.usage);
             if !self.runs_calls(&output) {
-                let mut answer = Reply::Generation(reply)
-                    .assemble(vec![output])
-                    .map_err(|missing| ApiError::Internal(missing.to_string()))?;
+                let mut answer =
+                    Reply::Generation(reply).assemble(vec![output]).map_err(|missing| ApiError::Internal(missing.to_string()))?;
                 if let Answer::Chat(completion) = &mut answer {
                     completion.usage = self.summed_usage();
                     if let Some(choice) = completion.choices.first_mut() {
@@ -356,9 +263,7 @@ impl Conversation {
                 }
                 return Ok(answer);
             }
-            let records =
-                futures::future::join_all(output.tool_calls.iter().map(|call| self.call(call)))
-                    .await;
+            let records = futures::future::join_all(output.tool_calls.iter().map(|call| self.call(call))).await;
             self.append(output, records);
             (admission, handle) = self.start_round().await?;
         }
@@ -376,36 +281,15 @@ impl Conversation {
         let first = handle.next_output().await.map_err(ApiError::from);
         let (first, admission) = first_output(Some(first), "messages", admission)?;
         let (tx, rx) = futures::channel::mpsc::unbounded::<String>();
-        let writer = Writer {
-            reply,
-            include_usage,
-            tx,
-            role_sent: false,
-        };
+        let writer = Writer { reply, include_usage, tx, role_sent: false };
         let rounds = self.stream_rounds(writer, admission, handle, first);
         // The rounds are polled by the body itself: dropping the body drops them, and their jobs.
-        let frames = futures::stream::select(
-            rx.map(Ok),
-            futures::stream::once(rounds).filter_map(|()| async { None }),
-        )
-        .map(|frame: Result<String, std::convert::Infallible>| frame.map(Bytes::from));
-        Ok((
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            Body::from_stream(frames),
-        )
-            .into_response())
+        let frames = futures::stream::select(rx.map(Ok), futures::stream::once(rounds).filter_map(|()| async { None }))
+            .map(|frame: Result<String, std::convert::Infallible>| frame.map(Bytes::from));
+        Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(frames)).into_response())
     }
 
-    async fn stream_rounds(
-        mut self,
-        mut out: Writer,
-        mut admission: Admission,
-        mut handle: JobHandle,
-        first: EventBody,
-    ) {
+    async fn stream_rounds(mut self, mut out: Writer, mut admission: Admission, mut handle: JobHandle, first: EventBody) {
         let mut first = Some(first);
         loop {
             let mut output = JobOutput::default();
@@ -440,11 +324,7 @@ impl Conversation {
                 return out.finish(&output, usage);
             }
             let mut records = Vec::with_capacity(output.tool_calls.len());
-            let mut calls: FuturesOrdered<_> = output
-                .tool_calls
-                .iter()
-                .map(|call| self.call(call))
-                .collect();
+            let mut calls: FuturesOrdered<_> = output.tool_calls.iter().map(|call| self.call(call)).collect();
             while let Some(record) = calls.next().await {
                 out.hosted(&record);
                 records.push(record);
@@ -452,9 +332,7 @@ impl Conversation {
             drop(calls);
             self.append(output, records);
             match self.start_round().await {
-                Ok((next_admission, next_handle)) => {
-                    (admission, handle) = (next_admission, next_handle)
-                }
+                Ok((next_admission, next_handle)) => (admission, handle) = (next_admission, next_handle),
                 Err(error) => return out.fail(error),
             }
         }
@@ -491,25 +369,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn chunk(
-        &self,
-        delta: ChatDelta<'_>,
-        logprobs: Option<ChatLogprobs>,
-        finish_reason: Option<&'static str>,
-    ) {
+    fn chunk(&self, delta: ChatDelta<'_>, logprobs: Option<ChatLogprobs>, finish_reason: Option<&'static str>) {
         let mut out = String::new();
-        let choices = [ChatChunkChoice {
-            index: 0,
-            delta,
-            logprobs,
-            finish_reason,
-        }];
-        write_event(
-            &mut out,
-            &self
-                .reply
-                .chunk(&choices, self.include_usage.then_some(None)),
-        );
+        let choices = [ChatChunkChoice { index: 0, delta, logprobs, finish_reason }];
+        write_event(&mut out, &self.reply.chunk(&choices, self.include_usage.then_some(None)));
         self.send(out);
     }
 
@@ -521,78 +384,33 @@ impl Writer {
     /// The first chunk, with the role, once.
     fn role(&mut self) {
         if !std::mem::replace(&mut self.role_sent, true) {
-            self.chunk(
-                ChatDelta {
-                    role: Some("assistant"),
-                    content: Some(""),
-                    refusal: Some(None),
-                    ..Default::default()
-                },
-                None,
-                None,
-            );
+            self.chunk(ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None), ..Default::default() }, None, None);
         }
     }
 
     fn content(&mut self, text: &str, logprobs: &[TokenLogprob]) {
         self.role();
         let logprobs = self.reply.logprobs.then(|| ChatLogprobs::new(logprobs));
-        self.chunk(
-            ChatDelta {
-                content: Some(text),
-                ..Default::default()
-            },
-            logprobs,
-            None,
-        );
+        self.chunk(ChatDelta { content: Some(text), ..Default::default() }, logprobs, None);
     }
 
     fn hosted(&mut self, record: &HostedToolCallOut) {
         self.role();
-        self.chunk(
-            ChatDelta {
-                hosted_tool_call: Some(record),
-                ..Default::default()
-            },
-            None,
-            None,
-        );
+        self.chunk(ChatDelta { hosted_tool_call: Some(record), ..Default::default() }, None, None);
     }
 
     /// The last round's calls (for the client to run), its finish, the usage, `[DONE]`.
     fn finish(mut self, output: &JobOutput, usage: UsageOut) {
         self.role();
         for (index, call) in output.tool_calls.iter().enumerate() {
-            let function = FunctionDelta {
-                name: Some(&call.name),
-                arguments: &call.arguments,
-            };
-            let call = ToolCallDelta {
-                index: index as u32,
-                id: Some(&call.id),
-                kind: Some("function"),
-                function,
-            };
-            self.chunk(
-                ChatDelta {
-                    tool_calls: Some([call]),
-                    ..Default::default()
-                },
-                None,
-                None,
-            );
+            let function = FunctionDelta { name: Some(&call.name), arguments: &call.arguments };
+            let call = ToolCallDelta { index: index as u32, id: Some(&call.id), kind: Some("function"), function };
+            self.chunk(ChatDelta { tool_calls: Some([call]), ..Default::default() }, None, None);
         }
-        self.chunk(
-            ChatDelta::default(),
-            None,
-            output.finish_reason.map(FinishReason::as_str),
-        );
+        self.chunk(ChatDelta::default(), None, output.finish_reason.map(FinishReason::as_str));
         if self.include_usage {
             let mut out = String::new();
-            write_event(
-                &mut out,
-                &self.reply.chunk::<ChatChunkChoice>(&[], Some(Some(usage))),
-            );
+            write_event(&mut out, &self.reply.chunk::<ChatChunkChoice>(&[], Some(Some(usage))));
             self.send(out);
         }
         self.send("data: [DONE]\n\n".into());

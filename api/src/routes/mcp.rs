@@ -126,8 +126,10 @@ fn named(state: &AppState, caller: &Caller) -> Vec<Named> {
     for (_, spec) in &visible {
         *count.entry(spec.name.as_str()).or_default() += 1;
     }
-    let names: Vec<String> =
-        visible.iter().map(|(model, spec)| if count[spec.name.as_str()] == 1 { spec.name.clone() } else { prefixed(model, &spec.name) }).collect();
+    let names: Vec<String> = visible
+        .iter()
+        .map(|(model, spec)| if count[spec.name.as_str()] == 1 { spec.name.clone() } else { prefixed(model, &spec.name) })
+        .collect();
     visible.into_iter().zip(names).map(|((model, spec), name)| Named { name, model, spec }).collect()
 }
 
@@ -241,7 +243,11 @@ impl ServerHandler for Mcp {
             .with_instructions("The functions hosted on Switchyard's tool workers that this API key may call.")
     }
 
-    async fn list_tools(&self, _request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
         let caller = caller_of(&context)?;
         Ok(ListToolsResult::with_all_items(named(&self.state, &caller).iter().map(tool_of).collect()))
     }

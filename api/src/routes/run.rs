@@ -9,9 +9,9 @@ use switchyard_schemas::{Lane, ModelCard};
 
 use super::sse;
 use crate::error::ApiError;
-use switchyard_client::JobHandle;
 use crate::policy::Caller;
 use crate::state::AppState;
+use switchyard_client::JobHandle;
 
 /// How the client wants its answer.
 pub(crate) enum Delivery {
@@ -34,7 +34,9 @@ impl Delivery {
 pub(crate) async fn run(state: AppState, caller: Caller, card: ModelCard, plan: Plan, delivery: Delivery) -> Result<Response, ApiError> {
     let Plan { jobs, estimate, reply } = plan;
     let model = reply.model();
-    let submit = futures::future::try_join_all(jobs.into_iter().map(|job| async { Ok::<_, ApiError>(state.jobs.submit(Lane::Interactive, model, job).await?) }));
+    let submit = futures::future::try_join_all(
+        jobs.into_iter().map(|job| async { Ok::<_, ApiError>(state.jobs.submit(Lane::Interactive, model, job).await?) }),
+    );
     let (admission, handles) = state.gate.admit_and_dispatch(&caller, &card, estimate, submit).await?;
     let headers = admission.headers().clone();
     let response = match (delivery, reply) {

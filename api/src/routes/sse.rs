@@ -17,8 +17,8 @@ use switchyard_openai::{Flavor, Generation, JobFailure};
 use switchyard_schemas::{EventBody, FinishReason, TokenLogprob, Usage};
 
 use crate::error::ApiError;
-use switchyard_client::JobHandle;
 use crate::policy::Admission;
+use switchyard_client::JobHandle;
 
 type Events = SelectAll<BoxStream<'static, (usize, Result<EventBody, ApiError>)>>;
 
@@ -30,7 +30,10 @@ pub(crate) async fn respond(
 ) -> Result<Response, ApiError> {
     let choices = handles.len();
     let mut events: Events = futures::stream::select_all(
-        handles.into_iter().enumerate().map(|(index, handle)| handle.into_stream().map(move |event| (index, event.map_err(ApiError::from))).boxed()),
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(index, handle)| handle.into_stream().map(move |event| (index, event.map_err(ApiError::from))).boxed()),
     );
     let (index, first) = match events.next().await {
         Some((index, event)) => (index, Some(event)),
@@ -125,7 +128,12 @@ impl SseState {
                 Ok(EventBody::Delta { text, logprobs, .. }) => pending = Some(Pending::Text { index, text, logprobs }),
                 Ok(EventBody::ToolCallArguments { index: call, delta, .. }) => pending = Some(Pending::Arguments { index, call, delta }),
                 Ok(EventBody::ToolCallStart { index: call, id, name }) => {
-                    let start = ToolCallDelta { index: call, id: Some(&id), kind: Some("function"), function: FunctionDelta { name: Some(&name), arguments: "" } };
+                    let start = ToolCallDelta {
+                        index: call,
+                        id: Some(&id),
+                        kind: Some("function"),
+                        function: FunctionDelta { name: Some(&name), arguments: "" },
+                    };
                     self.frame_tool_call(index, start, out);
                 }
                 Ok(EventBody::Done { finish_reason, usage }) => {
@@ -147,10 +155,7 @@ impl SseState {
                 }
                 // Not events of a text generation.
                 Ok(
-                    EventBody::Started { .. }
-                    | EventBody::Embeddings { .. }
-                    | EventBody::ToolResult { .. }
-                    | EventBody::ToolChunk { .. },
+                    EventBody::Started { .. } | EventBody::Embeddings { .. } | EventBody::ToolResult { .. } | EventBody::ToolChunk { .. },
                 ) => {}
             }
         }
@@ -189,7 +194,13 @@ impl SseState {
         match &self.reply.flavor {
             Flavor::Chat => {
                 if first {
-                    let role = ChatDelta { role: Some("assistant"), content: Some(""), refusal: Some(None), tool_calls: None, hosted_tool_call: None };
+                    let role = ChatDelta {
+                        role: Some("assistant"),
+                        content: Some(""),
+                        refusal: Some(None),
+                        tool_calls: None,
+                        hosted_tool_call: None,
+                    };
                     self.write_chunk(&[ChatChunkChoice { index, delta: role, logprobs: None, finish_reason: None }], None, out);
                 }
                 let logprobs = self.reply.logprobs.then(|| ChatLogprobs::new(logprobs));

@@ -146,16 +146,11 @@ pub async fn call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (model, function) = path.rsplit_once('/').ok_or_else(|| ApiError::RouteNotFound {
-        method: "POST".into(),
-        path: format!("/v1/tools/{path}"),
-    })?;
+    let (model, function) =
+        path.rsplit_once('/').ok_or_else(|| ApiError::RouteNotFound { method: "POST".into(), path: format!("/v1/tools/{path}") })?;
     let (entry, spec) = function_of(&state, &caller, model, function).await?;
     let mut arguments = arguments(&body)?;
-    let wants_sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let wants_sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/event-stream"));
     let stream = wants_sse || take_stream_flag(&mut arguments, &spec)?;
     let (admission, handle) = start_call(&state, &caller, &entry, function, arguments).await?;
     let limit_headers = admission.headers().clone();
@@ -169,7 +164,12 @@ pub async fn call(
 
 /// A function the caller may call, with its tool model; a model the caller may not use is
 /// `model_not_found`, like one that does not exist.
-pub(crate) async fn function_of(state: &AppState, caller: &Caller, model: &str, function: &str) -> Result<(ModelEntry, FunctionSpec), ApiError> {
+pub(crate) async fn function_of(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    function: &str,
+) -> Result<(ModelEntry, FunctionSpec), ApiError> {
     let entry = tool_model(state, caller, model).await?;
     let spec = entry
         .card
@@ -291,7 +291,9 @@ async fn stream_call(handle: switchyard_client::JobHandle, admission: Admission)
         let (frame, last) = match event {
             Ok(EventBody::ToolChunk { value } | EventBody::ToolResult { value }) => (format!("data: {value}\n\n"), false),
             Ok(EventBody::Done { .. }) => ("data: [DONE]\n\n".to_owned(), true),
-            Ok(EventBody::Error { code, message, upstream }) => (error_frame(JobFailure::new(code, message, upstream, "arguments").into()), true),
+            Ok(EventBody::Error { code, message, upstream }) => {
+                (error_frame(JobFailure::new(code, message, upstream, "arguments").into()), true)
+            }
             Ok(_) => (String::new(), false),
             Err(e) => (error_frame(e.into()), true),
         };

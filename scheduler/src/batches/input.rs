@@ -78,7 +78,11 @@ impl Rules<'_> {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
             return Err(Problem::new("invalid_json_line", None, format!("This line is not valid JSON: {e}")));
         }
-        let line: InputLine = switchyard_openai::parse(text.as_bytes()).map_err(|invalid| Problem { code: "invalid_request", message: invalid.message, param: invalid.param })?;
+        let line: InputLine = switchyard_openai::parse(text.as_bytes()).map_err(|invalid| Problem {
+            code: "invalid_request",
+            message: invalid.message,
+            param: invalid.param,
+        })?;
         if line.custom_id.is_empty() {
             return Err(Problem::new("invalid_request", Some("custom_id"), "custom_id must not be empty."));
         }
@@ -103,7 +107,11 @@ impl Rules<'_> {
     /// as for interactive requests).
     fn card(&self, name: &str) -> Result<&ModelCard, Problem> {
         self.models.get(name).filter(|card| self.owner.may_use(card)).ok_or_else(|| {
-            Problem::new("model_not_found", Some("body.model"), format!("The model `{name}` does not exist or you do not have access to it."))
+            Problem::new(
+                "model_not_found",
+                Some("body.model"),
+                format!("The model `{name}` does not exist or you do not have access to it."),
+            )
         })
     }
 }

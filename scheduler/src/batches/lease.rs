@@ -23,14 +23,8 @@ impl Lease {
     /// Takes the lease on `batch_id` for `owner` if nobody holds it.
     pub async fn take(redis: &ConnectionManager, batch_id: &str, owner: &str, ttl: Duration) -> Result<Option<Lease>, BrokerError> {
         let key = keys::batch_owner(batch_id);
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut redis.clone())
-            .await?;
+        let taken: Option<String> =
+            redis::cmd("SET").arg(&key).arg(owner).arg("NX").arg("PX").arg(ttl.as_millis() as u64).query_async(&mut redis.clone()).await?;
         Ok(taken.map(|_| Lease { redis: redis.clone(), key, owner: owner.to_string(), ttl }))
     }
 

@@ -22,10 +22,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::BatchOptions;
 use super::input::{Checked, Lines, Problem, Rules, custom_id_of};
-use switchyard_openai::endpoint::Endpoint;
 use super::lease::Lease;
 use super::object::{BatchError, BatchErrors, BatchStatus, NotRun, OutputLine, RequestCounts};
 use super::store::{BatchRecord, BatchStore, Results};
+use switchyard_openai::endpoint::Endpoint;
 
 /// Most validation errors a failed batch reports.
 const MAX_REPORTED_ERRORS: usize = 1000;
@@ -59,7 +59,19 @@ impl Batches {
         options: BatchOptions,
     ) -> Arc<Self> {
         let registry = Registry::new(redis.clone());
-        Arc::new(Batches { instance, store, results, files, jobs, redis, registry, options, running: Mutex::new(HashSet::new()), ended: Mutex::new(HashSet::new()), lines_done: AtomicU64::new(0) })
+        Arc::new(Batches {
+            instance,
+            store,
+            results,
+            files,
+            jobs,
+            redis,
+            registry,
+            options,
+            running: Mutex::new(HashSet::new()),
+            ended: Mutex::new(HashSet::new()),
+            lines_done: AtomicU64::new(0),
+        })
     }
 
     /// Takes every batch nobody runs, whenever a batch record changes and every second, and
@@ -251,7 +263,8 @@ impl Batches {
             }
         }
         let already = counts.total();
-        let endpoint = Endpoint::parse(&record.batch.endpoint).ok_or_else(|| anyhow::anyhow!("unknown endpoint {}", record.batch.endpoint))?;
+        let endpoint =
+            Endpoint::parse(&record.batch.endpoint).ok_or_else(|| anyhow::anyhow!("unknown endpoint {}", record.batch.endpoint))?;
         let models = Arc::new(self.models().await?);
         let window = Arc::new(Semaphore::new(self.options.window));
         let halt = stop.child_token();
@@ -268,7 +281,8 @@ impl Batches {
                     permit = window.clone().acquire_owned() => permit?,
                     _ = halt.cancelled() => break,
                 };
-                let line = LineRun { batches: self.clone(), record: record.clone(), endpoint, models: models.clone(), counts: counts.clone() };
+                let line =
+                    LineRun { batches: self.clone(), record: record.clone(), endpoint, models: models.clone(), counts: counts.clone() };
                 tasks.spawn(async move {
                     line.run(index, text).await;
                     drop(permit);
@@ -285,7 +299,14 @@ impl Batches {
             }
             anyhow::Ok(())
         };
-        let (dispatched, ()) = tokio::join!(async { let result = dispatch.await; halt.cancel(); result }, progress);
+        let (dispatched, ()) = tokio::join!(
+            async {
+                let result = dispatch.await;
+                halt.cancel();
+                result
+            },
+            progress
+        );
         dispatched?;
         if stop.is_cancelled() {
             return Ok(());
@@ -525,7 +546,8 @@ impl LineRun {
         let batches = &self.batches;
         let mut attempt = 0u32;
         let output = loop {
-            let checked = Rules { endpoint: self.endpoint, owner: &self.record.owner, limits: &self.record.limits, models: &self.models }.check(&text);
+            let checked = Rules { endpoint: self.endpoint, owner: &self.record.owner, limits: &self.record.limits, models: &self.models }
+                .check(&text);
             let checked = match checked {
                 Ok(checked) => checked,
                 Err(problem) => break OutputLine::answered(custom_id_of(&text), problem.status(), json(&problem.body())),
@@ -534,7 +556,9 @@ impl LineRun {
             match self.attempt(checked).await {
                 Ok(body) => break OutputLine::answered(custom_id, 200, body),
                 Err(Failure::Final(status, body)) => break OutputLine::answered(custom_id, status, body),
-                Err(Failure::Transient(status, body)) if attempt >= batches.options.retries => break OutputLine::answered(custom_id, status, body),
+                Err(Failure::Transient(status, body)) if attempt >= batches.options.retries => {
+                    break OutputLine::answered(custom_id, status, body);
+                }
                 Err(Failure::Transient(..)) => {
                     let backoff = batches.options.retry_backoff * 2u32.saturating_pow(attempt);
                     attempt += 1;
@@ -580,7 +604,8 @@ impl LineRun {
             }
         }))
         .await?;
-        let answer = plan.reply.assemble(outputs).map_err(|missing| Failure::Transient(502, server_error(&missing.to_string(), "backend_error")))?;
+        let answer =
+            plan.reply.assemble(outputs).map_err(|missing| Failure::Transient(502, server_error(&missing.to_string(), "backend_error")))?;
         Ok(json(&answer))
     }
 }
@@ -592,7 +617,9 @@ fn job_error(error: JobError) -> Failure {
 fn job_failure(failure: JobFailure) -> Failure {
     let (status, body) = (failure.status(), json(&failure.body()));
     match failure.code {
-        ErrorCode::BackendError | ErrorCode::MaxDeliveriesExceeded | ErrorCode::StreamGap | ErrorCode::DeadlineExceeded => Failure::Transient(status, body),
+        ErrorCode::BackendError | ErrorCode::MaxDeliveriesExceeded | ErrorCode::StreamGap | ErrorCode::DeadlineExceeded => {
+            Failure::Transient(status, body)
+        }
         ErrorCode::InvalidRequest
         | ErrorCode::ContextLengthExceeded
         | ErrorCode::Cancelled

@@ -77,7 +77,9 @@ pub struct BatchStore {
 
 impl BatchStore {
     pub async fn open(js: &jetstream::Context) -> Result<BatchStore, BrokerError> {
-        let kv = switchyard_broker::key_value(js, subject::BATCHES_BUCKET, "Switchyard's /v1/batches: one record per batch", Duration::ZERO).await?;
+        let kv =
+            switchyard_broker::key_value(js, subject::BATCHES_BUCKET, "Switchyard's /v1/batches: one record per batch", Duration::ZERO)
+                .await?;
         Ok(BatchStore { kv })
     }
 
@@ -215,7 +217,11 @@ impl Results {
 
     /// Every recorded line of a batch, in the order they were recorded; `with_bodies` false
     /// reads only which lines are done and how.
-    pub async fn read(&self, batch_id: &str, with_bodies: bool) -> Result<impl futures::Stream<Item = Result<RecordedLine, StoreError>> + use<>, StoreError> {
+    pub async fn read(
+        &self,
+        batch_id: &str,
+        with_bodies: bool,
+    ) -> Result<impl futures::Stream<Item = Result<RecordedLine, StoreError>> + use<>, StoreError> {
         let stream = self.js.get_stream(subject::BATCH_RESULTS_STREAM).await.map_err(|e| broker("opening the results stream", e))?;
         let mut consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
@@ -229,7 +235,8 @@ impl Results {
         let messages = consumer.messages().await.map_err(|e| broker("reading results", e))?;
         Ok(messages.take(pending as usize).map(|message| {
             let message = message.map_err(|e| broker("reading results", e))?;
-            let line = subject::batch_line_of(&message.subject).ok_or_else(|| StoreError::Broker(format!("unexpected subject {}", message.subject)))?;
+            let line = subject::batch_line_of(&message.subject)
+                .ok_or_else(|| StoreError::Broker(format!("unexpected subject {}", message.subject)))?;
             let succeeded = message.headers.as_ref().and_then(|h| h.get(OUTCOME)).is_some_and(|v| v.as_str() == "ok");
             Ok(RecordedLine { line, succeeded, body: message.payload.clone() })
         }))

@@ -16,8 +16,8 @@ use switchyard_schemas::{JobRequest, ModelCard, ModelKind, ToolChoice};
 use tokio_util::sync::CancellationToken;
 
 use super::{debug_card, debug_tokens, plain_text_only, stream_text, stream_tokens};
-use crate::tool_calls::{ToolCallStream, ToolFormat};
 use crate::runtime::parse_duration;
+use crate::tool_calls::{ToolCallStream, ToolFormat};
 use crate::{Backend, BackendError, EventSink, Finish, Job};
 
 #[derive(Debug, Clone, clap::Args)]

@@ -9,8 +9,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    BatchOptions, ChatMessage, Engine, EngineOptions, GenerateEvent, GenerateRequest, ModelKind, Prompt, PromptSettings,
-    SamplingParams, TorchError,
+    BatchOptions, ChatMessage, Engine, EngineOptions, GenerateEvent, GenerateRequest, ModelKind, Prompt,
+    PromptSettings, SamplingParams, TorchError,
 };
 
 /// `switchyard generate`: load a model folder and print the completion of one prompt.

@@ -90,8 +90,8 @@ pub use engine::{
 };
 pub use error::TorchError;
 pub use prompt::{check_generation_defaults, parse_generation_defaults, read_chat_template, read_system_prompt};
-pub use switchyard_schemas::{GenerationDefaults, PromptSettings};
 pub use sampling::{SamplingParams, TokenLogprob, TopLogprob};
+pub use switchyard_schemas::{GenerationDefaults, PromptSettings};
 
 /// Test-only access to the forward pass (first-step logits) without going through sampling.
 #[doc(hidden)]

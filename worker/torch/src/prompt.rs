@@ -160,7 +160,8 @@ mod tests {
 
     #[test]
     fn generation_defaults_parse_from_json_text() {
-        let d = parse_generation_defaults(r#"{"temperature": 0.5, "top_k": 7, "max_tokens": 3, "stop": "\n"}"#).unwrap();
+        let d =
+            parse_generation_defaults(r#"{"temperature": 0.5, "top_k": 7, "max_tokens": 3, "stop": "\n"}"#).unwrap();
         assert_eq!(d.temperature, Some(0.5));
         assert_eq!(d.top_k, Some(7));
         assert_eq!(d.max_tokens, Some(3));

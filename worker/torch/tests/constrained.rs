@@ -26,7 +26,12 @@ fn constrained_answers_are_json_of_the_schema() {
     let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]});
     for (i, prompt) in ["add two numbers", "what is 1 + 2?", "numbers please", "hello"].iter().enumerate() {
         // Greedy, and sampled with a seed: both end as an object of two integers.
-        let sampled = SamplingParams { max_tokens: Some(200), temperature: Some(1.0), seed: Some(i as u64), ..Default::default() };
+        let sampled = SamplingParams {
+            max_tokens: Some(200),
+            temperature: Some(1.0),
+            seed: Some(i as u64),
+            ..Default::default()
+        };
         for params in [greedy(200), sampled] {
             let out = run(&engine, constrained(Some(&schema), prompt, params));
             assert!(out.error.is_none(), "{:?}", out.error);
@@ -53,7 +58,8 @@ fn constrained_answers_are_json_of_the_schema() {
         assert!(out.text.starts_with('{'), "{:?}", out.text);
     }
     // An enum is written exactly.
-    let choice = json!({"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["unit"]});
+    let choice =
+        json!({"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["unit"]});
     let out = run(&engine, constrained(Some(&choice), "unit?", greedy(50)));
     let value: Value = serde_json::from_str(&out.text).unwrap();
     assert!(["celsius", "fahrenheit"].contains(&value["unit"].as_str().unwrap()), "{value}");

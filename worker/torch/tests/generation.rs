@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::*;
 use switchyard_torch::*;
 use tokio_util::sync::CancellationToken;

@@ -105,13 +105,9 @@ fn a_chat_template_file_replaces_the_folder_s() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("template.jinja");
     std::fs::write(&file, TEMPLATE).unwrap();
-    let backend = TorchBackend::load(&worker_args(&[
-        "--chat-template",
-        file.to_str().unwrap(),
-        "--system-prompt",
-        SYSTEM,
-    ]))
-    .unwrap();
+    let backend =
+        TorchBackend::load(&worker_args(&["--chat-template", file.to_str().unwrap(), "--system-prompt", SYSTEM]))
+            .unwrap();
     let engine = backend.engine();
     assert_eq!(engine.chat_template_source(), Some(TEMPLATE));
     assert_eq!(
@@ -143,7 +139,8 @@ fn a_tools_template_given_as_a_file_serves_tools_with_the_system_prompt() {
     std::fs::write(&file, qwen_template).unwrap();
 
     let backend =
-        TorchBackend::load(&worker_args(&["--chat-template", file.to_str().unwrap(), "--system-prompt", SYSTEM])).unwrap();
+        TorchBackend::load(&worker_args(&["--chat-template", file.to_str().unwrap(), "--system-prompt", SYSTEM]))
+            .unwrap();
     assert!(!load(tiny_llama(), None).info().chat_template_supports_tools, "the folder's own template has no tools");
     assert!(backend.engine().info().chat_template_supports_tools);
     assert!(backend.models()[0].supports.tools, "the card announces tools");
@@ -238,7 +235,8 @@ fn default_sampling_parameters_apply_and_a_request_s_own_win() {
     assert_eq!(fox(&engine, sampled.clone()).ids(), fox(&plain, sampled).ids());
 
     // top_k 1 by default is greedy; a request's top_k of 0 (off) samples as on the plain model.
-    let engine = load_with(with_defaults(GenerationDefaults { top_k: Some(1), top_p: Some(0.9), ..Default::default() }));
+    let engine =
+        load_with(with_defaults(GenerationDefaults { top_k: Some(1), top_p: Some(0.9), ..Default::default() }));
     let hot = |seed| SamplingParams { temperature: Some(1.0), ..unset(seed) };
     assert_eq!(fox(&engine, hot(2)).ids(), greedy_ids);
     let own = SamplingParams { top_k: Some(0), ..hot(2) };
@@ -254,13 +252,13 @@ fn default_penalties_apply_and_a_request_s_own_win() {
         ..Default::default()
     }));
     let penalized = fox(&engine, greedy(24)).ids();
-    assert_eq!(penalized, fox(&plain, SamplingParams { presence_penalty: 1.5, frequency_penalty: 2.0, ..greedy(24) }).ids());
+    assert_eq!(
+        penalized,
+        fox(&plain, SamplingParams { presence_penalty: 1.5, frequency_penalty: 2.0, ..greedy(24) }).ids()
+    );
     assert_ne!(penalized, fox(&plain, greedy(24)).ids(), "the penalties change the greedy text");
     let own = SamplingParams { presence_penalty: -1.0, ..greedy(24) };
-    assert_eq!(
-        fox(&engine, own.clone()).ids(),
-        fox(&plain, SamplingParams { frequency_penalty: 2.0, ..own }).ids()
-    );
+    assert_eq!(fox(&engine, own.clone()).ids(), fox(&plain, SamplingParams { frequency_penalty: 2.0, ..own }).ids());
 }
 
 #[test]
@@ -271,7 +269,8 @@ fn the_card_carries_the_settings_as_given() {
     let system = dir.path().join("system.txt");
     std::fs::write(&system, format!("{SYSTEM}\nSecond line.\n")).unwrap();
     let defaults = dir.path().join("defaults.json");
-    std::fs::write(&defaults, r#"{"temperature": 0.7, "max_tokens": 3, "stop": "\n", "frequency_penalty": 0.5}"#).unwrap();
+    std::fs::write(&defaults, r#"{"temperature": 0.7, "max_tokens": 3, "stop": "\n", "frequency_penalty": 0.5}"#)
+        .unwrap();
 
     let backend = TorchBackend::load(&worker_args(&[
         "--system-prompt",
@@ -321,10 +320,22 @@ fn bad_settings_are_refused_at_startup_with_the_flag_named() {
     );
     let missing = dir.path().join("missing.jinja");
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
-        (vec!["--generation-defaults".into(), r#"{"temprature": 0.5}"#.into()], vec!["--generation-defaults", "unknown field `temprature`"]),
-        (vec!["--generation-defaults".into(), r#"{"top_p": 2}"#.into()], vec!["--generation-defaults", "top_p must be in (0, 1]"]),
-        (vec!["--generation-defaults".into(), r#"{"max_tokens": 256}"#.into()], vec!["--generation-defaults", "max_tokens 256", "256 tokens"]),
-        (vec!["--generation-defaults".into(), "/no/such/defaults.json".into()], vec!["--generation-defaults", "/no/such/defaults.json"]),
+        (
+            vec!["--generation-defaults".into(), r#"{"temprature": 0.5}"#.into()],
+            vec!["--generation-defaults", "unknown field `temprature`"],
+        ),
+        (
+            vec!["--generation-defaults".into(), r#"{"top_p": 2}"#.into()],
+            vec!["--generation-defaults", "top_p must be in (0, 1]"],
+        ),
+        (
+            vec!["--generation-defaults".into(), r#"{"max_tokens": 256}"#.into()],
+            vec!["--generation-defaults", "max_tokens 256", "256 tokens"],
+        ),
+        (
+            vec!["--generation-defaults".into(), "/no/such/defaults.json".into()],
+            vec!["--generation-defaults", "/no/such/defaults.json"],
+        ),
         (vec!["--chat-template".into(), missing.display().to_string()], vec!["--chat-template", "missing.jinja"]),
         (vec!["--chat-template".into(), broken.display().to_string()], vec!["--chat-template", "does not parse"]),
         (

@@ -42,7 +42,14 @@ pub(super) struct EmbedJob {
 
 impl EmbedJob {
     pub fn new(ids: Vec<Vec<u32>>, reply: oneshot::Sender<Result<Embeddings>>) -> EmbedJob {
-        EmbedJob { vectors: vec![Vec::new(); ids.len()], ids, started: 0, encoded: 0, reply: Some(reply), arrived: Instant::now() }
+        EmbedJob {
+            vectors: vec![Vec::new(); ids.len()],
+            ids,
+            started: 0,
+            encoded: 0,
+            reply: Some(reply),
+            arrived: Instant::now(),
+        }
     }
 
     /// Answers with `error` instead.
@@ -82,7 +89,6 @@ impl<'a> EmbedQueue<'a> {
     pub fn new(encoder: &'a Encoder, device: Device, batch: usize) -> EmbedQueue<'a> {
         EmbedQueue { encoder, device, batch: batch.max(1), jobs: VecDeque::new(), last_round: None }
     }
-
 }
 
 impl ModelLoop for EmbedQueue<'_> {
@@ -90,7 +96,9 @@ impl ModelLoop for EmbedQueue<'_> {
         match job {
             Job::Embed(mut job) if job.ids.is_empty() => job.finish(),
             Job::Embed(job) => self.jobs.push_back(job),
-            Job::Generate(seq) => seq.fail(TorchError::WrongModelKind("generate text: it is a sentence encoder").into()),
+            Job::Generate(seq) => {
+                seq.fail(TorchError::WrongModelKind("generate text: it is a sentence encoder").into())
+            }
         }
     }
 

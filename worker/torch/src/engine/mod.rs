@@ -179,7 +179,14 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt, params: SamplingParams) -> GenerateRequest {
-        GenerateRequest { prompt, params, tools: None, answer_prefix: String::new(), constraint: None, resume_text: None }
+        GenerateRequest {
+            prompt,
+            params,
+            tools: None,
+            answer_prefix: String::new(),
+            constraint: None,
+            resume_text: None,
+        }
     }
 }
 
@@ -467,15 +474,17 @@ impl Worker {
         let (kind, context_length, embedding_dim, template) = match &loaded.model {
             Model::Decoder(d) => {
                 let template = match &settings.chat_template {
-                    Some(source) => Some(ChatTemplate::named(
-                        source.clone(),
-                        ChatTemplate::special_tokens(&tok_cfg),
-                        "--chat-template: the template",
-                    )
-                    .map_err(|e| match e {
-                        TorchError::ChatTemplate(message) => TorchError::InvalidSetting(message),
-                        e => e,
-                    })?),
+                    Some(source) => Some(
+                        ChatTemplate::named(
+                            source.clone(),
+                            ChatTemplate::special_tokens(&tok_cfg),
+                            "--chat-template: the template",
+                        )
+                        .map_err(|e| match e {
+                            TorchError::ChatTemplate(message) => TorchError::InvalidSetting(message),
+                            e => e,
+                        })?,
+                    ),
                     None => ChatTemplate::load(dir, &tok_cfg)?,
                 };
                 (ModelKind::Decoder, d.context_length, None, template)
@@ -536,7 +545,9 @@ impl Worker {
 
     fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
         match &self.model {
-            Model::Decoder(decoder) => serve(&jobs, &mut Scheduler::new(decoder, &self.shared.codec, self.shared.batch)),
+            Model::Decoder(decoder) => {
+                serve(&jobs, &mut Scheduler::new(decoder, &self.shared.codec, self.shared.batch))
+            }
             Model::Encoder(encoder) => {
                 serve(&jobs, &mut EmbedQueue::new(encoder, self.device, self.shared.batch.max_batch_size))
             }
@@ -583,7 +594,8 @@ fn check_prompt_settings(
     let Some(template) = template else {
         if settings.system_prompt.is_some() {
             return Err(TorchError::InvalidSetting(
-                "--system-prompt needs a chat template, and the model folder has none: give one with --chat-template".into(),
+                "--system-prompt needs a chat template, and the model folder has none: give one with --chat-template"
+                    .into(),
             ));
         }
         return Ok(());
@@ -609,7 +621,9 @@ fn check_prompt_settings(
     if let Some(system) = &settings.system_prompt
         && !rendered.contains(system.trim())
     {
-        tracing::warn!("the chat template does not write the system prompt into the prompt as given; check --system-prompt");
+        tracing::warn!(
+            "the chat template does not write the system prompt into the prompt as given; check --system-prompt"
+        );
     }
     Ok(())
 }

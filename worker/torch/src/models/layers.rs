@@ -416,9 +416,11 @@ impl BatchCache {
                     buf.narrow(0, 0, rows_a)
                         .narrow(2, width - self.width, self.width)
                         .copy_(&a.narrow(2, 0, self.width));
-                    buf.narrow(0, rows_a, rows_b)
-                        .narrow(2, width - other.width, other.width)
-                        .copy_(&b.narrow(2, 0, other.width));
+                    buf.narrow(0, rows_a, rows_b).narrow(2, width - other.width, other.width).copy_(&b.narrow(
+                        2,
+                        0,
+                        other.width,
+                    ));
                     buf
                 };
                 LayerCache { keys: merge(&a.keys, &b.keys), values: merge(&a.values, &b.values) }
@@ -506,10 +508,7 @@ mod tests {
         c.append(cache(&[5], 10.0));
         assert_eq!(c.lens(), &[2, 3, 5]);
         assert_eq!(c.width(), 5);
-        assert_eq!(
-            rows(&c),
-            vec![vec![0., 0., 0., 1., 2.], vec![0., 0., 1., 2., 3.], vec![11., 12., 13., 14., 15.]]
-        );
+        assert_eq!(rows(&c), vec![vec![0., 0., 0., 1., 2.], vec![0., 0., 1., 2., 3.], vec![11., 12., 13., 14., 15.]]);
 
         // A step writes column `width` of every row.
         c.reserve_step();

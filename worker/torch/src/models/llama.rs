@@ -225,7 +225,12 @@ impl Llama {
         let mask = cache.lens().iter().any(|&l| l < width).then(|| {
             let pads: Vec<i64> = cache.lens().iter().map(|&l| width - l).collect();
             let pads = Tensor::from_slice(&pads).to_device(device).view([b, 1]);
-            Tensor::arange(width + 1, (Kind::Int64, device)).view([1, width + 1]).ge_tensor(&pads).view([b, 1, 1, width + 1])
+            Tensor::arange(width + 1, (Kind::Int64, device)).view([1, width + 1]).ge_tensor(&pads).view([
+                b,
+                1,
+                1,
+                width + 1,
+            ])
         });
         let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false);
         let (cos, sin) = self.rope.cos_sin(&positions, x.kind());
