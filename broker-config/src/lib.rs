@@ -2,6 +2,7 @@
 //!
 //! * [`jobs`]: the JetStream streams (jobs as a work queue, dead letters) and the durable pull
 //!   consumer per (kind, model), created or updated idempotently at start.
+//! * [`lanes`]: each lane's queue depth, read from its durable consumer.
 //! * [`registry`]: worker records and model cards in Redis, with heartbeats and reaping.
 //! * [`cancel`]: job cancellation flags in Redis, announced on NATS.
 //! * [`apikeys`]: API keys (stored as hashes) and their revocation.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod cancel;
 pub mod files;
 pub mod jobs;
+pub mod lanes;
 pub mod ratelimit;
 pub mod registry;
 

@@ -69,7 +69,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         KeysAction::List => {
-            println!("{:<18} {:<12} {:<20} {:<8} {:<8} {:<6} {:<10} {}", "ID", "USER", "GROUPS", "RPM", "TPM", "CONC", "STATE", "HINT");
+            println!("{:<18} {:<12} {:<20} {:<8} {:<8} {:<6} {:<10} HINT", "ID", "USER", "GROUPS", "RPM", "TPM", "CONC", "STATE");
             for key in keys.list().await? {
                 let limit = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 let state = if key.revoked {

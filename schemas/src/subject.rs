@@ -76,6 +76,17 @@ pub fn job_consumer(lane: Lane, kind: JobKind, model: &str) -> String {
     format!("sy-{}-{}-{}", lane.as_str(), kind.as_str(), encode_token(model))
 }
 
+/// The lane, kind and model of a [`job_consumer`] name; `None` for any other name.
+pub fn parse_job_consumer(name: &str) -> Option<(Lane, JobKind, String)> {
+    let mut parts = name.splitn(4, '-');
+    (parts.next()? == "sy").then_some(())?;
+    let lane = parts.next()?;
+    let lane = Lane::ALL.into_iter().find(|l| l.as_str() == lane)?;
+    let kind = parts.next()?;
+    let kind = JobKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    Some((lane, kind, decode_token(parts.next()?)?))
+}
+
 /// Subject a dead job is kept under: `sy.dead.<kind>.<model token>`.
 pub fn dead_letter(kind: JobKind, model: &str) -> String {
     format!("sy.dead.{}.{}", kind.as_str(), encode_token(model))
@@ -192,6 +203,11 @@ mod tests {
         assert_eq!(job_consumer(Lane::Batch, JobKind::Chat, "m"), "sy-batch-chat-m");
         assert_eq!(job_id_of(&reply("api-1", "01J")), Some("01J".into()));
         assert!(!job_consumer(Lane::Interactive, JobKind::Embedding, "a/b.c").contains(['.', '/', '*', '>', ' ']));
+        for (lane, kind, model) in [(Lane::Batch, JobKind::Tool, "a-b/c.d"), (Lane::Interactive, JobKind::Chat, "Qwen/Qwen2.5-0.5B")] {
+            assert_eq!(parse_job_consumer(&job_consumer(lane, kind, model)), Some((lane, kind, model.to_string())));
+        }
+        assert_eq!(parse_job_consumer("sy-interactive-bogus-m"), None);
+        assert_eq!(parse_job_consumer("other"), None);
     }
 
     #[test]

@@ -276,11 +276,10 @@ impl Proc {
     /// The exit status, if the process has exited.
     pub fn try_status(&self) -> Option<ExitStatus> {
         let mut status = self.status.lock().unwrap();
-        if status.is_none() {
-            if let Ok(Some(exited)) = self.child.lock().unwrap().try_wait() {
+        if status.is_none()
+            && let Ok(Some(exited)) = self.child.lock().unwrap().try_wait() {
                 *status = Some(exited);
             }
-        }
         *status
     }
 
@@ -869,11 +868,10 @@ impl Stack {
         let mut redis = self.redis_conn().await;
         for id in self.registered_worker_ids().await {
             let blob: Option<Vec<u8>> = redis.get(keys::worker(&id)).await.ok()?;
-            if let Some(record) = blob.and_then(|blob| decode::<WorkerRecord>(&blob).ok()) {
-                if record.pid == worker.pid() {
+            if let Some(record) = blob.and_then(|blob| decode::<WorkerRecord>(&blob).ok())
+                && record.pid == worker.pid() {
                     return Some(record);
                 }
-            }
         }
         None
     }

@@ -380,9 +380,9 @@ async fn the_other_roles_are_scoped_and_wrong_credentials_are_named() {
         "{error}"
     );
     let wrong = servers.redis_url().replace("redis://", "redis://api:not-the-password@");
-    let error = switchyard_broker::connect_redis(&wrong).await.err().expect("a wrong Redis password is refused").to_string();
+    let error = switchyard_broker::connect_redis(&wrong).await.expect_err("a wrong Redis password is refused").to_string();
     assert!(error.contains("Redis refused these credentials") && !error.contains("not-the-password"), "{error}");
-    let error = switchyard_broker::connect_redis(&servers.redis_url()).await.err().expect("no Redis password is refused").to_string();
+    let error = switchyard_broker::connect_redis(&servers.redis_url()).await.expect_err("no Redis password is refused").to_string();
     assert!(error.contains("Redis refused these credentials"), "{error}");
 
     // A part started with a wrong password stops at once and names what failed.

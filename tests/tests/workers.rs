@@ -22,12 +22,11 @@ async fn read_text_chunks(reader: &mut SseReader, chunks: &mut Vec<serde_json::V
             .await
             .expect("a chunk within 30 s")
             .unwrap_or_else(|| panic!("stream ended early: {:?}", reader.raw));
-        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str() {
-            if !content.is_empty() {
+        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str()
+            && !content.is_empty() {
                 seen += 1;
                 text.push_str(content);
             }
-        }
         chunks.push(chunk);
     }
     text

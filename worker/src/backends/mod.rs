@@ -27,17 +27,6 @@ pub fn debug_tokens(text: &str) -> Vec<&str> {
     tokens
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn debug_tokens_rejoin_to_the_text() {
-        for text in ["hello world", "  lead", "trail  ", "a  b\nc", "", "日本 語"] {
-            assert_eq!(super::debug_tokens(text).concat(), text);
-        }
-        assert_eq!(super::debug_tokens("a  b"), vec!["a", "  b"]);
-    }
-}
-
 use std::time::Duration;
 
 use switchyard_schemas::{
@@ -145,4 +134,15 @@ pub fn plain_text_only(tools: Option<&ToolUse>, response_format: &ResponseFormat
         return Err(BackendError::invalid("response_format: this model supports only the 'text' response format"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_tokens_rejoin_to_the_text() {
+        for text in ["hello world", "  lead", "trail  ", "a  b\nc", "", "日本 語"] {
+            assert_eq!(super::debug_tokens(text).concat(), text);
+        }
+        assert_eq!(super::debug_tokens("a  b"), vec!["a", "  b"]);
+    }
 }
