@@ -136,8 +136,9 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         redis,
     });
     let gate = state.gate.clone();
+    switchyard_telemetry::prometheus::install();
     let app = routes::router(state, options.body_limit, &routes::mcp::described(openapi::ApiDoc::openapi()))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(request_span));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?
@@ -157,4 +158,17 @@ pub async fn serve(options: ApiOptions, shutdown: CancellationToken) -> anyhow::
         tracing::warn!(error = %e, "sending the last rate-limit corrections failed; concurrency slots free themselves when they expire");
     }
     Ok(())
+}
+
+/// The span of one HTTP request; its jobs record their id in it. With spans exported it is an
+/// info span continuing the caller's `traceparent` header (its jobs carry it on into the
+/// workers); without, the debug span tower-http makes by default, off unless logged.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    if !switchyard_telemetry::traces_exported() {
+        return tracing::debug_span!("request", method = %request.method(), uri = %request.uri(), job_id = tracing::field::Empty);
+    }
+    let span = tracing::info_span!("request", method = %request.method(), path = request.uri().path(), job_id = tracing::field::Empty);
+    let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok());
+    switchyard_telemetry::trace_context::continue_trace(&span, traceparent);
+    span
 }

@@ -46,6 +46,8 @@ pub struct Gate {
 #[derive(Clone)]
 pub struct Caller {
     pub key: Option<Arc<ApiKeyRecord>>,
+    /// When its request arrived: its jobs' latencies count from here.
+    pub arrived: Instant,
 }
 
 impl Caller {
@@ -86,8 +88,9 @@ impl Gate {
     }
 
     pub async fn authenticate(&self, authorization: Option<&HeaderValue>) -> Result<Caller, ApiError> {
+        let arrived = Instant::now();
         if self.no_auth {
-            return Ok(Caller { key: None });
+            return Ok(Caller { key: None, arrived });
         }
         let secret = authorization
             .and_then(|value| value.to_str().ok())
@@ -116,7 +119,7 @@ impl Gate {
         if key.expires_ms.is_some_and(|expires| expires <= now_ms()) {
             return Err(ApiError::Unauthorized(format!("The API key {} has expired.", key.hint)));
         }
-        Ok(Caller { key: Some(key) })
+        Ok(Caller { key: Some(key), arrived })
     }
 
     /// Gives back what every lease left, and sends the rate-limit corrections still waiting
@@ -303,11 +306,12 @@ fn incorrect_key(secret: &str) -> ApiError {
 }
 
 fn refusal(limit: &Limit, decision: &Decision, mut headers: HeaderMap, model: &str) -> ApiError {
-    let (what, kind) = match limit.kind {
-        LimitKind::RequestsPerMinute => ("requests per minute", "requests"),
-        LimitKind::TokensPerMinute => ("tokens per minute", "tokens"),
-        LimitKind::Concurrent => ("concurrent requests", "requests"),
+    let (what, kind, label) = match limit.kind {
+        LimitKind::RequestsPerMinute => ("requests per minute", "requests", "rpm"),
+        LimitKind::TokensPerMinute => ("tokens per minute", "tokens", "tpm"),
+        LimitKind::Concurrent => ("concurrent requests", "requests", "concurrency"),
     };
+    metrics::counter!(switchyard_telemetry::names::RATE_LIMITED, "model" => model.to_string(), "limit" => label).increment(1);
     let scope =
         if limit.key.contains(':') && limit.key.ends_with(&format!(":{model}")) { format!(" on model {model}") } else { String::new() };
     let message = match decision.retry_after_ms {

@@ -21,6 +21,8 @@ struct Cli {
     /// the parts it starts when they share a small machine.
     #[arg(long, global = true, env = "SWITCHYARD_THREADS")]
     threads: Option<usize>,
+    #[command(flatten)]
+    telemetry: switchyard_telemetry::TelemetryOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,7 +34,7 @@ enum Command {
     /// Serve the OpenAI-compatible HTTP API.
     Api(switchyard_api::ApiOptions),
     /// Run a worker with one backend (`switchyard worker --list` shows them).
-    Worker(worker::WorkerCommand),
+    Worker(Box<worker::WorkerCommand>),
     /// Create, list and revoke API keys.
     Keys(keys::KeysCommand),
     /// Submit, follow, list, cancel and download batches on any OpenAI-compatible api.
@@ -45,13 +47,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let _telemetry = switchyard_telemetry::init(cli.command.service(), &cli.telemetry)?;
     #[cfg(feature = "torch")]
     if let Command::Generate(args) = cli.command {
         return switchyard_torch::run_generate(args);
@@ -67,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev(options) => dev::run(options, shutdown).await,
             Command::Api(options) => switchyard_api::serve(options, shutdown).await,
-            Command::Worker(command) => worker::run(command, shutdown).await,
+            Command::Worker(command) => worker::run(*command, shutdown).await,
             Command::Scheduler(options) => switchyard_scheduler::run_scheduler(options, shutdown).await,
             Command::Keys(command) => keys::run(command).await,
             Command::Batch(command) => batch::run(command, shutdown).await,
@@ -75,6 +72,21 @@ fn main() -> anyhow::Result<()> {
             Command::Generate(_) => unreachable!("handled before the runtime starts"),
         }
     })
+}
+
+impl Command {
+    /// The `service.name` this process's spans are exported under.
+    fn service(&self) -> &'static str {
+        match self {
+            Command::Dev(_) => "switchyard-dev",
+            Command::Api(_) => "switchyard-api",
+            Command::Worker(_) => "switchyard-worker",
+            Command::Keys(_) | Command::Batch(_) => "switchyard-cli",
+            Command::Scheduler(_) => "switchyard-scheduler",
+            #[cfg(feature = "torch")]
+            Command::Generate(_) => "switchyard-generate",
+        }
+    }
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM; a second one exits at once.

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -38,6 +38,7 @@ use switchyard_schemas::{
     ErrorCode, EventBody, JobEnvelope, JobRequest, Lane, OUT_OF_BAND_SEQ, ResumeState, StreamEvent, WIRE_VERSION, decode, encode, now_ms,
     subject,
 };
+use switchyard_telemetry::jobs::{JobWatch, Unanswered};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -150,6 +151,12 @@ impl Jobs {
     /// Publishes a job in `lane` and returns the handle its events arrive on. The job is in
     /// JetStream (acknowledged) when this returns.
     pub async fn submit(self: &Arc<Self>, lane: Lane, model: &str, request: JobRequest) -> Result<JobHandle, JobError> {
+        self.submit_since(lane, model, request, Instant::now()).await
+    }
+
+    /// [`Self::submit`] for a request that arrived at `arrived`: its time to first token and
+    /// end-to-end latency ([`switchyard_telemetry::jobs`]) count from then.
+    pub async fn submit_since(self: &Arc<Self>, lane: Lane, model: &str, request: JobRequest, arrived: Instant) -> Result<JobHandle, JobError> {
         let id = ulid::Ulid::new().to_string();
         let timeouts = self.timeouts;
         let deadline = now_ms() + timeouts.idle.as_millis() as u64 + timeouts.queue.as_millis() as u64;
@@ -161,8 +168,10 @@ impl Jobs {
         let (tx, rx) = mpsc::unbounded_channel();
         // Listen before publishing: a fast worker may answer before the publish ack arrives.
         self.inflight.lock().unwrap().insert(id.clone(), Inflight { tx, progress: ResumeState::start() });
-        let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false };
+        let watch = JobWatch::submitted(model, lane, arrived);
+        let mut handle = JobHandle { id: id.clone(), rx, jobs: self.clone(), started: false, finished: false, watch };
         if let Err(e) = self.publish(id, lane, model, request, route).await {
+            handle.watch.unanswered(Unanswered::NotQueued);
             handle.finished = true;
             return Err(e);
         }
@@ -187,9 +196,11 @@ impl Jobs {
             deadline_ms: route.deadline_ms,
             reply_to: route.reply_to,
             resume_to: route.resume_to,
-            traceparent: None,
+            // The submitting span (the api's request) continues in the worker's.
+            traceparent: switchyard_telemetry::trace_context::traceparent(&tracing::Span::current()),
             created_ms: now_ms(),
         };
+        tracing::Span::current().record("job_id", id.as_str());
         let payload = encode(&envelope).map_err(|e| JobError::Internal(e.to_string()))?;
         // No `Nats-Msg-Id`: this publish is never retried, so the stream's duplicate tracking
         // (an entry per job for two minutes) would buy nothing here.
@@ -245,6 +256,8 @@ pub struct JobHandle {
     jobs: Arc<Jobs>,
     started: bool,
     finished: bool,
+    /// Its metrics; dropped unfinished, it counts the job as cancelled.
+    watch: JobWatch,
 }
 
 impl JobHandle {
@@ -270,6 +283,7 @@ impl JobHandle {
                 if matches!(event, EventBody::Started { .. }) {
                     self.started = true;
                 }
+                self.watch.event(&event);
                 self.finished = event.is_terminal();
                 // A gap is terminal for the client, but the worker is still running: cancel it.
                 if matches!(event, EventBody::Error { code: ErrorCode::StreamGap, .. }) {
@@ -278,8 +292,14 @@ impl JobHandle {
                 Ok(event)
             }
             Ok(None) => Err(JobError::Internal("the job's event route closed".into())),
-            Err(_) if !self.started => Err(JobError::NotStarted(wait)),
-            Err(_) => Err(JobError::Silent(wait)),
+            Err(_) if !self.started => {
+                self.watch.unanswered(Unanswered::QueueTimeout);
+                Err(JobError::NotStarted(wait))
+            }
+            Err(_) => {
+                self.watch.unanswered(Unanswered::IdleTimeout);
+                Err(JobError::Silent(wait))
+            }
         }
     }
 

@@ -20,6 +20,8 @@ use crate::prometheus::LATENCY_BUCKETS;
 /// Why a job ended without a terminal event from its worker, as its submitter saw it.
 #[derive(Debug, Clone, Copy)]
 pub enum Unanswered {
+    /// The queue did not take it.
+    NotQueued,
     /// No worker started it within the queue timeout.
     QueueTimeout,
     /// Its worker went silent for longer than the idle timeout.
@@ -29,6 +31,7 @@ pub enum Unanswered {
 impl Unanswered {
     fn code(self) -> &'static str {
         match self {
+            Unanswered::NotQueued => "not_queued",
             Unanswered::QueueTimeout => "queue_timeout",
             Unanswered::IdleTimeout => "idle_timeout",
         }
@@ -96,7 +99,9 @@ impl Series {
     }
 }
 
-static SERIES: LazyLock<RwLock<HashMap<(String, Lane), Arc<Series>>>> = LazyLock::new(Default::default);
+type SeriesMap = HashMap<(String, Lane), Arc<Series>>;
+
+static SERIES: LazyLock<RwLock<SeriesMap>> = LazyLock::new(Default::default);
 
 fn series(model: &str, lane: Lane) -> Arc<Series> {
     if let Some(series) = SERIES.read().unwrap().get(&(model.to_string(), lane)) {

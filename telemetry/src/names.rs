@@ -21,8 +21,8 @@ pub const PROMPT_TOKENS: &str = "switchyard_prompt_tokens_total";
 pub const GENERATION_TOKENS: &str = "switchyard_generation_tokens_total";
 /// Counter: jobs that ended, by `reason` (`stop`, `length`, `tool_calls`, `error`, `cancelled`).
 pub const REQUESTS_FINISHED: &str = "switchyard_requests_finished_total";
-/// Counter: jobs that ended in an error, by `code` (the wire's error codes, and `queue_timeout`
-/// / `idle_timeout` when no event came in time).
+/// Counter: jobs that ended in an error, by `code`: the wire's error codes, and `not_queued`,
+/// `queue_timeout` or `idle_timeout` when the queue refused the job or no event came in time.
 pub const REQUEST_ERRORS: &str = "switchyard_request_errors_total";
 /// Counter: jobs cancelled before they ended (the client went away, or a cancel call).
 pub const REQUESTS_CANCELLED: &str = "switchyard_requests_cancelled_total";

@@ -50,6 +50,7 @@ pub fn router(state: AppState, body_limit: usize, openapi: &utoipa::openapi::Ope
         .merge(mcp::router(&state, body_limit))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(switchyard_telemetry::prometheus::metrics_handler))
         .route("/openapi.json", get(|| async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }))
         .fallback(unknown_route)
         .layer(middleware::from_fn(openai_method_errors))

@@ -191,7 +191,7 @@ pub(crate) async fn start_call(
     arguments: Value,
 ) -> Result<(Admission, switchyard_client::JobHandle), ApiError> {
     let request = JobRequest::Tool { function: function.to_owned(), arguments };
-    let submit = async { Ok::<_, ApiError>(state.jobs.submit(Lane::Interactive, &entry.card.name, request).await?) };
+    let submit = async { Ok::<_, ApiError>(state.jobs.submit_since(Lane::Interactive, &entry.card.name, request, caller.arrived).await?) };
     state.gate.admit_and_dispatch(caller, &entry.card, 0, submit).await
 }
 
