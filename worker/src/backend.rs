@@ -31,7 +31,8 @@ pub struct BackendError {
     pub code: ErrorCode,
     pub message: String,
     /// With [`ErrorCode::Upstream`]: what the upstream server answered.
-    pub upstream: Option<UpstreamError>,
+    /// Boxed: an upstream answer is rare, and inline it would make every `Result<_, BackendError>` large.
+    pub upstream: Option<Box<UpstreamError>>,
     /// Give the job back to the queue instead of failing it, to be delivered again (to this
     /// worker or another) after this long — unless this was its last delivery, which reports
     /// the error. Only for a job that has sent nothing yet: see [`BackendError::hand_back`].
@@ -45,7 +46,7 @@ impl BackendError {
 
     /// An upstream server's error answer, passed on with its status and fields.
     pub fn upstream(message: impl Into<String>, upstream: UpstreamError) -> Self {
-        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(upstream), hand_back: None }
+        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(Box::new(upstream)), hand_back: None }
     }
 
     /// This error, but the job goes back to the queue for another try after `after` when it

@@ -423,7 +423,7 @@ async fn run_job(
             }
             Err(error) => {
                 warn!(code = error.code.as_str(), message = %error.message, "job failed");
-                sink.send(EventBody::Error { code: error.code, message: error.message, upstream: error.upstream });
+                sink.send(EventBody::Error { code: error.code, message: error.message, upstream: error.upstream.map(|u| *u) });
                 None
             }
         };
