@@ -159,7 +159,7 @@ def check(label, docs, golden, env_names, autoscaling):
                 fail(where, f"{key} {meta.get(key)!r} is no integer")
         if not re.fullmatch(r"[^:/]+:8222", meta["natsServerMonitoringEndpoint"]):
             fail(where, f"monitoring endpoint {meta['natsServerMonitoringEndpoint']} (host:port, the NATS monitor port)")
-        if meta["stream"] != golden["stream"]:
+        if meta.get("stream") != golden["stream"]:
             fail(where, f"stream {meta['stream']}, not {golden['stream']}")
         expected = consumers.get((model, kind))
         if expected is None:
@@ -180,30 +180,56 @@ def main():
     golden = json.loads((CHART / "ci/consumers.json").read_text())
     env_names = declared_env()
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    nats = defaults["nats"]["config"]
-    if not (nats["jetstream"]["enabled"] and nats["cluster"]["enabled"] and nats["cluster"]["replicas"] == 3 and nats["monitor"]["enabled"]
-            and nats["monitor"]["port"] == 8222):
-        fail("values.yaml", "nats: JetStream, a 3-node cluster and monitoring on 8222")
     cases = [("defaults", {}, True), ("autoscaling off", {"autoscaling": {"enabled": False}}, False)]
     for path in sorted((CHART / "ci").glob("*-values.yaml")):
         cases.append((f"ci/{path.name}", yaml.safe_load(path.read_text()), True))
+    passed = failed = 0
+
+    def case(label, run):
+        nonlocal passed, failed
+        before = len(failures)
+        try:
+            note = run()
+        except helm.HelmError as e:
+            fail(label, f"rendering failed: {e}")
+            note = None
+        if len(failures) == before:
+            passed += 1
+            print(f"ok   {label}{f': {note}' if note else ''}")
+        else:
+            failed += 1
+            for line in failures[before:]:
+                print(f"FAIL {line}")
+
     for label, values, autoscaling in cases:
-        count = check(label, render(values), golden, env_names, autoscaling)
-        print(f"  {label}: {count} objects")
-    try:
-        render({"models": [{"id": "x", "name": "x", "kind": "tool", "volume": {"claimName": "m"}, "lanes": {"interactive": {}}}]})
-        fail("kind: tool", "rendered; the chart must refuse kinds a torch worker cannot serve")
-    except helm.HelmError:
-        pass
-    report = helm.lint(str(CHART), strict=True)
-    for message in report.get("messages", []):
-        # 1 info, 2 warning, 3 error. The missing NATS dependency is expected here.
-        if message["severity"] >= 2 and "nats" not in message["error"]:
-            fail(f"helm lint {message['path']}", message["error"])
-    for line in failures:
-        print(f"FAIL {line}")
-    print(f"deploy chart: {len(cases) + 1} renderings checked, {len(failures)} failed")
-    return 1 if failures else 0
+        case(label, lambda: f"{check(label, render(values), golden, env_names, autoscaling)} objects")
+
+    def refuses_tool_kind():
+        try:
+            render({"models": [{"id": "x", "name": "x", "kind": "tool", "volume": {"claimName": "m"}, "lanes": {"interactive": {}}}]})
+            fail("kind: tool", "rendered; the chart must refuse kinds a torch worker cannot serve")
+        except helm.HelmError:
+            pass
+
+    case("a model of kind tool is refused", refuses_tool_kind)
+
+    def lint():
+        report = helm.lint(str(CHART), strict=True)
+        for message in report.get("messages", []):
+            # 1 info, 2 warning, 3 error. The missing NATS dependency is expected here.
+            if message["severity"] >= 2 and "nats" not in message["error"]:
+                fail(f"helm lint {message['path']}", message["error"])
+
+    def nats_values():
+        nats = defaults["nats"]["config"]
+        if not (nats["jetstream"]["enabled"] and nats["cluster"]["enabled"] and nats["cluster"]["replicas"] == 3
+                and nats["monitor"]["enabled"] and nats["monitor"]["port"] == 8222):
+            fail("values.yaml", "nats: JetStream, a 3-node cluster and monitoring on 8222")
+
+    case("NATS values: JetStream, 3 replicas, monitoring on 8222", nats_values)
+    case("helm lint", lint)
+    print(f"check-deploy: {passed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
