@@ -30,6 +30,9 @@ pub struct DevOptions {
     redis_port: u16,
     #[arg(long, default_value_t = 8081)]
     scheduler_port: u16,
+    /// The first worker's `/metrics` (and `/health`, `/ready`) port; each further worker takes the next.
+    #[arg(long, default_value_t = 9100)]
+    worker_metrics_port: u16,
     /// Serve without API keys or rate limits (local experiments only).
     #[arg(long)]
     no_auth: bool,
@@ -105,13 +108,21 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         parts.push(spawn("api", &mut api, &logs)?);
         parts.push(spawn("scheduler", part(&["scheduler"]).args(urls).args(["--listen", &scheduler_listen]), &logs)?);
         let mut models = Vec::new();
+        // Each worker its own metrics port, in the order they start.
+        let mut metrics_ports = options.worker_metrics_port..;
+        let mut next_metrics = || format!("{}:{}", options.host, metrics_ports.next().expect("ports left"));
+        let worker_part = |args: &[&str], metrics: String| {
+            let mut command = part(args);
+            command.args(urls).args(["--metrics-listen", &metrics]);
+            command
+        };
         if !options.no_workers {
-            parts.push(spawn("worker-echo", part(&["worker", "echo", "--tools-name", "echo-tools"]).args(urls), &logs)?);
+            parts.push(spawn("worker-echo", &mut worker_part(&["worker", "echo", "--tools-name", "echo-tools"], next_metrics()), &logs)?);
             models.push("echo (chat, debug)".to_string());
             models.push("echo-embedding (embeddings, debug)".to_string());
-            parts.push(spawn("worker-dummy", part(&["worker", "dummy"]).args(urls), &logs)?);
+            parts.push(spawn("worker-dummy", &mut worker_part(&["worker", "dummy"], next_metrics()), &logs)?);
             models.push("dummy (chat, debug)".to_string());
-            parts.push(spawn("worker-tools-demo", part(&["worker", "tools-demo"]).args(urls), &logs)?);
+            parts.push(spawn("worker-tools-demo", &mut worker_part(&["worker", "tools-demo"], next_metrics()), &logs)?);
             models.push("demo-tools (hosted functions: custom_method, get_stream, get_info)".to_string());
             if cfg!(feature = "torch") {
                 for (folder, kind) in [(&options.chat_model, "chat"), (&options.embedding_model, "embeddings")] {
@@ -120,8 +131,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                         tracing::warn!("{} not found: run scripts/setup.sh to install it; not serving {name}", folder.display());
                         continue;
                     }
-                    let mut worker = part(&["worker", "torch", "--model-path"]);
-                    worker.arg(folder).args(urls);
+                    let mut worker = worker_part(&["worker", "torch", "--model-path"], next_metrics());
+                    worker.arg(folder);
                     parts.push(spawn(&format!("worker-{name}"), &mut worker, &logs)?);
                     models.push(format!("{name} ({kind}, torch)"));
                 }
@@ -134,6 +145,12 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         println!("  nats        {nats_url}   (JetStream data in {})", nats_data.display());
         println!("  redis       {redis_url}");
         println!("  scheduler   http://{scheduler_listen}/health");
+        println!("  status      http://{api_listen}/status   (admin keys; `switchyard status` in a terminal)");
+        let last_metrics = metrics_ports.start.saturating_sub(1);
+        println!(
+            "  metrics     http://{api_listen}/metrics, http://{scheduler_listen}/metrics, workers on ports {}-{last_metrics} (/metrics)",
+            options.worker_metrics_port
+        );
         println!(
             "  threads     {} per part, {} for nats-server (this machine's share; SWITCHYARD_THREADS / GOMAXPROCS override)",
             shared.part_threads, shared.nats_threads

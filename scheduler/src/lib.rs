@@ -11,12 +11,14 @@
 //!   the output and error files, with lines run as batch-lane jobs.
 //! * Expired files (`/v1/files` with an expiry) are deleted.
 //! * Resume answers for `/v1/jobs` jobs, whose events no api replica follows ([`resume`]).
-//! * Health on HTTP (`GET /health`).
+//! * Health on HTTP (`GET /health`) and Prometheus metrics (`GET /metrics`, [`observe`]): lane
+//!   depths, live workers and slots per model, batches, dead letters.
 //!
 //! Every task here is idempotent or claimed by one replica at a time, so several schedulers
 //! can run side by side and any of them may be killed.
 
 pub mod batches;
+mod observe;
 mod resume;
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use switchyard_broker::parse_duration;
 use switchyard_broker::registry::Registry;
 use switchyard_schemas::{ErrorCode, EventBody, JobEnvelope, OUT_OF_BAND_SEQ, StreamEvent, decode, encode, subject};
 use tokio_util::sync::CancellationToken;
+use switchyard_telemetry::names;
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +58,9 @@ pub struct SchedulerOptions {
     /// before it is forgotten (its requests get 404).
     #[arg(long, env = "SWITCHYARD_MODEL_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub model_retention: Duration,
+    /// How often the lane, worker and batch gauges of `/metrics` are refreshed.
+    #[arg(long, env = "SWITCHYARD_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
     #[command(flatten)]
     pub batches: batches::BatchOptions,
 }
@@ -87,6 +93,8 @@ pub async fn run_scheduler(options: SchedulerOptions, shutdown: CancellationToke
         options.batches.clone(),
     );
     let batch_runner = tokio::spawn(batches.clone().run(shutdown.clone()));
+    switchyard_telemetry::prometheus::install();
+    let observer = tokio::spawn(observe::run(js.clone(), Registry::new(redis.clone()), batches.clone(), options.metrics_interval));
     let resumes = nats.queue_subscribe(subject::DURABLE_RESUMES, subject::SCHEDULER_GROUP.into()).await?;
     let resumer = tokio::spawn(resume::answer(js.clone(), nats.clone(), resumes));
 
@@ -95,11 +103,15 @@ pub async fn run_scheduler(options: SchedulerOptions, shutdown: CancellationToke
     let dead_letters = tokio::spawn(dead_letter_loop(js.clone(), nats.clone(), advisories, counters.clone()));
     let reaper = tokio::spawn(reap_loop(Registry::new(redis), options.reap_interval, options.model_retention, counters.clone()));
 
-    let app = axum::Router::new().route("/health", axum::routing::get(health)).with_state(Health { counters, batches });
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(health))
+        .route("/metrics", axum::routing::get(switchyard_telemetry::prometheus::metrics_handler))
+        .with_state(Health { counters, batches });
     let listener = tokio::net::TcpListener::bind(options.listen).await.with_context(|| format!("cannot listen on {}", options.listen))?;
     info!(listen = %options.listen, "scheduler ready");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     dead_letters.abort();
+    observer.abort();
     reaper.abort();
     batch_runner.abort();
     resumer.abort();
@@ -168,8 +180,10 @@ async fn dead_letter_loop(
             continue;
         };
         match dead_letter(&js, &nats, &advisory).await {
-            Ok(job_id) => {
+            Ok(envelope) => {
+                let job_id = envelope.id;
                 counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::DEAD_LETTERS, "model" => envelope.model, "kind" => envelope.kind.as_str()).increment(1);
                 warn!(job_id, deliveries = advisory.deliveries, "job failed every delivery; dead-lettered");
             }
             Err(e) => warn!(stream_seq = advisory.stream_seq, error = %e, "dead-lettering failed"),
@@ -178,7 +192,7 @@ async fn dead_letter_loop(
 }
 
 /// Tells the client, keeps the job in `SY_DEAD`, removes it from the work queue.
-async fn dead_letter(js: &jetstream::Context, nats: &async_nats::Client, advisory: &MaxDeliveriesAdvisory) -> anyhow::Result<String> {
+async fn dead_letter(js: &jetstream::Context, nats: &async_nats::Client, advisory: &MaxDeliveriesAdvisory) -> anyhow::Result<JobEnvelope> {
     let stream = js.get_stream(subject::JOBS_STREAM).await?;
     let message = stream.get_raw_message(advisory.stream_seq).await?;
     let envelope: JobEnvelope = decode(&message.payload)?;
@@ -196,5 +210,5 @@ async fn dead_letter(js: &jetstream::Context, nats: &async_nats::Client, advisor
     nats.publish(envelope.reply_to.clone(), encode(&error)?.into()).await?;
     js.publish(subject::dead_letter(envelope.kind, &envelope.model), message.payload.clone()).await?.await?;
     stream.delete_message(advisory.stream_seq).await?;
-    Ok(envelope.id)
+    Ok(envelope)
 }

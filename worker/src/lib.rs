@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod backends;
+mod observe;
 mod running;
 pub mod runtime;
 pub mod sink;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::backend::{Backend, BackendError, Job};
+use crate::observe::{self, WorkerMetrics};
 use crate::running::{Heard, Pulled, RunningJobs};
 use crate::sink::{self, EventSink};
 use crate::slots::{Slot, Slots};
@@ -64,6 +65,10 @@ pub struct RuntimeOptions {
     /// Tokens per minute each API key may use on this worker's models (on top of the key's own limit).
     #[arg(long, env = "SWITCHYARD_MODEL_TPM")]
     pub model_tpm: Option<u32>,
+    /// Serve `/metrics` (Prometheus), `/health` and `/ready` on this address. Off by default:
+    /// several workers often share a machine, and each needs its own port.
+    #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_permissions(text: &str) -> Result<Permissions, String> {
@@ -79,6 +84,7 @@ struct Worker {
     options: RuntimeOptions,
     running: RunningJobs,
     busy: AtomicU32,
+    metrics: WorkerMetrics,
     /// Set when the drain timed out: cancelled jobs go back to the queue instead of ending.
     handing_back: AtomicBool,
 }
@@ -98,6 +104,11 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
         .collect();
     anyhow::ensure!(!models.is_empty(), "backend {} serves no model", backend.name());
     let slots = options.slots.unwrap_or(1).max(1);
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(listen) = options.metrics_listen {
+        switchyard_telemetry::prometheus::install();
+        observe::serve(listen, ready.clone(), shutdown.clone()).await?;
+    }
     let id = format!("{}-{}-{}", backend.name(), std::process::id(), ulid::Ulid::new().to_string().to_lowercase());
     let nats = switchyard_broker::connect_nats(&options.nats_url, &id, &options.auth).await?;
     let redis = switchyard_broker::connect_redis(&options.redis_url).await?;
@@ -119,6 +130,7 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
         options: options.clone(),
         running: RunningJobs::new(),
         busy: AtomicU32::new(0),
+        metrics: WorkerMetrics::new(slots, &models),
         handing_back: AtomicBool::new(false),
     });
     let registry = Registry::new(redis);
@@ -198,7 +210,9 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
         })
         .collect();
 
+    ready.store(true, Ordering::Relaxed);
     shutdown.cancelled().await;
+    ready.store(false, Ordering::Relaxed);
     info!("draining: no new jobs; waiting up to {:?} for {} running", options.drain_timeout, worker.busy.load(Ordering::Relaxed));
     for puller in pullers {
         let _ = puller.await;
@@ -327,10 +341,13 @@ async fn handle_job(worker: Arc<Worker>, message: jetstream::Message, _slot: Slo
     };
     let (attempt, stream_seq) = message.info().map(|info| (info.delivered as u32, info.stream_sequence)).unwrap_or((1, 0));
     let span = info_span!("job", job_id = %envelope.id, model = %envelope.model, lane = envelope.lane.as_str(), attempt);
+    switchyard_telemetry::trace_context::continue_trace(&span, envelope.traceparent.as_deref());
     worker.busy.fetch_add(1, Ordering::Relaxed);
-    let job_id = envelope.id.clone();
+    worker.metrics.started(&envelope.model, envelope.lane, attempt);
+    let (job_id, model) = (envelope.id.clone(), envelope.model.clone());
     let outcome = run_job(&worker, envelope, attempt, stream_seq, message.reply.clone()).instrument(span).await;
     worker.busy.fetch_sub(1, Ordering::Relaxed);
+    worker.metrics.ended(&model, matches!(outcome, Outcome::HandedBack(_)));
     let ack = match outcome {
         Outcome::Finished => AckKind::Ack,
         Outcome::HandedBack(after) => AckKind::Nak(after),

@@ -105,6 +105,25 @@ impl Batches {
         }
     }
 
+    /// Every batch not known to have ended, read from the store (batches seen ended are never
+    /// read again).
+    pub async fn unfinished(&self) -> anyhow::Result<Vec<BatchRecord>> {
+        let mut records = Vec::new();
+        for id in self.store.ids().await? {
+            if self.ended.lock().unwrap().contains(&id) {
+                continue;
+            }
+            match self.store.get(&id).await? {
+                Some(record) if record.batch.status.is_terminal() => {
+                    self.ended.lock().unwrap().insert(id);
+                }
+                Some(record) => records.push(record),
+                None => {}
+            }
+        }
+        Ok(records)
+    }
+
     async fn claim_unowned(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
         for id in self.store.ids().await? {
             if self.ended.lock().unwrap().contains(&id) || self.running.lock().unwrap().contains(&id) {
