@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Missing, unknown, revoked or expired API key.
     #[error("{0}")]
     Unauthorized(String),
+    /// A valid key that may not do this (the status page without the admin flag).
+    #[error("{0}")]
+    Forbidden(String),
     /// A rate limit refused the request; `headers` carry `retry-after` and `x-ratelimit-*`.
     #[error("{message}")]
     RateLimited { message: String, kind: &'static str, headers: axum::http::HeaderMap },
@@ -58,6 +61,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(invalid) => status(invalid.status()),
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ModelNotFound(_) | ApiError::ToolNotFound { .. } | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,6 +80,7 @@ impl ApiError {
             ApiError::InvalidRequest(invalid) => return invalid.body(),
             ApiError::Job(failure) => return failure.body(),
             ApiError::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::Forbidden(_) => ("invalid_request_error", None, Some("insufficient_permissions")),
             ApiError::RateLimited { kind, .. } => (*kind, None, Some("rate_limit_exceeded")),
             ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model"), Some("model_not_found")),
             ApiError::ToolNotFound { .. } => ("invalid_request_error", Some("function"), Some("unknown_function")),
