@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh --test-tools
+scripts/check-deploy.sh
 export PATH="$PWD/.switchyard/bin:$PATH"
 # The integration tests drive the real `switchyard` binary.
 cargo build -p switchyard

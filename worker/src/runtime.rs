@@ -105,9 +105,12 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     anyhow::ensure!(!models.is_empty(), "backend {} serves no model", backend.name());
     let slots = options.slots.unwrap_or(1).max(1);
     let ready = Arc::new(AtomicBool::new(false));
+    // Up until the drain has ended (a liveness probe must not fail a draining worker).
+    let probes = CancellationToken::new();
+    let _stop_probes = probes.clone().drop_guard();
     if let Some(listen) = options.metrics_listen {
         switchyard_telemetry::prometheus::install();
-        observe::serve(listen, ready.clone(), shutdown.clone()).await?;
+        observe::serve(listen, ready.clone(), probes).await?;
     }
     let id = format!("{}-{}-{}", backend.name(), std::process::id(), ulid::Ulid::new().to_string().to_lowercase());
     let nats = switchyard_broker::connect_nats(&options.nats_url, &id, &options.auth).await?;
