@@ -26,6 +26,8 @@ pub struct KeySpec {
     pub limits: RateLimits,
     pub max_concurrent: Option<u32>,
     pub expires_ms: Option<u64>,
+    /// An operator's key, allowed to read the status page.
+    pub admin: bool,
 }
 
 pub fn hash_secret(secret: &str) -> String {
@@ -64,6 +66,7 @@ impl ApiKeys {
             expires_ms: spec.expires_ms,
             revoked: false,
             hint: secret[..SECRET_PREFIX.len() + 4].to_string(),
+            admin: spec.admin,
         };
         redis::pipe()
             .atomic()

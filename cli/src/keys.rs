@@ -41,6 +41,9 @@ enum KeysAction {
         /// Lifetime, e.g. `30d` or `12h`.
         #[arg(long, value_parser = parse_duration)]
         expires: Option<std::time::Duration>,
+        /// An operator's key: it may read the api's status page (`/status`, `switchyard status`).
+        #[arg(long)]
+        admin: bool,
     },
     /// List keys (ids and owners; never secrets).
     List,
@@ -51,17 +54,19 @@ enum KeysAction {
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     let keys = ApiKeys::new(switchyard_broker::connect_redis(&command.redis_url).await?);
     match command.action {
-        KeysAction::Create { user, groups, rpm, tpm, max_concurrent, expires } => {
+        KeysAction::Create { user, groups, rpm, tpm, max_concurrent, expires, admin } => {
             let spec = KeySpec {
                 user,
                 groups,
                 limits: RateLimits { rpm, tpm },
                 max_concurrent,
                 expires_ms: expires.map(|lifetime| now_ms() + lifetime.as_millis() as u64),
+                admin,
             };
             let (secret, record) = keys.create(spec).await?;
             eprintln!(
-                "created {} for user {} (groups: {}); the secret is shown only now:",
+                "created {}{} for user {} (groups: {}); the secret is shown only now:",
+                if record.admin { "admin key " } else { "" },
                 record.id,
                 record.user,
                 record.groups.join(", ")
@@ -69,7 +74,10 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         KeysAction::List => {
-            println!("{:<18} {:<12} {:<20} {:<8} {:<8} {:<6} {:<10} HINT", "ID", "USER", "GROUPS", "RPM", "TPM", "CONC", "STATE");
+            println!(
+                "{:<18} {:<12} {:<20} {:<8} {:<8} {:<6} {:<10} {:<6} HINT",
+                "ID", "USER", "GROUPS", "RPM", "TPM", "CONC", "STATE", "ADMIN"
+            );
             for key in keys.list().await? {
                 let limit = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
                 let state = if key.revoked {
@@ -80,7 +88,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                     "active"
                 };
                 println!(
-                    "{:<18} {:<12} {:<20} {:<8} {:<8} {:<6} {:<10} {}…",
+                    "{:<18} {:<12} {:<20} {:<8} {:<8} {:<6} {:<10} {:<6} {}…",
                     key.id,
                     key.user,
                     key.groups.join(","),
@@ -88,6 +96,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
                     limit(key.limits.tpm),
                     limit(key.max_concurrent),
                     state,
+                    if key.admin { "yes" } else { "no" },
                     key.hint
                 );
             }

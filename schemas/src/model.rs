@@ -227,6 +227,10 @@ pub struct ApiKeyRecord {
     pub revoked: bool,
     /// First characters of the secret, to help people tell their keys apart.
     pub hint: String,
+    /// An operator's key: it may read the api's status page (`GET /status`, `/status/data`).
+    /// Absent in records written before the flag existed, which are not admin keys.
+    #[serde(default)]
+    pub admin: bool,
 }
 
 impl Versioned for ApiKeyRecord {
