@@ -23,7 +23,7 @@
 //!   test ([`python_with_openai`]).
 //! * What the tests check, written once: OpenAI's response and stream shapes ([`openai`]), SSE
 //!   framing ([`sse`]), the stream events workers publish on reply subjects ([`ReplyTap`]),
-//!   OpenAI's error body ([`assert_openai_error`]), the registry ([`Stack::worker_id`]), and
+//!   OpenAI's error body ([`assert_openai_error`]), a part's `/metrics` ([`prometheus`]), the registry ([`Stack::worker_id`]), and
 //!   polling with a deadline ([`eventually`]).
 //!
 //! Every [`Stack`] has its own ports and directories, so tests run in parallel and share
@@ -31,6 +31,7 @@
 
 pub mod batch;
 pub mod openai;
+pub mod prometheus;
 pub mod sse;
 
 use std::collections::{HashSet, VecDeque};
