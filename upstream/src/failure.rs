@@ -14,12 +14,13 @@ pub enum Failure {
     /// No answer: the connection was refused, reset or timed out before a status came.
     Unreachable(String),
     /// An error status, with the upstream's error body.
-    Status { error: UpstreamError, message: String, retry_after: Option<Duration> },
+    /// The error is boxed here and on: it is rare, and inline it would make every result large.
+    Status { error: Box<UpstreamError>, message: String, retry_after: Option<Duration> },
     /// The answer broke off or made no sense after it began.
     Broken(String),
     /// The upstream sent an error inside a stream it had begun (status 200 already sent):
     /// passed on as a 502 with its fields.
-    InStream { error: UpstreamError, message: String },
+    InStream { error: Box<UpstreamError>, message: String },
 }
 
 impl Failure {
@@ -45,7 +46,7 @@ impl Failure {
             });
         // Some servers put the status number in `code`; only a word is a code.
         let code = text("code").filter(|code| code.parse::<u16>().is_err());
-        let error = UpstreamError { status, r#type: text("type"), code, param: text("param") };
+        let error = Box::new(UpstreamError { status, r#type: text("type"), code, param: text("param") });
         Failure::Status { error, message, retry_after: retry_after(headers) }
     }
 
@@ -124,7 +125,7 @@ mod tests {
         let Failure::Status { error, message, retry_after } = Failure::from_status(400, &HeaderMap::new(), body) else { panic!() };
         assert_eq!(message, "temperature is too high");
         assert_eq!(
-            error,
+            *error,
             UpstreamError { status: 400, r#type: Some("invalid_request_error".into()), code: None, param: Some("temperature".into()) }
         );
         assert_eq!(retry_after, None);

@@ -206,7 +206,7 @@ fn in_stream_error(chunk: &Value) -> Failure {
     let text = |key: &str| error.get(key).and_then(Value::as_str).map(str::to_owned);
     let message = text("message").or_else(|| error.as_str().map(str::to_owned)).unwrap_or_else(|| clip(&chunk.to_string()));
     let code = text("code").filter(|code| code.parse::<u16>().is_err());
-    Failure::InStream { error: UpstreamError { status: 502, r#type: text("type"), code, param: text("param") }, message }
+    Failure::InStream { error: Box::new(UpstreamError { status: 502, r#type: text("type"), code, param: text("param") }), message }
 }
 
 fn clip(text: &str) -> String {

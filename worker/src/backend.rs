@@ -45,8 +45,8 @@ impl BackendError {
     }
 
     /// An upstream server's error answer, passed on with its status and fields.
-    pub fn upstream(message: impl Into<String>, upstream: UpstreamError) -> Self {
-        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(Box::new(upstream)), hand_back: None }
+    pub fn upstream(message: impl Into<String>, upstream: impl Into<Box<UpstreamError>>) -> Self {
+        Self { code: ErrorCode::Upstream, message: message.into(), upstream: Some(upstream.into()), hand_back: None }
     }
 
     /// This error, but the job goes back to the queue for another try after `after` when it
