@@ -42,7 +42,7 @@ impl Endpoint {
     /// `stream: true` is refused.
     pub fn read(self, body: &[u8]) -> Result<QueuedRequest, Invalid> {
         let request = match self {
-            Endpoint::ChatCompletions => QueuedRequest::Chat(crate::parse(body)?),
+            Endpoint::ChatCompletions => QueuedRequest::Chat(Box::new(crate::parse(body)?)),
             Endpoint::Completions => QueuedRequest::Completion(crate::parse(body)?),
             Endpoint::Embeddings => QueuedRequest::Embedding(crate::parse(body)?),
         };
@@ -59,7 +59,8 @@ impl Endpoint {
 /// A request body read for one of the [`Endpoint`]s.
 #[derive(Debug)]
 pub enum QueuedRequest {
-    Chat(ChatCompletionRequest),
+    /// Boxed: a chat request is several times the size of the others.
+    Chat(Box<ChatCompletionRequest>),
     Completion(CompletionRequest),
     Embedding(EmbeddingRequest),
 }
@@ -84,7 +85,7 @@ impl QueuedRequest {
     /// Validates the request against its model and plans its jobs, as the synchronous endpoint does.
     pub fn plan(self, limits: &Limits, card: &ModelCard) -> Result<Plan, Invalid> {
         match self {
-            QueuedRequest::Chat(request) => crate::plan_chat(request, limits, card),
+            QueuedRequest::Chat(request) => crate::plan_chat(*request, limits, card),
             QueuedRequest::Completion(request) => crate::plan_completion(request, limits, card),
             QueuedRequest::Embedding(request) => crate::plan_embeddings(request, limits, card),
         }

@@ -55,8 +55,9 @@ pub struct JobFailure {
     /// fault (too long for the model's context).
     pub param: Option<String>,
     /// What an upstream server answered, when it is the upstream that failed: its status and
-    /// error fields are the client's.
-    pub upstream: Option<UpstreamError>,
+    /// error fields are the client's. Boxed: it is rare, and inline it would make every
+    /// `Result<_, JobFailure>` (and the api's `ApiError`) large.
+    pub upstream: Option<Box<UpstreamError>>,
 }
 
 impl JobFailure {
@@ -67,7 +68,7 @@ impl JobFailure {
             Some(upstream) => upstream.param.clone(),
             None => (code == ErrorCode::ContextLengthExceeded).then(|| prompt_param.to_string()),
         };
-        JobFailure { code, message, param, upstream }
+        JobFailure { code, message, param, upstream: upstream.map(Box::new) }
     }
 
     /// The worker's events did not make sense (a worker bug, never the client's fault).
