@@ -257,7 +257,8 @@ pub struct Embeddings {
 }
 
 enum Job {
-    Generate(Sequence),
+    /// Boxed: a sequence is several hundred bytes, an embedding job a few words.
+    Generate(Box<Sequence>),
     Embed(EmbedJob),
 }
 
@@ -363,7 +364,9 @@ impl Engine {
         };
         match seq {
             Ok(seq) => {
-                if let Err(std::sync::mpsc::SendError(Job::Generate(seq))) = self.jobs.send(Job::Generate(seq)) {
+                if let Err(std::sync::mpsc::SendError(Job::Generate(seq))) =
+                    self.jobs.send(Job::Generate(Box::new(seq)))
+                {
                     seq.fail(TorchError::EngineStopped.into());
                 }
             }

@@ -182,7 +182,7 @@ impl<'a> Scheduler<'a> {
 impl ModelLoop for Scheduler<'_> {
     fn add(&mut self, job: Job) {
         match job {
-            Job::Generate(seq) => self.add_seq(seq),
+            Job::Generate(seq) => self.add_seq(*seq),
             Job::Embed(job) => job.refuse(TorchError::WrongModelKind("embed: it is a text generator")),
         }
     }
