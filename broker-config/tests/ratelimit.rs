@@ -67,13 +67,13 @@ async fn a_refused_limit_charges_nothing_else() {
     let second = limiter.admit(&[requests.clone(), tokens.clone()], "b", 0, 60_000).await.unwrap();
     assert_eq!(second.refused, Some(1), "the token bucket refuses");
     // The refused request did not use up a request slot.
-    let probe = limiter.admit(&[requests.clone()], "c", 0, 60_000).await.unwrap();
+    let probe = limiter.admit(std::slice::from_ref(&requests), "c", 0, 60_000).await.unwrap();
     assert_eq!(probe.states[0].remaining, 8);
     // 20 tokens left: a 60-token request is refused until the first request is corrected to
     // its real usage (30 instead of 80), which refunds 50.
     let bigger = limit(LimitKind::TokensPerMinute, "rl:tok", 100, 60);
-    assert_eq!(limiter.admit(&[bigger.clone()], "d", 0, 60_000).await.unwrap().refused, Some(0));
-    limiter.settle(&[tokens.clone()], "a", 30 - 80);
+    assert_eq!(limiter.admit(std::slice::from_ref(&bigger), "d", 0, 60_000).await.unwrap().refused, Some(0));
+    limiter.settle(std::slice::from_ref(&tokens), "a", 30 - 80);
     let third = limiter.admit(&[bigger], "d", 0, 60_000).await.unwrap();
     assert_eq!(third.refused, None, "{third:?}");
     assert!((10..=12).contains(&third.states[0].remaining), "{third:?}");
@@ -88,11 +88,11 @@ async fn a_refund_never_fills_a_bucket_past_its_limit() {
     let limiter = RateLimiter::new(redis);
     let tokens = limit(LimitKind::TokensPerMinute, "rl:tok3", 100, 10);
     // A refund for a bucket that expired (or was never charged here): the bucket is full anyway.
-    limiter.settle(&[tokens.clone()], "a", -500);
-    let admitted = limiter.admit(&[tokens.clone()], "b", 0, 60_000).await.unwrap();
+    limiter.settle(std::slice::from_ref(&tokens), "a", -500);
+    let admitted = limiter.admit(std::slice::from_ref(&tokens), "b", 0, 60_000).await.unwrap();
     assert_eq!((admitted.refused, admitted.states[0].remaining), (None, 90), "{admitted:?}");
     // An under-estimate is charged on top at the next admission.
-    limiter.settle(&[tokens.clone()], "b", 40);
+    limiter.settle(std::slice::from_ref(&tokens), "b", 40);
     let next = limiter.admit(&[tokens], "c", 0, 60_000).await.unwrap();
     assert!((40..=41).contains(&next.states[0].remaining), "90 - 40 - 10 (plus a little refill): {next:?}");
 }

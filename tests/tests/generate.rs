@@ -223,7 +223,7 @@ async fn content_parts_and_long_prompts_round_trip() {
     let (status, body) = stack.post_json(CHAT, &chat_request("echo", &prompt)).await;
     assert_eq!(status, 200, "{body}");
     let (texts, finishes, usage) = check_completion(Endpoint::Chat, &body, "echo");
-    assert_eq!(texts, [prompt.clone()]);
+    assert_eq!(texts, std::slice::from_ref(&prompt));
     assert_eq!(finishes, ["stop"]);
     assert_usage(&usage, echo_token_count(&prompt), echo_token_count(&prompt));
 

@@ -23,10 +23,11 @@ async fn read_text_chunks(reader: &mut SseReader, chunks: &mut Vec<serde_json::V
             .expect("a chunk within 30 s")
             .unwrap_or_else(|| panic!("stream ended early: {:?}", reader.raw));
         if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str()
-            && !content.is_empty() {
-                seen += 1;
-                text.push_str(content);
-            }
+            && !content.is_empty()
+        {
+            seen += 1;
+            text.push_str(content);
+        }
         chunks.push(chunk);
     }
     text
@@ -50,7 +51,7 @@ async fn two_workers_of_one_model_both_get_jobs() {
         let prompt = format!("sequential request number {i}");
         let (status, body) = stack.post_json(CHAT, &chat_request("echo", &prompt)).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(check_completion(Endpoint::Chat, &body, "echo").0, [prompt.clone()]);
+        assert_eq!(check_completion(Endpoint::Chat, &body, "echo").0, std::slice::from_ref(&prompt));
         expected.push(prompt);
     }
     let burst = (0..14).map(|i| {
