@@ -11,6 +11,7 @@ pub mod mcp;
 pub(crate) mod models;
 mod run;
 mod sse;
+pub mod status;
 pub(crate) mod tools;
 
 use axum::Router;
@@ -50,6 +51,8 @@ pub fn router(state: AppState, body_limit: usize, openapi: &utoipa::openapi::Ope
         .merge(mcp::router(&state, body_limit))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/status", get(status::page))
+        .route("/status/data", get(status::data))
         .route("/metrics", get(switchyard_telemetry::prometheus::metrics_handler))
         .route("/openapi.json", get(|| async move { ([(header::CONTENT_TYPE, "application/json")], openapi) }))
         .fallback(unknown_route)
