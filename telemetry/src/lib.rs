@@ -59,13 +59,16 @@ impl Drop for Telemetry {
 /// `service` is the `service.name` spans are exported under (`switchyard-api`, …). Call it once,
 /// before any runtime starts (the exporter runs on a thread of its own).
 pub fn init(service: &str, options: &TelemetryOptions) -> anyhow::Result<Telemetry> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let Some(endpoint) = options.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) else {
         tracing_subscriber::registry().with(filter).with(logs).init();
         return Ok(Telemetry { provider: None });
     };
     use opentelemetry_otlp::WithExportConfig as _;
+    // reqwest is built without a TLS crypto provider of its own (see cli/Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let endpoint = traces_url(endpoint);
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()

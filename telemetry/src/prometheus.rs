@@ -8,9 +8,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: from the job path's fraction of a millisecond to a long
 /// generation's minutes.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0,
-];
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
