@@ -76,7 +76,8 @@ async fn sample(js: &jetstream::Context, registry: &Registry, batches: &Batches)
     match batches.unfinished().await {
         Ok(records) => {
             for record in records {
-                let status = serde_json::to_value(record.batch.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let status =
+                    serde_json::to_value(record.batch.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
                 sample.set(names::BATCHES, vec![("status", status)], 1.0);
                 let counts = record.batch.request_counts;
                 for (state, count) in [("total", counts.total), ("completed", counts.completed), ("failed", counts.failed)] {
