@@ -4,6 +4,7 @@
 mod batch;
 mod dev;
 mod keys;
+mod status;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     Keys(keys::KeysCommand),
     /// Submit, follow, list, cancel and download batches on any OpenAI-compatible api.
     Batch(batch::BatchCommand),
+    /// Show every model, worker, queue and batch, as the api's status page does (admin key).
+    Status(status::StatusCommand),
     /// Run the scheduler (dead letters, registry reaping).
     Scheduler(switchyard_scheduler::SchedulerOptions),
     /// Load a local model folder and print the completion of one prompt (no NATS or Redis).
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             Command::Scheduler(options) => switchyard_scheduler::run_scheduler(options, shutdown).await,
             Command::Keys(command) => keys::run(command).await,
             Command::Batch(command) => batch::run(command, shutdown).await,
+            Command::Status(command) => status::run(command, shutdown).await,
             #[cfg(feature = "torch")]
             Command::Generate(_) => unreachable!("handled before the runtime starts"),
         }
@@ -81,7 +85,7 @@ impl Command {
             Command::Dev(_) => "switchyard-dev",
             Command::Api(_) => "switchyard-api",
             Command::Worker(_) => "switchyard-worker",
-            Command::Keys(_) | Command::Batch(_) => "switchyard-cli",
+            Command::Keys(_) | Command::Batch(_) | Command::Status(_) => "switchyard-cli",
             Command::Scheduler(_) => "switchyard-scheduler",
             #[cfg(feature = "torch")]
             Command::Generate(_) => "switchyard-generate",
