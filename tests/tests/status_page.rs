@@ -153,6 +153,7 @@ async fn the_status_page_shows_the_stack_to_admin_keys_and_updates_live() {
     let output = stack.run_cli(&["status", "--url", &url, "--api-key", &admin]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "switchyard status: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    println!("switchyard status:\n{stdout}");
     for expected in
         ["MODELS", "WORKERS", "QUEUES", "BATCHES IN PROGRESS", "echo-embedding", "status-new-model", &first_id, &second_id, &batch_id]
     {
