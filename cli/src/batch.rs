@@ -22,8 +22,9 @@ use serde::{Deserialize, Deserializer};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::local_key::{DEV_KEY_FILE, resolve_key};
+
 /// The file `switchyard dev` writes its dev user's key to; read when no key is given.
-const DEV_KEY_FILE: &str = ".switchyard/dev-api-key";
 /// How often `--wait` polls the batch.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How long `--wait` keeps retrying an api that is unreachable or answers 5xx before giving up.
@@ -511,39 +512,6 @@ fn byte_bar(length: u64, what: &'static str) -> ProgressBar {
     bar
 }
 
-/// The key to send: `--api-key`/`OPENAI_API_KEY`, else the dev stack's key file if present —
-/// but only to an api on this machine ([`is_loopback_url`]): the local dev key is never sent to
-/// a remote server.
-fn resolve_key(given: Option<String>, api_url: &str, dev_key_file: &Path) -> Option<String> {
-    if let Some(key) = given.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()) {
-        return Some(key);
-    }
-    let dev_key = std::fs::read_to_string(dev_key_file).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())?;
-    if is_loopback_url(api_url) {
-        return Some(dev_key);
-    }
-    eprintln!(
-        "note: not sending {} to {api_url}, which is not on this machine; pass --api-key or set OPENAI_API_KEY",
-        dev_key_file.display()
-    );
-    None
-}
-
-/// Whether `api_url`'s host is this machine's loopback: `localhost`, 127.0.0.0/8 or `::1` (also
-/// as `::ffff:127.x.y.z`). Anything else — other names, even ones that resolve to 127.0.0.1, and
-/// a URL that does not parse — is not.
-fn is_loopback_url(api_url: &str) -> bool {
-    let Some(host) = reqwest::Url::parse(api_url).ok().and_then(|url| url.host_str().map(str::to_string)) else {
-        return false;
-    };
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|ip| ip.is_loopback()),
-        Err(_) => host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost."),
-    }
-}
-
 /// Runs `fut` unless Ctrl-C comes first; then fails with [`Interrupted`] carrying `hint`.
 async fn interruptible<T>(
     shutdown: &CancellationToken,
@@ -561,7 +529,7 @@ async fn interruptible<T>(
 // The commands.
 
 pub async fn run(command: BatchCommand, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let api = Api::new(&command.api_url, resolve_key(command.api_key, &command.api_url, Path::new(DEV_KEY_FILE)))?;
+    let api = Api::new(&command.api_url, resolve_key(command.api_key, &command.api_url, Path::new(DEV_KEY_FILE), "OPENAI_API_KEY"))?;
     let work = async {
         match command.action {
             BatchAction::Submit(args) => submit(&api, args, &shutdown).await,
@@ -1049,60 +1017,6 @@ mod tests {
         assert_eq!(default_result_paths(Path::new("/tmp/a.b.jsonl")).1, PathBuf::from("/tmp/a.b.errors.jsonl"));
         assert_eq!(default_download_paths("batch_7"), (PathBuf::from("batch_7.output.jsonl"), PathBuf::from("batch_7.errors.jsonl")));
         assert_eq!(partial_path(Path::new("d/o.jsonl")), PathBuf::from("d/o.jsonl.part"));
-    }
-
-    #[test]
-    fn the_key_falls_back_to_the_dev_key_file_for_a_local_api_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("dev-api-key");
-        let local = "http://127.0.0.1:8080/v1";
-        assert_eq!(resolve_key(None, local, &file), None);
-        std::fs::write(&file, "sy-dev-key\n").unwrap();
-        assert_eq!(resolve_key(None, local, &file).as_deref(), Some("sy-dev-key"));
-        assert_eq!(resolve_key(None, "http://localhost:8080/v1", &file).as_deref(), Some("sy-dev-key"));
-        assert_eq!(resolve_key(None, "http://[::1]:8080/v1", &file).as_deref(), Some("sy-dev-key"));
-        assert_eq!(resolve_key(Some("sk-given".into()), local, &file).as_deref(), Some("sk-given"));
-        assert_eq!(resolve_key(Some(String::new()), local, &file).as_deref(), Some("sy-dev-key"));
-        // Never to a remote api; a key given explicitly goes anywhere.
-        for remote in ["https://api.openai.com/v1", "http://10.0.0.5:8080/v1", "http://localhost.example.com/v1", "not a url"] {
-            assert_eq!(resolve_key(None, remote, &file), None, "{remote}");
-            assert_eq!(resolve_key(Some(String::new()), remote, &file), None, "{remote}");
-        }
-        assert_eq!(resolve_key(Some("sk-given".into()), "https://api.openai.com/v1", &file).as_deref(), Some("sk-given"));
-    }
-
-    #[test]
-    fn loopback_urls() {
-        for local in [
-            "http://127.0.0.1:8080/v1",
-            "http://127.1.2.3/v1",
-            "http://127.1:8080/v1",
-            "https://LOCALHOST/v1",
-            "http://localhost./v1",
-            "http://user:pw@localhost:1/v1",
-            "http://[::1]:8080/v1",
-            "http://[0:0:0:0:0:0:0:1]/v1",
-            "http://[::ffff:127.0.0.1]/v1",
-        ] {
-            assert!(is_loopback_url(local), "{local}");
-        }
-        for remote in [
-            "https://api.openai.com/v1",
-            "http://128.0.0.1/v1",
-            "http://0.0.0.0:8080/v1",
-            "http://10.0.0.1/v1",
-            "http://[::2]/v1",
-            "http://[::ffff:10.0.0.1]/v1",
-            "http://localhost.example.com/v1",
-            "http://evil-localhost/v1",
-            "http://127.0.0.1.nip.io/v1",
-            "http://example.com/127.0.0.1/v1",
-            "http://example.com?host=localhost",
-            "127.0.0.1:8080",
-            "",
-        ] {
-            assert!(!is_loopback_url(remote), "{remote}");
-        }
     }
 
     #[test]

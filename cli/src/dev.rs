@@ -192,7 +192,7 @@ async fn dev_api_key(home: &Path, redis_url: &str) -> anyhow::Result<String> {
             return Ok(secret);
         }
     }
-    let (secret, record) = keys.create(KeySpec { user: "dev".into(), ..Default::default() }).await?;
+    let (secret, record) = keys.create(KeySpec { user: "dev".into(), admin: true, ..Default::default() }).await?;
     std::fs::write(&file, format!("{secret}\n"))?;
     tracing::info!(key_id = %record.id, "created the dev user's API key");
     Ok(secret)

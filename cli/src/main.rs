@@ -4,6 +4,7 @@
 mod batch;
 mod dev;
 mod keys;
+mod local_key;
 mod status;
 mod worker;
 

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use switchyard_api::routes::status::StatusData;
+
+use crate::local_key::{DEV_KEY_FILE, resolve_key};
 use tokio_util::sync::CancellationToken;
 
 /// The file `switchyard dev` writes its dev user's key to (as `switchyard batch` reads it).
-const DEV_KEY_FILE: &str = ".switchyard/dev-api-key";
 /// How often `--watch` redraws.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
@@ -43,7 +44,7 @@ pub async fn run(command: StatusCommand, shutdown: CancellationToken) -> anyhow:
         .build()
         .context("building the HTTP client")?;
     let url = format!("{}/status/data", command.url.trim_end_matches('/'));
-    let key = resolve_key(command.api_key, &command.url, Path::new(DEV_KEY_FILE));
+    let key = resolve_key(command.api_key, &command.url, Path::new(DEV_KEY_FILE), "SWITCHYARD_API_KEY");
     if command.json {
         let data = fetch(&http, &url, key.as_deref()).await?;
         println!("{}", serde_json::to_string_pretty(&data)?);
@@ -103,50 +104,4 @@ fn render(url: &str, data: &StatusData) -> String {
         text.push_str(&table.to_text());
     }
     text
-}
-
-/// The key to send: `--api-key`/`SWITCHYARD_API_KEY`, else the dev stack's key file if present,
-/// but only to an api on this machine: the local dev key is never sent to a remote server.
-fn resolve_key(given: Option<String>, url: &str, dev_key_file: &Path) -> Option<String> {
-    if let Some(key) = given.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()) {
-        return Some(key);
-    }
-    let dev_key = std::fs::read_to_string(dev_key_file).ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty())?;
-    if is_loopback_url(url) {
-        return Some(dev_key);
-    }
-    eprintln!(
-        "note: not sending {} to {url}, which is not on this machine; pass --api-key or set SWITCHYARD_API_KEY",
-        dev_key_file.display()
-    );
-    None
-}
-
-/// Whether `url`'s host is `localhost`, 127.0.0.0/8 or `::1` (also as `::ffff:127.x.y.z`).
-fn is_loopback_url(url: &str) -> bool {
-    let Some(host) = reqwest::Url::parse(url).ok().and_then(|url| url.host_str().map(str::to_string)) else {
-        return false;
-    };
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|ip| ip.is_loopback()),
-        Err(_) => host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost."),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_dev_key_goes_only_to_this_machine() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("dev-api-key");
-        std::fs::write(&file, "sy-dev\n").unwrap();
-        assert_eq!(resolve_key(Some("sy-given".into()), "http://example.com", &file).as_deref(), Some("sy-given"));
-        assert_eq!(resolve_key(None, "http://127.0.0.1:8080", &file).as_deref(), Some("sy-dev"));
-        assert_eq!(resolve_key(None, "http://example.com:8080", &file), None);
-        assert_eq!(resolve_key(None, "http://localhost:8080", &dir.path().join("missing")), None);
-    }
 }
