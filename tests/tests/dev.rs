@@ -14,11 +14,19 @@ use switchyard_tests::{eventually, free_port, nats_server_bin, redis_server_bin,
 struct Dev {
     child: Child,
     out: std::path::PathBuf,
+    err: std::path::PathBuf,
 }
 
 impl Dev {
     fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// What it printed, and the last lines it logged, for failure messages.
+    fn report(&self) -> String {
+        let log = std::fs::read_to_string(&self.err).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("{}\nstderr (last lines):\n{}", self.output(), lines[lines.len().saturating_sub(20)..].join("\n"))
     }
 
     fn interrupt(&self) {
@@ -65,7 +73,7 @@ fn start_dev() -> (Dev, tempfile::TempDir, [u16; 4]) {
         .map(|bin| bin.parent().expect("a folder").to_path_buf())
         .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()))
         .collect::<Vec<_>>();
-    let out = home.path().join("dev.out");
+    let (out, err) = (home.path().join("dev.out"), home.path().join("dev.err"));
     let mut command = Command::new(switchyard_bin());
     command
         .arg("dev")
@@ -83,8 +91,9 @@ fn start_dev() -> (Dev, tempfile::TempDir, [u16; 4]) {
         .current_dir(home.path())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null());
-    (Dev { child: command.spawn().expect("starting switchyard dev"), out }, home, ports)
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&err).unwrap());
+    (Dev { child: command.spawn().expect("starting switchyard dev"), out, err }, home, ports)
 }
 
 /// The API key `switchyard dev` prints once the stack is up.
@@ -146,15 +155,32 @@ async fn dev_starts_the_stack_serves_and_stops_everything_on_ctrl_c() {
     }
 }
 
-/// A second Ctrl-C exits at once (no drain), and still leaves no part running.
+/// A second Ctrl-C exits at once (no drain, status 130), and still leaves no part running.
 #[tokio::test]
 async fn a_second_ctrl_c_leaves_no_part_behind() {
+    use std::os::unix::process::ExitStatusExt;
     let (mut dev, _home, ports) = start_dev();
     printed_key(&dev).await;
+    assert!(!dev.output().contains("stopping"), "the stack stopped before any Ctrl-C: {}", dev.report());
     dev.interrupt();
-    std::thread::sleep(Duration::from_millis(100));
+    // The second signal only counts once the first was handled (two pending signals may be
+    // taken as one): dev prints "stopping…" when it was.
+    eventually(Duration::from_secs(10), "switchyard dev to start stopping on the first Ctrl-C", || {
+        let printed = dev.output();
+        async move { printed.lines().any(|line| line.starts_with("stopping")).then_some(()) }
+    })
+    .await;
     dev.interrupt();
-    dev.wait(Duration::from_secs(30)).unwrap_or_else(|| panic!("switchyard dev did not exit on a second Ctrl-C: {}", dev.output()));
+    let second = Instant::now();
+    let status =
+        dev.wait(Duration::from_secs(10)).unwrap_or_else(|| panic!("switchyard dev did not exit on a second Ctrl-C: {}", dev.report()));
+    assert_eq!(
+        (status.code(), status.signal()),
+        (Some(130), None),
+        "a second Ctrl-C exits at once with 130, without the drain ({:?} after it): {}",
+        second.elapsed(),
+        dev.report()
+    );
     eventually(Duration::from_secs(10), "every part to die with dev", || async {
         ports.iter().all(|port| !listening(*port)).then_some(())
     })
