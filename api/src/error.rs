@@ -20,9 +20,10 @@ pub enum ApiError {
     /// A valid key that may not do this (the status page without the admin flag).
     #[error("{0}")]
     Forbidden(String),
-    /// A rate limit refused the request; `headers` carry `retry-after` and `x-ratelimit-*`.
+    /// A rate limit refused the request; `headers` carry `retry-after` and `x-ratelimit-*`
+    /// (boxed: a header map is 96 bytes, and inline it would make every `Result<_, ApiError>` large).
     #[error("{message}")]
-    RateLimited { message: String, kind: &'static str, headers: axum::http::HeaderMap },
+    RateLimited { message: String, kind: &'static str, headers: Box<axum::http::HeaderMap> },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("The tool model `{model}` has no function `{function}`.")]
@@ -109,7 +110,7 @@ impl IntoResponse for ApiError {
         }
         let body = Json(self.body());
         match self {
-            ApiError::RateLimited { headers, .. } => (status, headers, body).into_response(),
+            ApiError::RateLimited { headers, .. } => (status, *headers, body).into_response(),
             _ => (status, body).into_response(),
         }
     }
