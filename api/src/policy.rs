@@ -329,7 +329,7 @@ fn refusal(limit: &Limit, decision: &Decision, mut headers: HeaderMap, model: &s
             limit.limit, limit.cost
         ),
     };
-    ApiError::RateLimited { message, kind, headers }
+    ApiError::RateLimited { message, kind, headers: Box::new(headers) }
 }
 
 /// OpenAI's `x-ratelimit-*` headers for the key's own request and token limits.

@@ -58,6 +58,19 @@ enum BackendCommand {
     },
 }
 
+impl BackendCommand {
+    fn runtime(&self) -> &RuntimeOptions {
+        match self {
+            BackendCommand::Echo { runtime, .. }
+            | BackendCommand::Dummy { runtime, .. }
+            | BackendCommand::ToolsDemo { runtime, .. }
+            | BackendCommand::Openai { runtime, .. } => runtime,
+            #[cfg(feature = "torch")]
+            BackendCommand::Torch { runtime, .. } => runtime,
+        }
+    }
+}
+
 const BACKENDS: &[(&str, &str)] = &[
     ("echo", "transport debugging: reflects the last user message or prompt token by token; debug embedding vectors"),
     ("dummy", "transport debugging: a fixed reply to every request"),
@@ -80,6 +93,10 @@ pub async fn run(command: WorkerCommand, shutdown: CancellationToken) -> anyhow:
         }
         anyhow::bail!("name a backend: switchyard worker <BACKEND> (see `switchyard worker --list`)");
     };
+    // Before the backend starts: the torch engine makes its metric handles as it loads.
+    if backend.runtime().metrics_listen.is_some() {
+        switchyard_telemetry::prometheus::install();
+    }
     let (runtime, backend, default_slots): (RuntimeOptions, Arc<dyn Backend>, u32) = match backend {
         BackendCommand::Echo { runtime, echo } => (runtime, Arc::new(echo::Echo::new(echo)), 256),
         BackendCommand::Dummy { runtime, dummy } => (runtime, Arc::new(dummy::Dummy::new(dummy)), 256),

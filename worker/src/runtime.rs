@@ -109,6 +109,8 @@ pub async fn run_worker(backend: Arc<dyn Backend>, options: RuntimeOptions, shut
     let probes = CancellationToken::new();
     let _stop_probes = probes.clone().drop_guard();
     if let Some(listen) = options.metrics_listen {
+        // Installed here for embedders of the runtime; `switchyard worker` already has, before
+        // its backend made any metric handle.
         switchyard_telemetry::prometheus::install();
         observe::serve(listen, ready.clone(), probes).await?;
     }
