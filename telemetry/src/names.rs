@@ -44,6 +44,8 @@ pub const REDELIVERIES: &str = "switchyard_redeliveries_total";
 pub const HANDED_BACK: &str = "switchyard_jobs_handed_back_total";
 /// Gauge: rows in the engine's last decoding step (torch workers), by `model`.
 pub const ENGINE_BATCH_SIZE: &str = "switchyard_engine_batch_size";
+/// Histogram: rows of each decoding step (torch workers), by `model`; its buckets are row counts.
+pub const ENGINE_DECODE_ROWS: &str = "switchyard_engine_decode_rows";
 /// Gauge: sequences waiting for the engine to admit them (torch workers), by `model`.
 pub const ENGINE_WAITING: &str = "switchyard_engine_waiting_sequences";
 /// Counter: tokens the engine generated (torch workers), by `model`; `rate()` of it is tokens/s.
@@ -91,6 +93,7 @@ pub fn describe() {
     describe_counter!(REDELIVERIES, "Jobs that reached this worker on a second or later delivery.");
     describe_counter!(HANDED_BACK, "Jobs this worker gave back to the queue.");
     describe_gauge!(ENGINE_BATCH_SIZE, "Rows in the engine's last decoding step.");
+    describe_histogram!(ENGINE_DECODE_ROWS, "Rows of each decoding step.");
     describe_gauge!(ENGINE_WAITING, "Sequences waiting for the engine to admit them.");
     describe_counter!(ENGINE_GENERATED_TOKENS, "Tokens the engine generated.");
     describe_gauge!(ENGINE_TOKENS_PER_SECOND, "Tokens per second the engine generated over the last seconds.");

@@ -11,6 +11,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0];
 
+/// Row-count buckets of [`crate::names::ENGINE_DECODE_ROWS`].
+pub const ROW_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder (once per process; later calls return the same handle) and starts
@@ -20,6 +23,8 @@ pub fn install() -> &'static PrometheusHandle {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .expect("the latency buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full(crate::names::ENGINE_DECODE_ROWS.into()), ROW_BUCKETS)
+            .expect("the row buckets are not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed in this process");
         crate::names::describe();

@@ -66,6 +66,16 @@ impl Metrics {
             .sum()
     }
 
+    /// How many observations of the histogram `name` (series matching `labels`) were ≤ `bound`.
+    pub fn bucket(&self, name: &str, labels: &[(&str, &str)], bound: f64) -> f64 {
+        self.samples(name, labels)
+            .map(|sample| match &sample.value {
+                Value::Histogram(buckets) => buckets.iter().find(|b| b.less_than == bound).map_or(0.0, |b| b.count),
+                other => panic!("{name} is not a histogram: {other:?}"),
+            })
+            .sum()
+    }
+
     /// Whether the histogram `name` has a `# TYPE … histogram` line and buckets.
     pub fn is_histogram(&self, name: &str) -> bool {
         self.text.contains(&format!("# TYPE {name} histogram")) && self.scrape.samples.iter().any(|s| s.metric == name)

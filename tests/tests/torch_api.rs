@@ -350,7 +350,8 @@ async fn concurrent_completions_on_one_worker_match_each_alone() {
     let stack = Stack::start().await;
     let path = tiny_llama_dir().to_str().expect("UTF-8 path").to_string();
     // The worker's default slots (its engine's batch size, 32) take all sixteen at once.
-    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path], LLAMA).await;
+    let metrics_listen = format!("127.0.0.1:{}", switchyard_tests::free_port());
+    let (_worker, _) = stack.ready_worker(&["torch", "--model-path", &path, "--metrics-listen", &metrics_listen], LLAMA).await;
     let requests: Vec<Value> = PROMPTS
         .iter()
         .enumerate()
@@ -385,6 +386,19 @@ async fn concurrent_completions_on_one_worker_match_each_alone() {
             assert!((a - b).abs() <= 1e-4, "prompt {i} step {step}: logprob {a} batched, {b} alone");
         }
     }
+
+    // The engine's metrics: every token it generated (each prompt ran twice), steps of many rows.
+    use switchyard_telemetry::names;
+    let metrics = switchyard_tests::prometheus::Metrics::scrape(stack.http(), &format!("http://{metrics_listen}/metrics")).await;
+    let completion: f64 = replies.iter().map(|(_, body)| body["usage"]["completion_tokens"].as_f64().unwrap()).sum();
+    let generated = metrics.value(names::ENGINE_GENERATED_TOKENS, &[("model", LLAMA)]).expect("generated tokens");
+    // A sequence that ends on its end-of-sequence token generated one token it does not return.
+    assert!(generated >= 2.0 * completion && generated <= 2.0 * (completion + 16.0), "{generated} generated for 2 × {completion}");
+    let steps = metrics.count(names::ENGINE_DECODE_ROWS, &[("model", LLAMA)]);
+    let single_row_steps = metrics.bucket(names::ENGINE_DECODE_ROWS, &[("model", LLAMA)], 1.0);
+    assert!(single_row_steps < steps, "some decoding steps ran several rows: {}", metrics.text());
+    assert_eq!(metrics.value(names::ENGINE_BATCH_SIZE, &[("model", LLAMA)]), Some(0.0), "idle again");
+    assert_eq!(metrics.value(names::ENGINE_WAITING, &[("model", LLAMA)]), Some(0.0));
 }
 
 #[tokio::test]

@@ -171,7 +171,9 @@ impl Conversation {
             tools: self.tools.clone(),
             response_format: self.response_format.clone(),
         };
-        let submit = async { Ok::<_, ApiError>(self.state.jobs.submit_since(Lane::Interactive, &self.card.name, request, self.caller.arrived).await?) };
+        let submit = async {
+            Ok::<_, ApiError>(self.state.jobs.submit_since(Lane::Interactive, &self.card.name, request, self.caller.arrived).await?)
+        };
         self.state.gate.admit_and_dispatch(&self.caller, &self.card, self.estimate, submit).await
     }
 

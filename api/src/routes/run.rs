@@ -35,7 +35,8 @@ pub(crate) async fn run(state: AppState, caller: Caller, card: ModelCard, plan: 
     let Plan { jobs, estimate, reply } = plan;
     let model = reply.model();
     let submit = futures::future::try_join_all(
-        jobs.into_iter().map(|job| async { Ok::<_, ApiError>(state.jobs.submit_since(Lane::Interactive, model, job, caller.arrived).await?) }),
+        jobs.into_iter()
+            .map(|job| async { Ok::<_, ApiError>(state.jobs.submit_since(Lane::Interactive, model, job, caller.arrived).await?) }),
     );
     let (admission, handles) = state.gate.admit_and_dispatch(&caller, &card, estimate, submit).await?;
     let headers = admission.headers().clone();

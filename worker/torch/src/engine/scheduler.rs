@@ -31,10 +31,12 @@ pub(super) struct Scheduler<'a> {
     cache: BatchCache,
     /// Decoding steps since sequences last joined the running batch.
     steps_since_join: usize,
+    metrics: EngineMetrics,
 }
 
 impl<'a> Scheduler<'a> {
-    pub fn new(decoder: &'a Decoder, codec: &'a Codec, opts: BatchOptions) -> Scheduler<'a> {
+    /// The scheduler of model `model`'s thread (`model` labels its metrics).
+    pub fn new(decoder: &'a Decoder, codec: &'a Codec, opts: BatchOptions, model: &str) -> Scheduler<'a> {
         Scheduler {
             decoder,
             codec,
@@ -43,6 +45,7 @@ impl<'a> Scheduler<'a> {
             running: Vec::new(),
             cache: BatchCache::empty(),
             steps_since_join: 0,
+            metrics: EngineMetrics::new(model),
         }
     }
 
@@ -196,13 +199,76 @@ impl ModelLoop for Scheduler<'_> {
         self.drop_abandoned();
         let joining = self.schedule();
         if !joining.is_empty() {
+            // A prefill samples each joining sequence's first token.
+            self.metrics.generated(joining.len());
             self.prefill(joining);
             self.steps_since_join = 0;
         }
         if !self.running.is_empty() {
+            let rows = self.running.len();
             self.decode();
             self.steps_since_join += 1;
+            self.metrics.decoded(rows);
         }
+        self.metrics.waiting(self.waiting.len());
+        if self.is_idle() {
+            self.metrics.idle();
+        }
+    }
+}
+
+/// The engine's gauges and counter (`switchyard_telemetry::names`): rows per decoding step,
+/// sequences waiting, tokens generated, and tokens/s over the last second or more.
+struct EngineMetrics {
+    batch_size: metrics::Gauge,
+    decode_rows: metrics::Histogram,
+    waiting: metrics::Gauge,
+    generated: metrics::Counter,
+    tokens_per_second: metrics::Gauge,
+    /// Tokens decoded since `since`.
+    window: (std::time::Instant, u64),
+}
+
+impl EngineMetrics {
+    fn new(model: &str) -> Self {
+        use switchyard_telemetry::names;
+        let model = model.to_string();
+        EngineMetrics {
+            batch_size: metrics::gauge!(names::ENGINE_BATCH_SIZE, "model" => model.clone()),
+            decode_rows: metrics::histogram!(names::ENGINE_DECODE_ROWS, "model" => model.clone()),
+            waiting: metrics::gauge!(names::ENGINE_WAITING, "model" => model.clone()),
+            generated: metrics::counter!(names::ENGINE_GENERATED_TOKENS, "model" => model.clone()),
+            tokens_per_second: metrics::gauge!(names::ENGINE_TOKENS_PER_SECOND, "model" => model),
+            window: (std::time::Instant::now(), 0),
+        }
+    }
+
+    /// A decoding step of `rows` rows: one token each.
+    fn decoded(&mut self, rows: usize) {
+        self.batch_size.set(rows as f64);
+        self.decode_rows.record(rows as f64);
+        self.generated(rows);
+        let elapsed = self.window.0.elapsed();
+        if elapsed >= std::time::Duration::from_secs(1) {
+            self.tokens_per_second.set(self.window.1 as f64 / elapsed.as_secs_f64());
+            self.window = (std::time::Instant::now(), 0);
+        }
+    }
+
+    fn generated(&mut self, tokens: usize) {
+        self.generated.increment(tokens as u64);
+        self.window.1 += tokens as u64;
+    }
+
+    fn waiting(&self, sequences: usize) {
+        self.waiting.set(sequences as f64);
+    }
+
+    /// Nothing left to run: the model thread sleeps until the next job.
+    fn idle(&mut self) {
+        self.batch_size.set(0.0);
+        self.tokens_per_second.set(0.0);
+        self.window = (std::time::Instant::now(), 0);
     }
 }
 
