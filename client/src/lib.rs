@@ -156,7 +156,13 @@ impl Jobs {
 
     /// [`Self::submit`] for a request that arrived at `arrived`: its time to first token and
     /// end-to-end latency ([`switchyard_telemetry::jobs`]) count from then.
-    pub async fn submit_since(self: &Arc<Self>, lane: Lane, model: &str, request: JobRequest, arrived: Instant) -> Result<JobHandle, JobError> {
+    pub async fn submit_since(
+        self: &Arc<Self>,
+        lane: Lane,
+        model: &str,
+        request: JobRequest,
+        arrived: Instant,
+    ) -> Result<JobHandle, JobError> {
         let id = ulid::Ulid::new().to_string();
         let timeouts = self.timeouts;
         let deadline = now_ms() + timeouts.idle.as_millis() as u64 + timeouts.queue.as_millis() as u64;

@@ -34,8 +34,8 @@ use futures::StreamExt;
 use switchyard_broker::parse_duration;
 use switchyard_broker::registry::Registry;
 use switchyard_schemas::{ErrorCode, EventBody, JobEnvelope, OUT_OF_BAND_SEQ, StreamEvent, decode, encode, subject};
-use tokio_util::sync::CancellationToken;
 use switchyard_telemetry::names;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, clap::Args)]

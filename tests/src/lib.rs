@@ -278,9 +278,10 @@ impl Proc {
     pub fn try_status(&self) -> Option<ExitStatus> {
         let mut status = self.status.lock().unwrap();
         if status.is_none()
-            && let Ok(Some(exited)) = self.child.lock().unwrap().try_wait() {
-                *status = Some(exited);
-            }
+            && let Ok(Some(exited)) = self.child.lock().unwrap().try_wait()
+        {
+            *status = Some(exited);
+        }
         *status
     }
 
@@ -870,9 +871,10 @@ impl Stack {
         for id in self.registered_worker_ids().await {
             let blob: Option<Vec<u8>> = redis.get(keys::worker(&id)).await.ok()?;
             if let Some(record) = blob.and_then(|blob| decode::<WorkerRecord>(&blob).ok())
-                && record.pid == worker.pid() {
-                    return Some(record);
-                }
+                && record.pid == worker.pid()
+            {
+                return Some(record);
+            }
         }
         None
     }

@@ -31,10 +31,7 @@ impl Metrics {
     }
 
     fn samples<'a>(&'a self, name: &'a str, labels: &'a [(&'a str, &'a str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.scrape
-            .samples
-            .iter()
-            .filter(move |s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        self.scrape.samples.iter().filter(move |s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
     }
 
     /// The sum of the counter, gauge or untyped samples of `name` whose labels include `labels`

@@ -153,7 +153,8 @@ async fn python_functions_are_registered_and_listed_with_schemas_from_type_hints
         let mut after = rust.info().await.unwrap().config.clone();
         let mut before = before;
         assert_eq!(before.metadata, after.metadata, "{name}");
-        before.metadata.clear(); after.metadata.clear();
+        before.metadata.clear();
+        after.metadata.clear();
         assert_eq!(format!("{before:?}"), format!("{after:?}"), "{name}: the Rust config changes nothing");
     }
 

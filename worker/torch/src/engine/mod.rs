@@ -548,9 +548,10 @@ impl Worker {
 
     fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
         match &self.model {
-            Model::Decoder(decoder) => {
-                serve(&jobs, &mut Scheduler::new(decoder, &self.shared.codec, self.shared.batch, &self.shared.info.name))
-            }
+            Model::Decoder(decoder) => serve(
+                &jobs,
+                &mut Scheduler::new(decoder, &self.shared.codec, self.shared.batch, &self.shared.info.name),
+            ),
             Model::Encoder(encoder) => {
                 serve(&jobs, &mut EmbedQueue::new(encoder, self.device, self.shared.batch.max_batch_size))
             }
