@@ -30,7 +30,8 @@ pub struct DevOptions {
     redis_port: u16,
     #[arg(long, default_value_t = 8081)]
     scheduler_port: u16,
-    /// The first worker's `/metrics` (and `/health`, `/ready`) port; each further worker takes the next.
+    /// The first worker's `/metrics` (and `/health`, `/ready`) port; each further worker takes
+    /// the next free one. 0: each worker any free port (it logs which).
     #[arg(long, default_value_t = 9100)]
     worker_metrics_port: u16,
     /// Serve without API keys or rate limits (local experiments only).
@@ -108,9 +109,18 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         parts.push(spawn("api", &mut api, &logs)?);
         parts.push(spawn("scheduler", part(&["scheduler"]).args(urls).args(["--listen", &scheduler_listen]), &logs)?);
         let mut models = Vec::new();
-        // Each worker its own metrics port, in the order they start.
-        let mut metrics_ports = options.worker_metrics_port..;
-        let mut next_metrics = || format!("{}:{}", options.host, metrics_ports.next().expect("ports left"));
+        // Each worker its own metrics port, in the order they start, skipping ports in use.
+        let mut metrics_ports = Vec::new();
+        let mut next_metrics = || {
+            let port = match options.worker_metrics_port {
+                0 => 0,
+                first => (metrics_ports.last().map_or(first, |last| last + 1)..=u16::MAX)
+                    .find(|&port| std::net::TcpListener::bind((options.host.as_str(), port)).is_ok())
+                    .unwrap_or(0),
+            };
+            metrics_ports.push(port);
+            format!("{}:{port}", options.host)
+        };
         let worker_part = |args: &[&str], metrics: String| {
             let mut command = part(args);
             command.args(urls).args(["--metrics-listen", &metrics]);
@@ -131,8 +141,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                         tracing::warn!("{} not found: run scripts/setup.sh to install it; not serving {name}", folder.display());
                         continue;
                     }
-                    let mut worker = worker_part(&["worker", "torch", "--model-path"], next_metrics());
-                    worker.arg(folder);
+                    let folder = folder.to_string_lossy();
+                    let mut worker = worker_part(&["worker", "torch", "--model-path", &folder], next_metrics());
                     parts.push(spawn(&format!("worker-{name}"), &mut worker, &logs)?);
                     models.push(format!("{name} ({kind}, torch)"));
                 }
@@ -146,10 +156,12 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         println!("  redis       {redis_url}");
         println!("  scheduler   http://{scheduler_listen}/health");
         println!("  status      http://{api_listen}/status   (admin keys; `switchyard status` in a terminal)");
-        let last_metrics = metrics_ports.start.saturating_sub(1);
+        let worker_ports = match options.worker_metrics_port {
+            0 => "chosen by each (see its log)".to_string(),
+            _ => metrics_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+        };
         println!(
-            "  metrics     http://{api_listen}/metrics, http://{scheduler_listen}/metrics, workers on ports {}-{last_metrics} (/metrics)",
-            options.worker_metrics_port
+            "  metrics     http://{api_listen}/metrics, http://{scheduler_listen}/metrics, workers on ports {worker_ports} (/metrics)"
         );
         println!(
             "  threads     {} per part, {} for nats-server (this machine's share; SWITCHYARD_THREADS / GOMAXPROCS override)",

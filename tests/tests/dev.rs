@@ -81,6 +81,8 @@ fn start_dev() -> (Dev, tempfile::TempDir, [u16; 4]) {
         .arg(home.path())
         .args(["--api-port", &api.to_string(), "--nats-port", &nats.to_string()])
         .args(["--redis-port", &redis.to_string(), "--scheduler-port", &scheduler.to_string()])
+        // Parallel dev stacks: each worker any free port for its metrics.
+        .args(["--worker-metrics-port", "0"])
         .arg("--chat-model")
         .arg(workspace_root().join("models/tiny-llama"))
         .arg("--embedding-model")
