@@ -123,7 +123,8 @@ async fn job_of_a_killed_worker_completes_on_another_without_loss_or_duplication
     let before = read_text_chunks(&mut reader, &mut chunks, 3).await;
     assert!(prompt.starts_with(&before), "text so far {before:?} is not a prefix of the prompt");
 
-    let b = stack.worker(&args);
+    let b_metrics = format!("127.0.0.1:{}", switchyard_tests::free_port());
+    let b = stack.worker(&[&args[..], &["--metrics-listen", &b_metrics]].concat());
     let id_b = stack.worker_id(&b).await;
     a.sigkill();
 
@@ -139,6 +140,8 @@ async fn job_of_a_killed_worker_completes_on_another_without_loss_or_duplication
     assert!(started.iter().any(|(_, w, attempt)| *w == id_a && *attempt == 1), "A started the job: {started:?}");
     assert!(started.iter().any(|(_, w, attempt)| *w == id_b && *attempt >= 2), "B continued it as a redelivery: {started:?}");
     assert_eq!(started.iter().map(|(job, _, _)| job).collect::<HashSet<_>>().len(), 1, "one job: {started:?}");
+    let metrics = switchyard_tests::prometheus::Metrics::scrape(stack.http(), &format!("http://{b_metrics}/metrics")).await;
+    assert_eq!(metrics.value(switchyard_telemetry::names::REDELIVERIES, &[("model", "echo")]), Some(1.0), "{}", metrics.text());
     drop(b);
 }
 
@@ -285,6 +288,14 @@ async fn a_job_that_fails_every_delivery_ends_as_an_error_and_a_dead_letter() {
     let js = async_nats::jetstream::new(stack.nats_client().await);
     let mut dead = js.get_stream(switchyard_schemas::subject::DEAD_LETTER_STREAM).await.expect("the dead-letter stream");
     assert_eq!(dead.info().await.expect("its state").state.messages, 1, "the job is kept in the dead letters");
+
+    // Counted where each part saw it: the scheduler's dead letter, the api's error.
+    use switchyard_telemetry::names;
+    use switchyard_tests::prometheus::Metrics;
+    let scheduler = Metrics::scrape(stack.http(), &stack.scheduler_url("/metrics")).await;
+    assert_eq!(scheduler.value(names::DEAD_LETTERS, &[("model", "echo"), ("kind", "chat")]), Some(1.0), "{}", scheduler.text());
+    let api = Metrics::scrape(stack.http(), &stack.api_url("/metrics")).await;
+    assert_eq!(api.value(names::REQUEST_ERRORS, &[("model", "echo"), ("code", "max_deliveries_exceeded")]), Some(1.0), "{}", api.text());
 }
 
 /// Events lost between worker and api (a sequence number skipped) end the stream with a
