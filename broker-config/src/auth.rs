@@ -42,6 +42,11 @@ pub struct BrokerAuth {
     /// `_INBOX_worker`, `_INBOX_scheduler`, `_INBOX_<publisher>`). Default: `_INBOX`.
     #[arg(long, env = "SWITCHYARD_NATS_INBOX_PREFIX")]
     pub nats_inbox_prefix: Option<String>,
+    /// Copies JetStream keeps of each stream, key-value bucket and object store this part
+    /// creates or opens (1 to 5; an existing one is changed to this). Default: 3 when the NATS
+    /// server belongs to a cluster, 1 on a single server (see broker-config/cluster/README.md).
+    #[arg(long, env = "SWITCHYARD_STREAM_REPLICAS", value_parser = crate::placement::parse_replicas)]
+    pub stream_replicas: Option<usize>,
 }
 
 /// What the NATS URL says: the servers (credentials removed), and the credentials.
@@ -141,9 +146,15 @@ fn with_credentials_file(options: ConnectOptions, path: &Path) -> Result<Connect
 /// permission violations) may replace the callback before connecting.
 pub fn nats_connect_options(url: &str, name: &str, auth: &BrokerAuth) -> Result<(ConnectOptions, Vec<String>), BrokerError> {
     let parsed = parse_nats_url(url)?;
+    crate::placement::remember(auth.stream_replicas);
     let mut options = ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
+        // Several servers (`nats://a:4222,nats://b:4222`, and those a cluster advertises): the
+        // first connect tries each once and fails with a clear error if none answers; after
+        // that the client reconnects for ever, to whichever node is up, quickly at first.
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
         // Events are small and frequent; keep the client's outgoing buffer deep.
         .client_capacity(65_536)
         .subscription_capacity(65_536);
@@ -176,6 +187,16 @@ pub fn nats_connect_options(url: &str, name: &str, auth: &BrokerAuth) -> Result<
     Ok((options, parsed.servers))
 }
 
+/// The pause before reconnect attempt `attempts` (counted across servers since the last
+/// success): none for the first two, so a client whose node died moves to another at once, then
+/// doubling from 50 ms to at most 2 s.
+fn reconnect_delay(attempts: usize) -> Duration {
+    match attempts {
+        0..=2 => Duration::ZERO,
+        n => Duration::from_millis(50u64.saturating_mul(1 << (n - 3).min(6))).min(Duration::from_secs(2)),
+    }
+}
+
 /// Whether a server error is a permission violation (`Permissions Violation for Publish to …`).
 pub fn is_permission_violation(error: &ServerError) -> bool {
     matches!(error, ServerError::Other(text) if text.to_ascii_lowercase().contains("permissions violation"))
@@ -197,7 +218,7 @@ fn log_event(connection: &str, event: Event) {
         Event::ClientError(error) => tracing::warn!(connection, "NATS client error: {error}"),
         Event::SlowConsumer(sid) => tracing::warn!(connection, sid, "NATS: a subscription fell behind and lost messages"),
         Event::Disconnected => tracing::warn!(connection, "disconnected from NATS; reconnecting"),
-        Event::Connected => tracing::debug!(connection, "connected to NATS"),
+        Event::Connected => tracing::info!(connection, "connected to NATS"),
         Event::LameDuckMode => tracing::warn!(connection, "the NATS server is shutting down (lame duck mode)"),
         Event::Draining | Event::Closed => tracing::debug!(connection, %event, "NATS connection"),
     }
@@ -268,16 +289,16 @@ mod tests {
         let seed = nkeys::KeyPair::new_user().seed().unwrap();
         let seed_file = dir.path().join("worker.nk");
         std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
-        let auth = BrokerAuth { nats_creds: Some(seed_file), nats_inbox_prefix: None };
+        let auth = BrokerAuth { nats_creds: Some(seed_file), nats_inbox_prefix: None, ..Default::default() };
         assert!(nats_connect_options("nats://127.0.0.1:4222", "t", &auth).is_ok());
 
         let junk = dir.path().join("junk");
         std::fs::write(&junk, "hello").unwrap();
-        let auth = BrokerAuth { nats_creds: Some(junk), nats_inbox_prefix: None };
+        let auth = BrokerAuth { nats_creds: Some(junk), nats_inbox_prefix: None, ..Default::default() };
         let error = nats_connect_options("nats://127.0.0.1:4222", "t", &auth).unwrap_err().to_string();
         assert!(error.contains("neither a NATS user JWT") && error.contains("junk"), "{error}");
 
-        let missing = BrokerAuth { nats_creds: Some(dir.path().join("missing.creds")), nats_inbox_prefix: None };
+        let missing = BrokerAuth { nats_creds: Some(dir.path().join("missing.creds")), nats_inbox_prefix: None, ..Default::default() };
         let error = nats_connect_options("nats://127.0.0.1:4222", "t", &missing).unwrap_err().to_string();
         assert!(error.contains("cannot read it") && error.contains("missing.creds"), "{error}");
     }
@@ -287,7 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seed_file = dir.path().join("seed");
         std::fs::write(&seed_file, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
-        let auth = BrokerAuth { nats_creds: Some(seed_file), nats_inbox_prefix: None };
+        let auth = BrokerAuth { nats_creds: Some(seed_file), nats_inbox_prefix: None, ..Default::default() };
         let error = nats_connect_options("nats://u:secret@127.0.0.1:4222", "t", &auth).unwrap_err().to_string();
         assert!(error.contains("one or the other") && !error.contains("secret"), "{error}");
     }
@@ -295,11 +316,20 @@ mod tests {
     #[test]
     fn inbox_prefixes_must_be_subject_prefixes() {
         for bad in ["", "_INBOX.>", "a b", "x."] {
-            let auth = BrokerAuth { nats_creds: None, nats_inbox_prefix: Some(bad.into()) };
+            let auth = BrokerAuth { nats_creds: None, nats_inbox_prefix: Some(bad.into()), ..Default::default() };
             assert!(nats_connect_options("nats://127.0.0.1:4222", "t", &auth).is_err(), "{bad:?} accepted");
         }
-        let auth = BrokerAuth { nats_creds: None, nats_inbox_prefix: Some("_INBOX_orders".into()) };
+        let auth = BrokerAuth { nats_creds: None, nats_inbox_prefix: Some("_INBOX_orders".into()), ..Default::default() };
         assert!(nats_connect_options("nats://127.0.0.1:4222", "t", &auth).is_ok());
+    }
+
+    #[test]
+    fn reconnects_start_at_once_and_back_off_to_two_seconds() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::ZERO);
+        assert_eq!(reconnect_delay(3), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(4), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(100), Duration::from_secs(2));
     }
 
     #[test]

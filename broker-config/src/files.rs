@@ -93,22 +93,34 @@ pub struct FileStore {
 impl FileStore {
     /// Opens the files bucket, creating it (file storage, no age limit: files leave by
     /// [`FileStore::delete`] and [`FileStore::delete_expired`]) when it does not exist. An
-    /// existing bucket is used as it is, whatever limits an operator gave it.
+    /// existing bucket keeps whatever limits an operator gave it, but gets the replica count of
+    /// [`crate::placement::replicas`].
     pub async fn open(js: &jetstream::Context) -> Result<FileStore, BrokerError> {
         let bucket = subject::FILES_BUCKET;
         let store = match js.get_object_store(bucket).await {
-            Ok(store) => store,
+            Ok(store) => {
+                crate::placement::ensure_replicas(js, &format!("OBJ_{bucket}")).await?;
+                store
+            }
             Err(_) => {
-                js.query_account().await.map_err(|e| BrokerError::JetStreamOff(e.to_string()))?;
-                js.create_object_store(object_store::Config {
+                crate::jobs::query_account(js).await?;
+                let (replicas, reason) = crate::placement::replicas(js);
+                let config = object_store::Config {
                     bucket: bucket.into(),
                     description: Some("Switchyard's /v1/files: one object per file, named by its id".into()),
                     storage: jetstream::stream::StorageType::File,
                     max_age: Duration::ZERO,
+                    num_replicas: replicas,
                     ..Default::default()
+                };
+                crate::placement::retry_placement(&format!("OBJ_{bucket}"), replicas, reason, || async {
+                    match js.create_object_store(config.clone()).await {
+                        Ok(store) => Ok(store),
+                        // Another part created it in between.
+                        Err(e) => js.get_object_store(bucket).await.map_err(|_| e),
+                    }
                 })
-                .await
-                .map_err(|e| BrokerError::JetStream(format!("creating object store {bucket}: {e}")))?
+                .await?
             }
         };
         Ok(FileStore { js: js.clone(), store })

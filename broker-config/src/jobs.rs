@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use switchyard_schemas::{JobKind, Lane, subject};
 
 use crate::BrokerError;
+pub use crate::placement::ensure_stream;
 
 /// How jobs are acknowledged and retried. Every worker of a model must agree, so the defaults
 /// are what all parts use unless an operator overrides them everywhere.
@@ -31,34 +32,59 @@ impl Default for QueuePolicy {
     }
 }
 
-/// Creates or updates both streams. Fails with [`BrokerError::JetStreamOff`] when the server
-/// has JetStream disabled, rather than a cryptic timeout later.
+/// Creates or updates both streams, with the replica count of [`crate::placement::replicas`]
+/// (R1 on one server, R3 on a cluster, or `--stream-replicas`). Fails with
+/// [`BrokerError::JetStreamOff`] when the server has JetStream disabled, rather than a cryptic
+/// timeout later, and with [`BrokerError::Placement`] when the servers cannot hold the replicas.
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), BrokerError> {
-    js.query_account().await.map_err(|e| BrokerError::JetStreamOff(e.to_string()))?;
-    js.create_or_update_stream(stream::Config {
-        name: subject::JOBS_STREAM.into(),
-        subjects: vec![subject::JOBS_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        // A job nobody picks up in a day is not wanted any more.
-        max_age: Duration::from_secs(24 * 3600),
-        // The job id is the message id: a publish retried after a lost ack is not run twice.
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::JOBS_STREAM)))?;
-    js.create_or_update_stream(stream::Config {
-        name: subject::DEAD_LETTER_STREAM.into(),
-        subjects: vec![subject::DEAD_LETTER_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::DEAD_LETTER_STREAM)))?;
+    query_account(js).await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::JOBS_STREAM.into(),
+            subjects: vec![subject::JOBS_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            // A job nobody picks up in a day is not wanted any more.
+            max_age: Duration::from_secs(24 * 3600),
+            // The job id is the message id: a publish retried after a lost ack is not run twice.
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
+    .await?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::DEAD_LETTER_STREAM.into(),
+            subjects: vec![subject::DEAD_LETTER_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(())
+}
+
+/// Checks that JetStream answers, waiting (up to [`crate::placement::PLACEMENT_WAIT`]) for a
+/// cluster that is still electing its meta leader; [`BrokerError::JetStreamOff`] otherwise.
+pub(crate) async fn query_account(js: &jetstream::Context) -> Result<(), BrokerError> {
+    let start = std::time::Instant::now();
+    loop {
+        match js.query_account().await {
+            Ok(_) => return Ok(()),
+            // A single server without JetStream says so at once; a forming cluster may not.
+            Err(e) if js.client().server_info().cluster.is_none() || start.elapsed() >= crate::placement::PLACEMENT_WAIT => {
+                return Err(BrokerError::JetStreamOff(e.to_string()));
+            }
+            Err(e) => {
+                tracing::debug!("JetStream not answering yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// Creates or updates the shared durable consumer of `lane` of (`kind`, `model`).
@@ -95,16 +121,18 @@ pub async fn ensure_consumer(
 /// Creates or updates the stream that keeps the events of jobs that outlive their request
 /// (`/v1/jobs`) for `retention`. Workers publish those events as usual; the stream captures them.
 pub async fn ensure_events_stream(js: &jetstream::Context, retention: Duration) -> Result<(), BrokerError> {
-    js.create_or_update_stream(stream::Config {
-        name: subject::EVENTS_STREAM.into(),
-        subjects: vec![subject::EVENTS_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: retention,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::EVENTS_STREAM)))?;
+    ensure_stream(
+        js,
+        stream::Config {
+            name: subject::EVENTS_STREAM.into(),
+            subjects: vec![subject::EVENTS_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: retention,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //! * [`apikeys`]: API keys (stored as hashes) and their revocation.
 //! * [`ratelimit`]: requests/tokens per minute and concurrency, shared by every api replica.
 //! * [`files`]: the bodies and records of `/v1/files` in the JetStream object store.
+//! * [`placement`]: how many copies JetStream keeps of each stream (R1 on one server, R3 on a
+//!   cluster, `--stream-replicas`), and the check at start that the servers can hold them.
 //! * [`auth`]: credentials for a secured broker ([`BrokerAuth`], taken by every part), and
 //!   how refusals are reported.
 //!
@@ -21,6 +23,7 @@ pub mod cancel;
 pub mod files;
 pub mod jobs;
 pub mod lanes;
+pub mod placement;
 pub mod ratelimit;
 pub mod registry;
 
@@ -43,6 +46,12 @@ pub enum BrokerError {
     JetStreamOff(String),
     #[error("JetStream request failed: {0}")]
     JetStream(String),
+    #[error(
+        "JetStream cannot keep {replicas} replicas of stream {stream} ({reason}){}: the server said: {server_said}. {}",
+        waited_text(*.waited),
+        placement_hint(*.replicas)
+    )]
+    Placement { stream: String, replicas: usize, reason: placement::Source, server_said: String, waited: Duration },
     #[error("NATS request failed: {0}")]
     Nats(String),
     #[error("cannot connect to Redis at {url}: {source}{hint}")]
@@ -51,6 +60,21 @@ pub enum BrokerError {
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Codec(#[from] switchyard_schemas::CodecError),
+}
+
+fn waited_text(waited: Duration) -> String {
+    if waited.is_zero() { String::new() } else { format!(" after waiting {:.0} s for the cluster", waited.as_secs_f64()) }
+}
+
+fn placement_hint(replicas: usize) -> String {
+    if replicas > 1 {
+        format!(
+            "Run at least {replicas} JetStream servers in one cluster (broker-config/cluster/), every one of them up, or ask for \
+             fewer with --stream-replicas / SWITCHYARD_STREAM_REPLICAS (1 on a single server)"
+        )
+    } else {
+        "Check the server's JetStream limits (max_file_store) and its log".to_string()
+    }
 }
 
 /// Connects to NATS with a client name that shows up in `nats-server` monitoring, and the
@@ -103,7 +127,9 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// Opens the key-value bucket `bucket`, creating it (file storage, one revision per key, entries
-/// kept for `max_age`, zero for ever) when it does not exist. An existing bucket is used as it is.
+/// kept for `max_age`, zero for ever) when it does not exist. An existing bucket keeps its
+/// settings, but gets the replica count of [`placement::replicas`] (an R1 bucket becomes R3 once
+/// the parts run on a cluster).
 pub async fn key_value(
     js: &async_nats::jetstream::Context,
     bucket: &str,
@@ -112,18 +138,28 @@ pub async fn key_value(
 ) -> Result<async_nats::jetstream::kv::Store, BrokerError> {
     use async_nats::jetstream::{kv, stream::StorageType};
     if let Ok(store) = js.get_key_value(bucket).await {
+        placement::ensure_replicas(js, &format!("KV_{bucket}")).await?;
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
+    let (replicas, reason) = placement::replicas(js);
+    let config = kv::Config {
         bucket: bucket.into(),
         description: description.into(),
         history: 1,
         max_age,
         storage: StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
+    };
+    let name = format!("KV_{bucket}");
+    placement::retry_placement(&name, replicas, reason, || async {
+        match js.create_key_value(config.clone()).await {
+            Ok(store) => Ok(store),
+            // Another part created it in between.
+            Err(e) => js.get_key_value(bucket).await.map_err(|_| e),
+        }
     })
     .await
-    .map_err(|e| BrokerError::JetStream(format!("creating key-value bucket {bucket}: {e}")))
 }
 
 /// Connects to Redis through a connection manager, which reconnects by itself. Credentials go

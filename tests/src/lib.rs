@@ -30,6 +30,7 @@
 //! nothing. Run them with `cargo test -p switchyard-tests`.
 
 pub mod batch;
+pub mod cluster;
 pub mod openai;
 pub mod prometheus;
 pub mod sse;

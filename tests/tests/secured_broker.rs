@@ -48,7 +48,7 @@ async fn watched_connection(servers: &Servers, role: Role, auth: BrokerAuth) -> 
 }
 
 fn auth_for(role: Role) -> BrokerAuth {
-    BrokerAuth { nats_creds: None, nats_inbox_prefix: role.inbox_prefix().map(str::to_string) }
+    BrokerAuth { nats_creds: None, nats_inbox_prefix: role.inbox_prefix().map(str::to_string), ..Default::default() }
 }
 
 /// The server errors of one connection.
@@ -424,7 +424,8 @@ async fn nkey_seed_files_log_in_under_the_nkeys_configuration() {
     let nats = servers.spawn("nats-server-nkeys", command);
     let url = format!("nats://127.0.0.1:{port}");
     let seed = |role: &str| seeds.iter().find(|(r, _)| *r == role).unwrap().1.clone();
-    let worker_auth = BrokerAuth { nats_creds: Some(seed("worker")), nats_inbox_prefix: Some("_INBOX_worker".into()) };
+    let worker_auth =
+        BrokerAuth { nats_creds: Some(seed("worker")), nats_inbox_prefix: Some("_INBOX_worker".into()), ..Default::default() };
     let worker = eventually(Duration::from_secs(20), "nats-server with nkeys to accept the worker", || async {
         assert!(nats.is_running(), "nats-server exited:\n{}", nats.log());
         switchyard_broker::connect_nats(&url, "worker", &worker_auth).await.ok()
@@ -432,14 +433,15 @@ async fn nkey_seed_files_log_in_under_the_nkeys_configuration() {
     .await;
     jetstream_quick(&worker).query_account().await.expect("the worker's nkey may use the JetStream API");
 
-    let publisher_auth = BrokerAuth { nats_creds: Some(seed("publisher")), nats_inbox_prefix: Some(format!("_INBOX_{PUBLISHER}")) };
+    let publisher_auth =
+        BrokerAuth { nats_creds: Some(seed("publisher")), nats_inbox_prefix: Some(format!("_INBOX_{PUBLISHER}")), ..Default::default() };
     let publisher = switchyard_broker::connect_nats(&url, "publisher", &publisher_auth).await.expect("the publisher's nkey");
     assert!(jetstream_quick(&publisher).query_account().await.is_err(), "the publisher may not use the JetStream API");
 
     // A seed the server does not know is refused, and the message says what to check.
     let stranger = dir.join("stranger.nk");
     std::fs::write(&stranger, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
-    let error = switchyard_broker::connect_nats(&url, "stranger", &BrokerAuth { nats_creds: Some(stranger), nats_inbox_prefix: None })
+    let error = switchyard_broker::connect_nats(&url, "stranger", &BrokerAuth { nats_creds: Some(stranger), ..Default::default() })
         .await
         .unwrap_err()
         .to_string();
