@@ -220,8 +220,10 @@ impl ClusterStack {
             .build()
             .expect("reqwest client");
         let connection = Connection { nats_url: cluster.url(), redis_url: format!("redis://127.0.0.1:{redis_port}"), env: Vec::new() };
-        let (scheduler, _) = start_scheduler(&dir, &logs, &http, "scheduler", &options, &connection).await;
+        // The api first: it creates the job streams, buckets and the files store (waiting out a
+        // cluster still settling); the scheduler then finds them.
         let (api, api_port) = start_api(&dir, &logs, &http, "api", &options, &connection).await;
+        let (scheduler, _) = start_scheduler(&dir, &logs, &http, "scheduler", &options, &connection).await;
         guard.done = true;
         ClusterStack { api, scheduler, redis, cluster, redis_port, api_port, options, http, workers: Mutex::new(0), dir, logs }
     }
