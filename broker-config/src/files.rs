@@ -104,23 +104,26 @@ impl FileStore {
             }
             Err(_) => {
                 crate::jobs::query_account(js).await?;
-                let (replicas, reason) = crate::placement::replicas(js);
                 let config = object_store::Config {
                     bucket: bucket.into(),
                     description: Some("Switchyard's /v1/files: one object per file, named by its id".into()),
                     storage: jetstream::stream::StorageType::File,
                     max_age: Duration::ZERO,
-                    num_replicas: replicas,
                     ..Default::default()
                 };
-                crate::placement::retry_placement(&format!("OBJ_{bucket}"), replicas, reason, || async {
-                    match js.create_object_store(config.clone()).await {
-                        Ok(store) => Ok(store),
-                        // Another part created it in between.
-                        Err(e) => js.get_object_store(bucket).await.map_err(|_| e),
+                let name = format!("OBJ_{bucket}");
+                crate::placement::retry_placement(js, &name, |replicas| {
+                    let config = object_store::Config { num_replicas: replicas, ..config.clone() };
+                    async move {
+                        match js.create_object_store(config).await {
+                            Ok(store) => Ok(store),
+                            // Another part created it in between.
+                            Err(e) => js.get_object_store(bucket).await.map_err(|_| e),
+                        }
                     }
                 })
                 .await?
+                .0
             }
         };
         Ok(FileStore { js: js.clone(), store })

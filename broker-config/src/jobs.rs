@@ -75,8 +75,9 @@ pub(crate) async fn query_account(js: &jetstream::Context) -> Result<(), BrokerE
     loop {
         match js.query_account().await {
             Ok(_) => return Ok(()),
-            // A single server without JetStream says so at once; a forming cluster may not.
-            Err(e) if js.client().server_info().cluster.is_none() || start.elapsed() >= crate::placement::PLACEMENT_WAIT => {
+            // A server without JetStream says so at once ("no responders"); a cluster still
+            // electing its meta leader does not answer.
+            Err(e) if !e.to_string().contains("timed out") || start.elapsed() >= crate::placement::PLACEMENT_WAIT => {
                 return Err(BrokerError::JetStreamOff(e.to_string()));
             }
             Err(e) => {

@@ -141,25 +141,27 @@ pub async fn key_value(
         placement::ensure_replicas(js, &format!("KV_{bucket}")).await?;
         return Ok(store);
     }
-    let (replicas, reason) = placement::replicas(js);
     let config = kv::Config {
         bucket: bucket.into(),
         description: description.into(),
         history: 1,
         max_age,
         storage: StorageType::File,
-        num_replicas: replicas,
         ..Default::default()
     };
     let name = format!("KV_{bucket}");
-    placement::retry_placement(&name, replicas, reason, || async {
-        match js.create_key_value(config.clone()).await {
-            Ok(store) => Ok(store),
-            // Another part created it in between.
-            Err(e) => js.get_key_value(bucket).await.map_err(|_| e),
+    let (store, _) = placement::retry_placement(js, &name, |replicas| {
+        let config = kv::Config { num_replicas: replicas, ..config.clone() };
+        async move {
+            match js.create_key_value(config).await {
+                Ok(store) => Ok(store),
+                // Another part created it in between.
+                Err(e) => js.get_key_value(bucket).await.map_err(|_| e),
+            }
         }
     })
-    .await
+    .await?;
+    Ok(store)
 }
 
 /// Connects to Redis through a connection manager, which reconnects by itself. Credentials go

@@ -6,8 +6,8 @@
 //! 1. `--stream-replicas` / `SWITCHYARD_STREAM_REPLICAS` of the part ([`crate::BrokerAuth`]),
 //!    which [`crate::connect_nats`] remembers for the process (a process has one broker);
 //! 2. else `SWITCHYARD_STREAM_REPLICAS` in the environment (library users, the tests);
-//! 3. else what the server says of itself: a server that belongs to a cluster (its INFO names
-//!    one) gets R3, a single server R1.
+//! 3. else R3, unless JetStream refuses more than one copy as a single server does (`replicas >
+//!    1 not supported in non-clustered mode`): then R1, for the rest of the process.
 //!
 //! Every stream Switchyard creates goes through [`ensure_stream`] (or [`ensure_replicas`] for
 //! the streams behind a key-value bucket or an object store): an existing stream with another
@@ -56,14 +56,21 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Source::Asked => "asked with --stream-replicas / SWITCHYARD_STREAM_REPLICAS",
-            Source::Cluster => "the default on a NATS cluster",
+            Source::Cluster => "the default unless the server is a single one",
             Source::SingleServer => "the default on a single NATS server",
         })
     }
 }
 
+/// What JetStream said of this server: 1 when it refused more than one copy (a single server),
+/// 3 once a cluster took three; 0 before either.
+static DETECTED: AtomicUsize = AtomicUsize::new(0);
+
 /// The replica count of the streams `js` creates, and why (see the module's documentation).
-pub fn replicas(js: &jetstream::Context) -> (usize, Source) {
+/// Without `--stream-replicas` it is 3 unless the server has shown it is a single one: a server
+/// answers INFO before its cluster listener is up, so a missing cluster name proves nothing;
+/// JetStream's refusal of R3 (`non-clustered mode`) does, and [`retry_placement`] then moves to 1.
+pub fn replicas(_js: &jetstream::Context) -> (usize, Source) {
     let asked = ASKED.load(Ordering::Relaxed);
     if asked > 0 {
         return (asked, Source::Asked);
@@ -73,9 +80,9 @@ pub fn replicas(js: &jetstream::Context) -> (usize, Source) {
     {
         return (asked, Source::Asked);
     }
-    match js.client().server_info().cluster {
-        Some(_) => (3, Source::Cluster),
-        None => (1, Source::SingleServer),
+    match DETECTED.load(Ordering::Relaxed) {
+        1 => (1, Source::SingleServer),
+        _ => (3, Source::Cluster),
     }
 }
 
@@ -90,11 +97,13 @@ pub fn parse_replicas(text: &str) -> Result<usize, String> {
 /// Creates the stream `config` describes with the replica count of [`replicas`], or updates an
 /// existing one to it, waiting out a cluster that is still forming; fails with
 /// [`BrokerError::Placement`] when the servers cannot hold that many copies.
-pub async fn ensure_stream(js: &jetstream::Context, mut config: stream::Config) -> Result<stream::Info, BrokerError> {
-    let (count, source) = replicas(js);
-    config.num_replicas = count;
+pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Info, BrokerError> {
     let name = config.name.clone();
-    let info = retry_placement(&name, count, source, || js.create_or_update_stream(config.clone())).await?;
+    let (info, count) = retry_placement(js, &name, |count| {
+        let config = stream::Config { num_replicas: count, ..config.clone() };
+        js.create_or_update_stream(config)
+    })
+    .await?;
     check_peers(&info, count);
     Ok(info)
 }
@@ -103,38 +112,55 @@ pub async fn ensure_stream(js: &jetstream::Context, mut config: stream::Config) 
 /// object store, `OBJ_<bucket>`) the replica count of [`replicas`], keeping the rest of its
 /// configuration.
 pub async fn ensure_replicas(js: &jetstream::Context, name: &str) -> Result<(), BrokerError> {
-    let (count, source) = replicas(js);
-    let mut config = retry_placement(name, count, source, || async {
+    let (config, _) = retry_placement(js, name, |_| async {
         let mut stream = js.get_stream(name).await?;
         Ok::<_, async_nats::Error>(stream.info().await?.config.clone())
     })
     .await?;
-    if config.num_replicas.max(1) == count {
+    if config.num_replicas.max(1) == replicas(js).0 {
         return Ok(());
     }
-    tracing::info!(stream = name, from = config.num_replicas, to = count, "changing the stream's replica count ({source})");
-    config.num_replicas = count;
-    let info = retry_placement(name, count, source, || js.update_stream(config.clone())).await?;
+    let (info, count) = retry_placement(js, name, |count| {
+        let config = stream::Config { num_replicas: count, ..config.clone() };
+        js.update_stream(config)
+    })
+    .await?;
+    if count != config.num_replicas.max(1) {
+        tracing::info!(stream = name, from = config.num_replicas.max(1), to = count, "changed the stream's replica count");
+    }
     check_peers(&info, count);
     Ok(())
 }
 
-/// Runs `attempt` until it succeeds, retrying what a forming cluster answers for up to
-/// [`PLACEMENT_WAIT`]; a refusal that waiting cannot cure fails at once.
-pub(crate) async fn retry_placement<T, E, F, Fut>(name: &str, count: usize, source: Source, mut attempt: F) -> Result<T, BrokerError>
+/// Runs `attempt` with the replica count of [`replicas`] until it succeeds, and returns what it
+/// returned and the count. What a forming cluster answers is retried for up to
+/// [`PLACEMENT_WAIT`]; a single server's refusal of several copies moves a default count to 1
+/// (and fails an asked one at once); any other refusal fails at once.
+pub(crate) async fn retry_placement<T, E, F, Fut>(js: &jetstream::Context, name: &str, mut attempt: F) -> Result<(T, usize), BrokerError>
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
-    F: FnMut() -> Fut,
+    F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     let start = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        let error = match attempt().await {
-            Ok(value) => return Ok(value),
+        let (count, source) = replicas(js);
+        let error = match attempt(count).await {
+            Ok(value) => {
+                if count > 1 && source == Source::Cluster {
+                    DETECTED.store(count, Ordering::Relaxed);
+                }
+                return Ok((value, count));
+            }
             Err(error) => error_chain(&*error.into()),
         };
         let refusal = Refusal::of(&error);
+        if refusal == Refusal::NotClustered && source != Source::Asked {
+            tracing::debug!(stream = name, "a single NATS server: streams get one copy");
+            DETECTED.store(1, Ordering::Relaxed);
+            continue;
+        }
         let waited = start.elapsed();
         if refusal == Refusal::Other || waited >= PLACEMENT_WAIT || (refusal == Refusal::NotClustered && count > 1) {
             return Err(match refusal {
