@@ -8,6 +8,7 @@
 
 mod batch;
 mod client;
+mod cluster;
 mod embed;
 mod mcp;
 mod mixed;
@@ -52,6 +53,9 @@ enum Command {
     /// A trivial hosted function (`custom_method` of `tools-demo`) over REST and through `/mcp`
     /// beside echo chat: latency at concurrency 1, calls/s at 64 clients.
     Tools(tools::ToolsOptions),
+    /// The echo job path ((a), (b), (d) of `echo`) on a three-node NATS cluster with R3 streams
+    /// against one nats-server with R1 streams, same run: a table and the ratio.
+    NatsCluster(cluster::ClusterOptions),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -171,6 +175,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Tools(options) => {
             return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(tools::run(options));
+        }
+        Command::NatsCluster(options) => {
+            return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(cluster::run(options));
         }
     };
     let runtime = if options.client_threads <= 1 {

@@ -28,8 +28,9 @@ use crate::BrokerError;
 pub const MAX_REPLICAS: usize = 5;
 
 /// How long a stream that cannot be placed yet is retried before the start fails: a cluster
-/// that was just started elects its meta leader and routes its peers within a few seconds.
-pub const PLACEMENT_WAIT: Duration = Duration::from_secs(10);
+/// that was just started elects its meta leader and routes its peers within a few seconds, but
+/// on a loaded machine a new stream's group may take longer than one 5 s request to answer.
+pub const PLACEMENT_WAIT: Duration = Duration::from_secs(30);
 
 /// `--stream-replicas` given to this process; 0 when none was.
 static ASKED: AtomicUsize = AtomicUsize::new(0);
