@@ -170,17 +170,20 @@ pub struct Results {
 
 impl Results {
     pub async fn open(js: &jetstream::Context) -> Result<Results, BrokerError> {
-        js.create_or_update_stream(stream::Config {
-            name: subject::BATCH_RESULTS_STREAM.into(),
-            subjects: vec![subject::BATCH_RESULTS_SUBJECTS.into()],
-            storage: stream::StorageType::File,
-            // Finalization purges a batch's results; this only catches what a lost batch left.
-            max_age: Duration::from_secs(30 * 24 * 3600),
-            max_messages_per_subject: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| BrokerError::JetStream(format!("creating stream {}: {e}", subject::BATCH_RESULTS_STREAM)))?;
+        // With the replica count every part uses (R3 on a cluster).
+        switchyard_broker::jobs::ensure_stream(
+            js,
+            stream::Config {
+                name: subject::BATCH_RESULTS_STREAM.into(),
+                subjects: vec![subject::BATCH_RESULTS_SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                // Finalization purges a batch's results; this only catches what a lost batch left.
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                max_messages_per_subject: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Results { js: js.clone() })
     }
 
