@@ -7,7 +7,7 @@
 //! every ack of a worker is replicated too).
 
 use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +16,10 @@ use anyhow::{Context, bail};
 use hyper::Method;
 
 use crate::client::{Conn, Target};
+use crate::stack::{free_ports, wait_for_port};
+
+/// Cluster nodes take longer to listen than a single server.
+const CLUSTER_PORT_WAIT: Duration = Duration::from_secs(20);
 use crate::{Stats, chat_body, check_completion, load, sequential, stream_once, thousands, wait_for_model};
 
 #[derive(Debug, clap::Args, Clone)]
@@ -86,22 +90,6 @@ impl Drop for MiniStack {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0))).collect::<Result<_, _>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-fn wait_for_port(port: u16, what: &str, dir: &Path) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200)).is_err() {
-        if start.elapsed() > Duration::from_secs(20) {
-            bail!("{what} did not open port {port} within 20 s; see {}", dir.join(format!("{what}.log")).display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// Waits until a cluster node's `/healthz` says ok: JetStream has its meta leader.
@@ -199,9 +187,9 @@ impl MiniStack {
         redis.args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no", "--dir"]).arg(&dir);
         stack.spawn("redis-server", &mut redis)?;
         for i in 0..nodes {
-            wait_for_port(ports[3 * i], &format!("nats-{}", i + 1), &dir)?;
+            wait_for_port(ports[3 * i], &format!("nats-{}", i + 1), &dir, CLUSTER_PORT_WAIT)?;
         }
-        wait_for_port(redis_port, "redis-server", &dir)?;
+        wait_for_port(redis_port, "redis-server", &dir, CLUSTER_PORT_WAIT)?;
         if nodes > 1 {
             for i in 0..nodes {
                 wait_healthy(ports[3 * i + 2], &format!("nats-{}", i + 1), &dir)?;

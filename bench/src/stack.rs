@@ -130,7 +130,7 @@ impl Stack {
         let env = |part: &str, command: &mut Command| {
             command.envs(env_of(part));
         };
-        let [api_port, nats_port, redis_port, scheduler_port] = free_ports()?;
+        let [api_port, nats_port, redis_port, scheduler_port] = free_ports(4)?[..] else { unreachable!("four ports asked") };
         let host = "127.0.0.1";
         let nats_url = format!("nats://{host}:{nats_port}");
         let redis_url = format!("redis://{host}:{redis_port}");
@@ -159,8 +159,8 @@ impl Stack {
             redis.args(["--bind", host, "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no", "--dir"]).arg(&dir);
             env("redis", &mut redis);
             stack.brokers.push(spawn("redis-server", &mut redis, &dir)?);
-            wait_for_port(nats_port, "nats-server", &dir)?;
-            wait_for_port(redis_port, "redis-server", &dir)?;
+            wait_for_port(nats_port, "nats-server", &dir, PORT_WAIT)?;
+            wait_for_port(redis_port, "redis-server", &dir, PORT_WAIT)?;
 
             let urls = ["--nats-url", stack.nats_url.as_str(), "--redis-url", stack.redis_url.as_str()];
             if !options.no_auth {
@@ -200,7 +200,7 @@ impl Stack {
                 scheduler.arg("scheduler").args(urls).args(["--listen", &format!("{host}:{scheduler_port}")]).args(&options.scheduler_args);
                 env("scheduler", &mut scheduler);
                 stack.parts.push(spawn("scheduler", &mut scheduler, &dir)?);
-                wait_for_port(scheduler_port, "scheduler", &dir)?;
+                wait_for_port(scheduler_port, "scheduler", &dir, PORT_WAIT)?;
                 stack.scheduler_url = Some(format!("http://{host}:{scheduler_port}"));
             }
             Ok(())
@@ -215,7 +215,7 @@ impl Stack {
     /// Starts one more api on this stack's NATS and Redis (e.g. a `--no-auth` one beside the
     /// keyed one, for comparing them in one run) and returns its URL once it listens.
     pub fn add_api(&mut self, name: &str, args: &[&str]) -> anyhow::Result<String> {
-        let [port, ..] = free_ports()?;
+        let port = free_ports(1)?[0];
         let mut api = Command::new(&self.switchyard);
         api.arg("api")
             .args(["--nats-url", &self.nats_url, "--redis-url", &self.redis_url])
@@ -223,7 +223,7 @@ impl Stack {
             .args(args)
             .envs(self.api_env.iter().cloned());
         self.parts.push(spawn(name, &mut api, &self.dir)?);
-        wait_for_port(port, name, &self.dir)?;
+        wait_for_port(port, name, &self.dir, PORT_WAIT)?;
         Ok(format!("http://127.0.0.1:{port}"))
     }
 
@@ -350,18 +350,21 @@ fn create_key(switchyard: &Path, urls: &[&str], key_args: &[String]) -> anyhow::
     Ok(secret)
 }
 
-/// Four distinct free ports on 127.0.0.1 (held open together so they differ).
-fn free_ports() -> anyhow::Result<[u16; 4]> {
-    let listeners: Vec<TcpListener> = (0..4).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0))).collect::<Result<_, _>>()?;
-    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
-    Ok([ports[0], ports[1], ports[2], ports[3]])
+/// How long a part of a bench stack may take to listen.
+const PORT_WAIT: Duration = Duration::from_secs(15);
+
+/// `n` distinct free ports on 127.0.0.1 (held open together so they differ).
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0))).collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
-fn wait_for_port(port: u16, what: &str, dir: &Path) -> anyhow::Result<()> {
+/// Waits up to `limit` for `what` (logging to `dir/<what>.log`) to listen on `port`.
+pub(crate) fn wait_for_port(port: u16, what: &str, dir: &Path, limit: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     while TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_millis(200)).is_err() {
-        if start.elapsed() > Duration::from_secs(15) {
-            bail!("{what} did not open port {port} within 15 s; see {}", dir.join(format!("{what}.log")).display());
+        if start.elapsed() > limit {
+            bail!("{what} did not open port {port} within {limit:?}; see {}", dir.join(format!("{what}.log")).display());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -25,7 +25,8 @@ struct Sample {
 }
 
 impl Sample {
-    fn set(&mut self, name: &'static str, labels: Labels, value: f64) {
+    /// Adds `value` to the sample of `name` with `labels` (several workers add to one model's).
+    fn add(&mut self, name: &'static str, labels: Labels, value: f64) {
         *self.values.entry((name, labels)).or_default() += value;
     }
 }
@@ -54,8 +55,8 @@ async fn sample(js: &jetstream::Context, registry: &Registry, batches: &Batches)
         Ok(depths) => {
             for depth in depths {
                 let labels = vec![("model", depth.model), ("kind", depth.kind.as_str().into()), ("lane", depth.lane.as_str().into())];
-                sample.set(names::LANE_PENDING, labels.clone(), depth.pending as f64);
-                sample.set(names::LANE_ACK_PENDING, labels, depth.ack_pending as f64);
+                sample.add(names::LANE_PENDING, labels.clone(), depth.pending as f64);
+                sample.add(names::LANE_ACK_PENDING, labels, depth.ack_pending as f64);
             }
         }
         Err(e) => warn!(error = %e, "reading the lanes' depths failed"),
@@ -65,9 +66,9 @@ async fn sample(js: &jetstream::Context, registry: &Registry, batches: &Batches)
             for worker in workers {
                 for card in &worker.models {
                     let labels = vec![("model", card.name.clone())];
-                    sample.set(names::MODEL_WORKERS, labels.clone(), 1.0);
-                    sample.set(names::MODEL_SLOTS, labels.clone(), f64::from(worker.slots));
-                    sample.set(names::MODEL_SLOTS_IN_USE, labels, f64::from(worker.busy));
+                    sample.add(names::MODEL_WORKERS, labels.clone(), 1.0);
+                    sample.add(names::MODEL_SLOTS, labels.clone(), f64::from(worker.slots));
+                    sample.add(names::MODEL_SLOTS_IN_USE, labels, f64::from(worker.busy));
                 }
             }
         }
@@ -78,10 +79,10 @@ async fn sample(js: &jetstream::Context, registry: &Registry, batches: &Batches)
             for record in records {
                 let status =
                     serde_json::to_value(record.batch.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-                sample.set(names::BATCHES, vec![("status", status)], 1.0);
+                sample.add(names::BATCHES, vec![("status", status)], 1.0);
                 let counts = record.batch.request_counts;
                 for (state, count) in [("total", counts.total), ("completed", counts.completed), ("failed", counts.failed)] {
-                    sample.set(names::BATCH_REQUESTS, vec![("state", state.into())], count as f64);
+                    sample.add(names::BATCH_REQUESTS, vec![("state", state.into())], count as f64);
                 }
             }
         }

@@ -213,12 +213,7 @@ impl ClusterStack {
         let mut guard = StartGuard { dir: dir.clone(), logs: logs.clone(), done: false };
         let cluster = NatsCluster::start(&dir, &logs).await;
         let (redis, redis_port) = start_redis(&dir, &logs, None).await;
-        let http = http_client()
-            .no_proxy()
-            .timeout(Duration::from_secs(120))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("reqwest client");
+        let http = crate::stack_http();
         let connection = Connection { nats_url: cluster.url(), redis_url: format!("redis://127.0.0.1:{redis_port}"), env: Vec::new() };
         // The api first: it creates the job streams, buckets and the files store (waiting out a
         // cluster still settling); the scheduler then finds them.

@@ -178,6 +178,11 @@ pub fn http_client() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+/// The client a stack's tests speak HTTP to it with: no proxy, generous timeouts.
+pub(crate) fn stack_http() -> reqwest::Client {
+    http_client().no_proxy().timeout(Duration::from_secs(120)).connect_timeout(Duration::from_secs(5)).build().expect("reqwest client")
+}
+
 /// A port nobody listens on right now. Servers started on it can still lose a race for it, so
 /// [`Stack`] retries a server that exits at start.
 pub fn free_port() -> u16 {
@@ -709,12 +714,7 @@ impl Stack {
     pub async fn start_with(options: StackOptions) -> Stack {
         let servers = if options.secured { Servers::start_secured().await } else { Servers::start().await };
         let (dir, logs) = (servers.dir.clone(), servers.logs.clone());
-        let http = http_client()
-            .no_proxy()
-            .timeout(Duration::from_secs(120))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("reqwest client");
+        let http = stack_http();
         let (scheduler, scheduler_port) = if options.scheduler {
             let (proc, port) = start_scheduler(&dir, &logs, &http, "scheduler", &options, &servers.connection(Role::Scheduler)).await;
             (Some(proc), Some(port))
