@@ -67,11 +67,11 @@ impl std::fmt::Display for Source {
 /// 3 once a cluster took three; 0 before either.
 static DETECTED: AtomicUsize = AtomicUsize::new(0);
 
-/// The replica count of the streams `js` creates, and why (see the module's documentation).
+/// The replica count of the streams this process creates, and why (see the module's documentation).
 /// Without `--stream-replicas` it is 3 unless the server has shown it is a single one: a server
 /// answers INFO before its cluster listener is up, so a missing cluster name proves nothing;
 /// JetStream's refusal of R3 (`non-clustered mode`) does, and [`retry_placement`] then moves to 1.
-pub fn replicas(_js: &jetstream::Context) -> (usize, Source) {
+pub fn replicas() -> (usize, Source) {
     let asked = ASKED.load(Ordering::Relaxed);
     if asked > 0 {
         return (asked, Source::Asked);
@@ -118,7 +118,7 @@ pub async fn ensure_replicas(js: &jetstream::Context, name: &str) -> Result<(), 
         Ok::<_, async_nats::Error>(stream.info().await?.config.clone())
     })
     .await?;
-    if config.num_replicas.max(1) == replicas(js).0 {
+    if config.num_replicas.max(1) == replicas().0 {
         return Ok(());
     }
     let (info, count) = retry_placement(js, name, |count| {
@@ -146,7 +146,7 @@ where
     let start = Instant::now();
     let mut pause = Duration::from_millis(50);
     loop {
-        let (count, source) = replicas(js);
+        let (count, source) = replicas();
         let error = match attempt(count).await {
             Ok(value) => {
                 if count > 1 && source == Source::Cluster {
