@@ -112,7 +112,7 @@ impl FileStore {
                     ..Default::default()
                 };
                 let name = format!("OBJ_{bucket}");
-                crate::placement::retry_placement(js, &name, |replicas| {
+                crate::placement::retry_placement(&name, |replicas| {
                     let config = object_store::Config { num_replicas: replicas, ..config.clone() };
                     async move {
                         match js.create_object_store(config).await {

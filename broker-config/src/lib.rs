@@ -150,7 +150,7 @@ pub async fn key_value(
         ..Default::default()
     };
     let name = format!("KV_{bucket}");
-    let (store, _) = placement::retry_placement(js, &name, |replicas| {
+    let (store, _) = placement::retry_placement(&name, |replicas| {
         let config = kv::Config { num_replicas: replicas, ..config.clone() };
         async move {
             match js.create_key_value(config).await {

@@ -100,7 +100,7 @@ pub fn parse_replicas(text: &str) -> Result<usize, String> {
 /// [`BrokerError::Placement`] when the servers cannot hold that many copies.
 pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Info, BrokerError> {
     let name = config.name.clone();
-    let (info, count) = retry_placement(js, &name, |count| {
+    let (info, count) = retry_placement(&name, |count| {
         let config = stream::Config { num_replicas: count, ..config.clone() };
         js.create_or_update_stream(config)
     })
@@ -113,7 +113,7 @@ pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> R
 /// object store, `OBJ_<bucket>`) the replica count of [`replicas`], keeping the rest of its
 /// configuration.
 pub async fn ensure_replicas(js: &jetstream::Context, name: &str) -> Result<(), BrokerError> {
-    let (config, _) = retry_placement(js, name, |_| async {
+    let (config, _) = retry_placement(name, |_| async {
         let mut stream = js.get_stream(name).await?;
         Ok::<_, async_nats::Error>(stream.info().await?.config.clone())
     })
@@ -121,7 +121,7 @@ pub async fn ensure_replicas(js: &jetstream::Context, name: &str) -> Result<(), 
     if config.num_replicas.max(1) == replicas().0 {
         return Ok(());
     }
-    let (info, count) = retry_placement(js, name, |count| {
+    let (info, count) = retry_placement(name, |count| {
         let config = stream::Config { num_replicas: count, ..config.clone() };
         js.update_stream(config)
     })
@@ -137,7 +137,7 @@ pub async fn ensure_replicas(js: &jetstream::Context, name: &str) -> Result<(), 
 /// returned and the count. What a forming cluster answers is retried for up to
 /// [`PLACEMENT_WAIT`]; a single server's refusal of several copies moves a default count to 1
 /// (and fails an asked one at once); any other refusal fails at once.
-pub(crate) async fn retry_placement<T, E, F, Fut>(js: &jetstream::Context, name: &str, mut attempt: F) -> Result<(T, usize), BrokerError>
+pub(crate) async fn retry_placement<T, E, F, Fut>(name: &str, mut attempt: F) -> Result<(T, usize), BrokerError>
 where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: FnMut(usize) -> Fut,
