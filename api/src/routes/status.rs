@@ -105,7 +105,7 @@ impl StatusData {
         let registry = Registry::new(state.redis.clone());
         let js = async_nats::jetstream::new(state.nats.clone());
         let (known, live, lanes, batches) =
-            tokio::join!(registry.known_models(), registry.live_workers(), lane_depths(&js), state.batches.list());
+            tokio::join!(registry.known_models(), registry.live_workers(), lane_depths(&js), state.batches.unfinished());
         let mut errors = Vec::new();
         let known = or_note(known, "the model registry", &mut errors);
         let live = or_note(live, "the live workers", &mut errors);
@@ -342,7 +342,6 @@ fn or_note<T: Default, E: std::fmt::Display>(result: Result<T, E>, what: &str, e
 fn summarize_batches(records: Vec<switchyard_scheduler::batches::store::BatchRecord>) -> Vec<BatchSummary> {
     let mut batches: Vec<BatchSummary> = records
         .into_iter()
-        .filter(|record| !record.batch.status.is_terminal())
         .map(|record| BatchSummary {
             id: record.batch.id,
             status: record.batch.status,

@@ -42,8 +42,6 @@ pub struct Batches {
     pub(crate) options: BatchOptions,
     /// Batches this replica is running.
     running: Mutex<HashSet<String>>,
-    /// Batches seen in a terminal status: they never change again, so they are not read again.
-    ended: Mutex<HashSet<String>>,
     pub(crate) lines_done: AtomicU64,
 }
 
@@ -69,7 +67,6 @@ impl Batches {
             registry,
             options,
             running: Mutex::new(HashSet::new()),
-            ended: Mutex::new(HashSet::new()),
             lines_done: AtomicU64::new(0),
         })
     }
@@ -105,35 +102,14 @@ impl Batches {
         }
     }
 
-    /// Every batch not known to have ended, read from the store (batches seen ended are never
-    /// read again).
+    /// Every batch not in a terminal status ([`BatchStore::unfinished`]).
     pub async fn unfinished(&self) -> anyhow::Result<Vec<BatchRecord>> {
-        let mut records = Vec::new();
-        for id in self.store.ids().await? {
-            if self.ended.lock().unwrap().contains(&id) {
-                continue;
-            }
-            match self.store.get(&id).await? {
-                Some(record) if record.batch.status.is_terminal() => {
-                    self.ended.lock().unwrap().insert(id);
-                }
-                Some(record) => records.push(record),
-                None => {}
-            }
-        }
-        Ok(records)
+        Ok(self.store.unfinished().await?)
     }
 
     async fn claim_unowned(self: &Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        for id in self.store.ids().await? {
-            if self.ended.lock().unwrap().contains(&id) || self.running.lock().unwrap().contains(&id) {
-                continue;
-            }
-            let Some(record) = self.store.get(&id).await? else { continue };
-            if record.batch.status.is_terminal() {
-                self.ended.lock().unwrap().insert(id);
-                continue;
-            }
+        let unowned = self.store.unfinished_except(|id| self.running.lock().unwrap().contains(id)).await?;
+        for id in unowned.into_iter().map(|record| record.batch.id) {
             let Some(lease) = Lease::take(&self.redis, &id, &self.instance, self.options.lease).await? else { continue };
             self.running.lock().unwrap().insert(id.clone());
             let span = info_span!("batch", batch_id = %id);

@@ -69,10 +69,13 @@ impl From<StoreError> for BrokerError {
     }
 }
 
-/// Batch records. Cheap to clone.
+/// Batch records. Cheap to clone (clones share what they learned of ended batches).
 #[derive(Clone)]
 pub struct BatchStore {
     kv: kv::Store,
+    /// Batches seen in a terminal status: they never change again, so [`Self::unfinished`]
+    /// does not read them again.
+    ended: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl BatchStore {
@@ -80,7 +83,7 @@ impl BatchStore {
         let kv =
             switchyard_broker::key_value(js, subject::BATCHES_BUCKET, "Switchyard's /v1/batches: one record per batch", Duration::ZERO)
                 .await?;
-        Ok(BatchStore { kv })
+        Ok(BatchStore { kv, ended: Default::default() })
     }
 
     pub async fn create(&self, record: &BatchRecord) -> Result<(), StoreError> {
@@ -126,6 +129,29 @@ impl BatchStore {
     pub async fn ids(&self) -> Result<Vec<String>, StoreError> {
         let keys = self.kv.keys().await.map_err(|e| broker("listing batches", e))?;
         keys.map(|key| key.map_err(|e| broker("listing batches", e))).try_collect().await
+    }
+
+    /// Every batch not in a terminal status: one read per batch not yet seen ended.
+    pub async fn unfinished(&self) -> Result<Vec<BatchRecord>, StoreError> {
+        self.unfinished_except(|_| false).await
+    }
+
+    /// [`Self::unfinished`], without reading the batches `skip` names.
+    pub async fn unfinished_except(&self, skip: impl Fn(&str) -> bool) -> Result<Vec<BatchRecord>, StoreError> {
+        let mut records = Vec::new();
+        for id in self.ids().await? {
+            if skip(&id) || self.ended.lock().unwrap().contains(&id) {
+                continue;
+            }
+            match self.get(&id).await? {
+                Some(record) if record.batch.status.is_terminal() => {
+                    self.ended.lock().unwrap().insert(id);
+                }
+                Some(record) => records.push(record),
+                None => {}
+            }
+        }
+        Ok(records)
     }
 
     /// Every batch record.
