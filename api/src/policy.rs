@@ -62,7 +62,7 @@ impl Caller {
 }
 
 impl Gate {
-    pub fn new(redis: redis::aio::ConnectionManager, no_auth: bool, concurrency_ttl: Duration) -> Arc<Gate> {
+    pub fn new(redis: switchyard_broker::Redis, no_auth: bool, concurrency_ttl: Duration) -> Arc<Gate> {
         Arc::new(Gate {
             keys: ApiKeys::new(redis.clone()),
             limiter: RateLimiter::new(redis),
@@ -150,7 +150,7 @@ impl Gate {
             return Ok((Admission::free(self.clone(), member), dispatch.await?));
         };
         let scope = format!("{}:{}", key.id, card.name);
-        let limits = limits_of(key, card, &scope, estimated_tokens);
+        let limits = limits_of(key, card, estimated_tokens);
         if limits.is_empty() {
             return Ok((Admission::free(self.clone(), member), dispatch.await?));
         }
@@ -278,23 +278,23 @@ fn with_work<T>(admission: Admission, work: Result<T, ApiError>) -> Result<(Admi
 }
 
 /// Every limit that applies to a request of `key` on the model of `card`, in a fixed order.
-fn limits_of(key: &ApiKeyRecord, card: &ModelCard, model_scope: &str, estimated_tokens: u32) -> Vec<Limit> {
+fn limits_of(key: &ApiKeyRecord, card: &ModelCard, estimated_tokens: u32) -> Vec<Limit> {
     let mut limits = Vec::new();
-    let mut add = |kind, scope: &str, limit: Option<u32>, cost: u32| {
+    let mut add = |kind, model: Option<&str>, limit: Option<u32>, cost: u32| {
         if let Some(limit) = limit {
             let what = match kind {
                 LimitKind::RequestsPerMinute => "req",
                 LimitKind::TokensPerMinute => "tok",
                 LimitKind::Concurrent => "conc",
             };
-            limits.push(Limit { kind, key: keys::rate_limit(what, scope), limit, cost });
+            limits.push(Limit { kind, key: keys::rate_limit(what, &key.id, model), limit, cost });
         }
     };
-    add(LimitKind::RequestsPerMinute, &key.id, key.limits.rpm, 1);
-    add(LimitKind::TokensPerMinute, &key.id, key.limits.tpm, estimated_tokens);
-    add(LimitKind::Concurrent, &key.id, key.max_concurrent, 1);
-    add(LimitKind::RequestsPerMinute, model_scope, card.limits.rpm, 1);
-    add(LimitKind::TokensPerMinute, model_scope, card.limits.tpm, estimated_tokens);
+    add(LimitKind::RequestsPerMinute, None, key.limits.rpm, 1);
+    add(LimitKind::TokensPerMinute, None, key.limits.tpm, estimated_tokens);
+    add(LimitKind::Concurrent, None, key.max_concurrent, 1);
+    add(LimitKind::RequestsPerMinute, Some(&card.name), card.limits.rpm, 1);
+    add(LimitKind::TokensPerMinute, Some(&card.name), card.limits.tpm, estimated_tokens);
     limits
 }
 

@@ -30,7 +30,7 @@ pub struct ApiState {
     pub batch_windows: Vec<(String, std::time::Duration)>,
     pub async_jobs: crate::job_store::AsyncJobs,
     pub nats: async_nats::Client,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: switchyard_broker::Redis,
 }
 
 /// How large the files and batches this api takes may be.

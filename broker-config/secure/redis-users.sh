@@ -10,9 +10,9 @@
 #
 # What each role may do (keys from schemas/src/keys.rs; %R~ is read-only, %W~ write-only):
 #   api        rate limits sy:rl:* and cancel flags sy:cancel:* (read, write, its scripts);
-#              reads API keys sy:apikey:* and the registry sy:workers, sy:worker:*, sy:models
+#              reads API keys sy:apikey:* and the registry sy:{reg}:*
 #   scheduler  every sy:* key (reaping the registry, batch leases, cancel flags)
-#   worker     its registry entries sy:workers, sy:worker:*, sy:models; reads sy:cancel:*
+#   worker     its registry entries sy:{reg}:*; reads sy:cancel:*
 #   publisher  sets cancel flags sy:cancel:* (SET/SETEX); reads nothing
 # No role but admin may run dangerous commands (KEYS, FLUSHALL, CONFIG, …), SCAN the key
 # space, or use pub/sub channels.
@@ -32,8 +32,9 @@ hash() {
     printf '%s' "$password" | sha256sum | cut -d' ' -f1
 }
 
-# Every role may PING: the parts check their login with it when they start.
-base='-@all +ping'
+# Every role may PING: the parts check their login with it when they start. ROLE and CLUSTER
+# SLOTS/SHARDS are how a client finds the master under Sentinel and the slots of a Redis Cluster.
+base='-@all +ping +role +cluster|slots +cluster|shards'
 data='+@read +@write +@transaction -@dangerous -scan -randomkey'
 
 admin=$(hash SY_REDIS_ADMIN_PASSWORD)
@@ -47,9 +48,9 @@ mkdir -p "$(dirname "$out")"
 cat > "$out.tmp" <<ACL
 user default off resetpass resetkeys resetchannels -@all
 user admin on #$admin ~* &* +@all
-user api on #$api resetchannels ~sy:rl:* ~sy:cancel:* %R~sy:apikey:* %R~sy:workers %R~sy:worker:* %R~sy:models $base $data +@scripting -@dangerous
+user api on #$api resetchannels ~sy:rl:* ~sy:cancel:* %R~sy:apikey:* %R~sy:{reg}:* $base $data +@scripting -@dangerous
 user scheduler on #$scheduler resetchannels ~sy:* $base $data +@scripting -@dangerous
-user worker on #$worker resetchannels ~sy:workers ~sy:worker:* ~sy:models %R~sy:cancel:* $base $data
+user worker on #$worker resetchannels ~sy:{reg}:* %R~sy:cancel:* $base $data
 user publisher on #$publisher resetchannels %W~sy:cancel:* $base +set +setex
 ACL
 mv "$out.tmp" "$out"

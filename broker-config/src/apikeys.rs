@@ -1,10 +1,10 @@
 //! API keys in Redis. A key's secret is shown once, at creation; Redis keeps only its SHA-256
 //! (under [`keys::api_key`]) and a public id that maps to it (for listing and revoking).
 
+use crate::Redis;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 use switchyard_schemas::{ApiKeyRecord, RateLimits, WIRE_VERSION, decode, encode, keys, now_ms, subject};
 
@@ -15,7 +15,7 @@ pub const SECRET_PREFIX: &str = "sy-";
 
 #[derive(Clone)]
 pub struct ApiKeys {
-    redis: ConnectionManager,
+    redis: Redis,
 }
 
 /// What a new key is allowed.
@@ -46,7 +46,7 @@ fn random(len: usize) -> String {
 }
 
 impl ApiKeys {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis }
     }
 
@@ -68,13 +68,13 @@ impl ApiKeys {
             hint: secret[..SECRET_PREFIX.len() + 4].to_string(),
             admin: spec.admin,
         };
-        redis::pipe()
-            .atomic()
-            .set(keys::api_key(&hash), encode(&record)?)
-            .set(keys::api_key_id(&record.id), &hash)
-            .sadd(keys::API_KEYS, &record.id)
-            .exec_async(&mut self.redis.clone())
-            .await?;
+        // Three keys in three slots of a Redis Cluster, so no transaction: written in the order
+        // that leaves nothing usable half-made. The record first (a lookup finds it), then its id
+        // (revoking finds it), then the listing. The secret is returned only once all are written.
+        let mut redis = self.redis.clone();
+        let () = redis.set(keys::api_key(&hash), encode(&record)?).await?;
+        let () = redis.set(keys::api_key_id(&record.id), &hash).await?;
+        let () = redis.sadd(keys::API_KEYS, &record.id).await?;
         Ok((secret, record))
     }
 

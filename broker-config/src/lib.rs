@@ -7,6 +7,8 @@
 //! * [`cancel`]: job cancellation flags in Redis, announced on NATS.
 //! * [`apikeys`]: API keys (stored as hashes) and their revocation.
 //! * [`ratelimit`]: requests/tokens per minute and concurrency, shared by every api replica.
+//! * [`redis_link`]: one Redis handle for a single server, a Redis Cluster or a master
+//!   followed through Sentinel.
 //! * [`files`]: the bodies and records of `/v1/files` in the JetStream object store.
 //! * [`placement`]: how many copies JetStream keeps of each stream (R1 on one server, R3 on a
 //!   cluster, `--stream-replicas`), and the check at start that the servers can hold them.
@@ -25,11 +27,13 @@ pub mod jobs;
 pub mod lanes;
 pub mod placement;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod registry;
 
 use std::time::Duration;
 
 pub use auth::{BrokerAuth, redact_url};
+pub use redis_link::Redis;
 
 /// Why the broker could not be used. Messages say what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -164,20 +168,16 @@ pub async fn key_value(
     Ok(store)
 }
 
-/// Connects to Redis through a connection manager, which reconnects by itself. Credentials go
-/// in the URL (`redis://user:password@host:6379`); a PING checks them at once, so a wrong
-/// password or a missing one fails here, with a message that says so.
-pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, BrokerError> {
+/// Connects to Redis, a Redis Cluster or a Sentinel-watched master, as `url` says (see
+/// [`redis_link`]); the handle reconnects by itself. Credentials go in the URL
+/// (`redis://user:password@host:6379`); a PING checks them at once, so a wrong password or a
+/// missing one fails here, with a message that says so.
+pub async fn connect_redis(url: &str) -> Result<Redis, BrokerError> {
     let fail =
         |source: redis::RedisError| BrokerError::RedisConnect { url: redact_url(url), hint: auth::redis_connect_hint(&source), source };
-    let client = redis::Client::open(url).map_err(fail)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1);
-    let mut manager = redis::aio::ConnectionManager::new_with_config(client, config).await.map_err(fail)?;
-    redis::cmd("PING").query_async::<()>(&mut manager).await.map_err(fail)?;
-    Ok(manager)
+    let mut redis = Redis::open(url).await.map_err(fail)?;
+    redis::cmd("PING").query_async::<()>(&mut redis).await.map_err(fail)?;
+    Ok(redis)
 }
 
 /// Threads for each process when the whole stack shares one machine (`switchyard dev`, the

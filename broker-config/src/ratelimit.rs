@@ -19,14 +19,17 @@
 //! Settling costs no round trip of its own: corrections wait (at most [`SETTLE_DELAY`]) for
 //! the next admission of this replica and go in the same pipeline, ahead of its script, so
 //! a slot freed here is free for the next request here. A busy replica thus makes one Redis
-//! round trip per request, not two.
+//! round trip per request, not two. On a Redis Cluster a pipeline keeps to one slot: there
+//! corrections wait per API key (every key's limits share a slot, see
+//! `switchyard_schemas::keys::rate_limit`) and ride only with an admission of the same key.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use switchyard_schemas::now_ms;
+use crate::Redis;
+use switchyard_schemas::{keys, now_ms};
 
 use crate::BrokerError;
 
@@ -178,28 +181,33 @@ fn refund(pipe: &mut redis::Pipeline, bucket: &str, tokens: i64) {
 }
 
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: Redis,
     admit: redis::Script,
     corrections: Arc<Mutex<Corrections>>,
 }
 
-/// Settled corrections not sent yet.
+/// Settled corrections not sent yet, by the slot group they must be sent in (see [`RateLimiter::group`]).
 #[derive(Default)]
 struct Corrections {
-    pipe: redis::Pipeline,
+    pipes: HashMap<String, redis::Pipeline>,
     /// A task will send them after [`SETTLE_DELAY`] unless an admission takes them first.
     flush_scheduled: bool,
 }
 
 impl Corrections {
-    /// The waiting corrections, if there are any.
-    fn take(&mut self) -> Option<redis::Pipeline> {
-        (!self.pipe.is_empty()).then(|| std::mem::take(&mut self.pipe))
+    /// The waiting corrections of `group`, if there are any.
+    fn take(&mut self, group: &str) -> Option<redis::Pipeline> {
+        self.pipes.remove(group).filter(|pipe| !pipe.is_empty())
+    }
+
+    /// Every group's waiting corrections.
+    fn take_all(&mut self) -> Vec<redis::Pipeline> {
+        self.pipes.drain().map(|(_, pipe)| pipe).filter(|pipe| !pipe.is_empty()).collect()
     }
 }
 
 impl RateLimiter {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis, admit: redis::Script::new(ADMIT), corrections: Arc::default() }
     }
 
@@ -217,7 +225,8 @@ impl RateLimiter {
         for limit in limits {
             evalsha.arg(limit.kind.as_str()).arg(limit.limit).arg(limit.cost);
         }
-        let mut pipe = self.corrections.lock().unwrap().take().unwrap_or_default();
+        let group = self.group(limits);
+        let mut pipe = self.corrections.lock().unwrap().take(group).unwrap_or_default();
         pipe.add_command(evalsha.clone());
         let mut redis = self.redis.clone();
         let out: Vec<i64> = match pipe.query_async::<(Vec<i64>,)>(&mut redis).await {
@@ -239,7 +248,7 @@ impl RateLimiter {
     /// refunds) and frees the request's concurrency slots — with the next admission, or
     /// within [`SETTLE_DELAY`]. Call it inside a Tokio runtime.
     pub fn settle(&self, limits: &[Limit], member: &str, token_delta: i64) {
-        self.correct(|pipe| {
+        self.correct(limits, |pipe| {
             for limit in limits {
                 match limit.kind {
                     LimitKind::TokensPerMinute if token_delta != 0 => refund(pipe, &limit.key, -token_delta),
@@ -255,7 +264,7 @@ impl RateLimiter {
     /// Gives back what a reservation made under `member` did not use: the window entries
     /// numbered `unused_requests` and `unused_tokens` tokens. Sent like [`Self::settle`].
     pub fn return_unused(&self, limits: &[Limit], member: &str, unused_requests: RangeInclusive<u32>, unused_tokens: u32) {
-        self.correct(|pipe| {
+        self.correct(limits, |pipe| {
             for limit in limits {
                 match limit.kind {
                     LimitKind::RequestsPerMinute if !unused_requests.is_empty() => {
@@ -269,25 +278,36 @@ impl RateLimiter {
         });
     }
 
-    /// Queues the corrections `add` writes, and makes sure they are sent within [`SETTLE_DELAY`].
-    fn correct(&self, add: impl FnOnce(&mut redis::Pipeline)) {
+    /// Which corrections may share a pipeline with an admission of `limits` (all of one
+    /// request's limits share a hash tag): all of them on one server, those of the same API key
+    /// on a Redis Cluster.
+    fn group<'a>(&self, limits: &'a [Limit]) -> &'a str {
+        match limits.first() {
+            Some(limit) if self.redis.is_cluster() => keys::hash_tag(&limit.key),
+            _ => "",
+        }
+    }
+
+    /// Queues the corrections `add` writes for `limits`, and makes sure they are sent within
+    /// [`SETTLE_DELAY`].
+    fn correct(&self, limits: &[Limit], add: impl FnOnce(&mut redis::Pipeline)) {
         let mut corrections = self.corrections.lock().unwrap();
-        let before = corrections.pipe.len();
-        add(&mut corrections.pipe);
-        if corrections.pipe.len() == before || corrections.flush_scheduled {
+        let pipe = corrections.pipes.entry(self.group(limits).to_string()).or_default();
+        let before = pipe.len();
+        add(pipe);
+        if pipe.len() == before || corrections.flush_scheduled {
             return;
         }
         corrections.flush_scheduled = true;
-        let (pending, mut redis) = (self.corrections.clone(), self.redis.clone());
+        let (pending, redis) = (self.corrections.clone(), self.redis.clone());
         tokio::spawn(async move {
             tokio::time::sleep(SETTLE_DELAY).await;
-            let pipe = {
+            let pipes = {
                 let mut pending = pending.lock().unwrap();
                 pending.flush_scheduled = false;
-                pending.take()
+                pending.take_all()
             };
-            let Some(pipe) = pipe else { return };
-            if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            if let Err(e) = send_all(&redis, pipes).await {
                 tracing::warn!(error = %e, "settling rate-limit charges failed; concurrency slots free themselves when they expire");
             }
         });
@@ -295,8 +315,18 @@ impl RateLimiter {
 
     /// Sends the corrections still waiting (at shutdown).
     pub async fn flush(&self) -> Result<(), BrokerError> {
-        let Some(pipe) = self.corrections.lock().unwrap().take() else { return Ok(()) };
-        let () = pipe.query_async(&mut self.redis.clone()).await?;
-        Ok(())
+        let pipes = self.corrections.lock().unwrap().take_all();
+        send_all(&self.redis, pipes).await
     }
+}
+
+/// Sends `pipes` at once; the first error, if any.
+async fn send_all(redis: &Redis, pipes: Vec<redis::Pipeline>) -> Result<(), BrokerError> {
+    let sent = futures::future::join_all(pipes.iter().map(|pipe| {
+        let mut redis = redis.clone();
+        async move { pipe.query_async::<()>(&mut redis).await }
+    }))
+    .await;
+    sent.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
 }

@@ -10,15 +10,15 @@
 
 use std::time::Duration;
 
+use crate::Redis;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use switchyard_schemas::{ModelCard, WorkerRecord, decode, encode, keys, now_ms};
 
 use crate::BrokerError;
 
 #[derive(Clone)]
 pub struct Registry {
-    redis: ConnectionManager,
+    redis: Redis,
 }
 
 /// What one [`Registry::reap`] removed.
@@ -29,7 +29,7 @@ pub struct Reaped {
 }
 
 impl Registry {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis }
     }
 

@@ -14,7 +14,7 @@ impl Drop for Redis {
     }
 }
 
-async fn redis() -> (Redis, redis::aio::ConnectionManager) {
+async fn redis() -> (Redis, switchyard_broker::Redis) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

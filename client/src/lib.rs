@@ -87,7 +87,7 @@ pub struct Jobs {
     nats: async_nats::Client,
     js: jetstream::Context,
     /// Where cancel flags go; a publisher without Redis only announces cancellations.
-    redis: Option<redis::aio::ConnectionManager>,
+    redis: Option<switchyard_broker::Redis>,
     inflight: Mutex<HashMap<String, Inflight>>,
     timeouts: JobTimeouts,
 }
@@ -106,7 +106,7 @@ impl Jobs {
     pub async fn start(
         instance: String,
         nats: async_nats::Client,
-        redis: redis::aio::ConnectionManager,
+        redis: switchyard_broker::Redis,
         timeouts: JobTimeouts,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         switchyard_broker::jobs::ensure_streams(&jetstream::new(nats.clone())).await?;
@@ -121,7 +121,7 @@ impl Jobs {
     pub async fn start_publisher(
         instance: String,
         nats: async_nats::Client,
-        redis: Option<redis::aio::ConnectionManager>,
+        redis: Option<switchyard_broker::Redis>,
         timeouts: JobTimeouts,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         Self::start_routing(instance, nats, redis, timeouts).await
@@ -130,7 +130,7 @@ impl Jobs {
     async fn start_routing(
         instance: String,
         nats: async_nats::Client,
-        redis: Option<redis::aio::ConnectionManager>,
+        redis: Option<switchyard_broker::Redis>,
         timeouts: JobTimeouts,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         let js = jetstream::new(nats.clone());

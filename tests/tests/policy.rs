@@ -324,7 +324,7 @@ async fn a_busy_key_is_served_from_leases_and_every_request_is_counted() {
     assert!(admissions <= 20, "100 requests took {admissions} admissions in Redis; leases should have served most of them");
 
     // Once the last lease has expired, the window holds exactly the 100 requests served.
-    let window = keys::rate_limit("req", &id);
+    let window = keys::rate_limit("req", &id, None);
     eventually(Duration::from_secs(5), "the unused part of the last lease to be given back", || async {
         let entries: u64 = redis::cmd("ZCARD").arg(&window).query_async(&mut stack.redis_conn().await).await.expect("ZCARD");
         (entries == 100).then_some(())

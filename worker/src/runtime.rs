@@ -80,7 +80,7 @@ struct Worker {
     id: String,
     backend: Arc<dyn Backend>,
     nats: async_nats::Client,
-    redis: redis::aio::ConnectionManager,
+    redis: switchyard_broker::Redis,
     options: RuntimeOptions,
     running: RunningJobs,
     busy: AtomicU32,

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use switchyard_broker::BrokerError;
+use switchyard_broker::Redis;
 use switchyard_schemas::keys;
 
 pub struct Lease {
-    redis: ConnectionManager,
+    redis: Redis,
     key: String,
     owner: String,
     ttl: Duration,
@@ -21,7 +21,7 @@ const RELEASE: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return re
 
 impl Lease {
     /// Takes the lease on `batch_id` for `owner` if nobody holds it.
-    pub async fn take(redis: &ConnectionManager, batch_id: &str, owner: &str, ttl: Duration) -> Result<Option<Lease>, BrokerError> {
+    pub async fn take(redis: &Redis, batch_id: &str, owner: &str, ttl: Duration) -> Result<Option<Lease>, BrokerError> {
         let key = keys::batch_owner(batch_id);
         let taken: Option<String> =
             redis::cmd("SET").arg(&key).arg(owner).arg("NX").arg("PX").arg(ttl.as_millis() as u64).query_async(&mut redis.clone()).await?;

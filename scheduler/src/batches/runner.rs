@@ -37,7 +37,7 @@ pub struct Batches {
     pub(crate) results: Results,
     pub(crate) files: FileStore,
     pub(crate) jobs: Arc<Jobs>,
-    pub(crate) redis: redis::aio::ConnectionManager,
+    pub(crate) redis: switchyard_broker::Redis,
     pub(crate) registry: Registry,
     pub(crate) options: BatchOptions,
     /// Batches this replica is running.
@@ -53,7 +53,7 @@ impl Batches {
         results: Results,
         files: FileStore,
         jobs: Arc<Jobs>,
-        redis: redis::aio::ConnectionManager,
+        redis: switchyard_broker::Redis,
         options: BatchOptions,
     ) -> Arc<Self> {
         let registry = Registry::new(redis.clone());
