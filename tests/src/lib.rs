@@ -33,6 +33,7 @@ pub mod batch;
 pub mod cluster;
 pub mod openai;
 pub mod prometheus;
+pub mod redis_servers;
 pub mod sse;
 
 use std::collections::{HashSet, VecDeque};
@@ -48,6 +49,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use switchyard_schemas::{EventBody, StreamEvent, WorkerRecord, decode, keys};
+
+pub use redis_servers::{RedisMode, RedisServers};
 
 pub use reqwest;
 pub use serde_json::{Value, json};
@@ -379,6 +382,8 @@ pub struct StackOptions {
     /// Run the servers with the secured configuration ([`Servers::start_secured`]) and every
     /// Switchyard process under its [`Role`].
     pub secured: bool,
+    /// How Redis runs (not secured): `SWITCHYARD_TEST_REDIS` by default ([`RedisMode::from_env`]).
+    pub redis: RedisMode,
 }
 
 impl Default for StackOptions {
@@ -393,6 +398,7 @@ impl Default for StackOptions {
             scheduler_args: Vec::new(),
             env: Vec::new(),
             secured: false,
+            redis: RedisMode::from_env(),
         }
     }
 }
@@ -451,6 +457,12 @@ impl StackBuilder {
         self
     }
 
+    /// Redis run as `mode`, whatever `SWITCHYARD_TEST_REDIS` says.
+    pub fn redis(mut self, mode: RedisMode) -> Self {
+        self.options.redis = mode;
+        self
+    }
+
     pub async fn start(self) -> Stack {
         Stack::start_with(self.options).await
     }
@@ -467,9 +479,8 @@ pub fn duration_arg(duration: Duration) -> String {
 /// keeps the directory.
 pub struct Servers {
     nats: Proc,
-    redis: Proc,
+    redis: RedisServers,
     nats_port: u16,
-    redis_port: u16,
     secrets: Option<Secrets>,
     logs: LogList,
     dir: Arc<Dir>,
@@ -591,8 +602,14 @@ pub fn url_encode(text: &str) -> String {
 }
 
 impl Servers {
+    /// The servers, Redis as `SWITCHYARD_TEST_REDIS` says ([`RedisMode::from_env`]).
     pub async fn start() -> Servers {
-        Servers::start_with(None).await
+        Servers::start_with(None, RedisMode::from_env()).await
+    }
+
+    /// The servers with Redis run as `mode`.
+    pub async fn start_redis_as(mode: RedisMode) -> Servers {
+        Servers::start_with(None, mode).await
     }
 
     /// The servers with `broker-config/secure/`: nats-server with `nats-server.conf` (users,
@@ -600,19 +617,22 @@ impl Servers {
     /// `redis-users.sh` writes. Only addresses, ports and data directories are given on the
     /// command line; every role gets fresh passwords through the variables the files read.
     pub async fn start_secured() -> Servers {
-        Servers::start_with(Some(Secrets::generate())).await
+        Servers::start_with(Some(Secrets::generate()), RedisMode::Single).await
     }
 
-    async fn start_with(secrets: Option<Secrets>) -> Servers {
+    async fn start_with(secrets: Option<Secrets>, redis: RedisMode) -> Servers {
         let dir = Dir::new();
         let logs: LogList = Arc::default();
         // From here on a panic must still show the logs gathered so far.
         let guard = StartGuard { dir: dir.clone(), logs: logs.clone(), done: false };
         let (nats, nats_port) = start_nats(&dir, &logs, secrets.as_ref()).await;
-        let (redis, redis_port) = start_redis(&dir, &logs, secrets.as_ref()).await;
+        let redis = match &secrets {
+            Some(secrets) => RedisServers::single(start_redis(&dir, &logs, Some(secrets)).await),
+            None => RedisServers::start(redis, &dir, &logs).await,
+        };
         let mut guard = guard;
         guard.done = true;
-        Servers { nats, redis, nats_port, redis_port, secrets, logs, dir }
+        Servers { nats, redis, nats_port, secrets, logs, dir }
     }
 
     /// Whether these servers run the secured configuration.
@@ -627,7 +647,8 @@ impl Servers {
             return Connection { nats_url: self.nats_url(), redis_url: self.redis_url(), env: Vec::new() };
         };
         let nats_url = format!("nats://{}:{}@127.0.0.1:{}", role.nats_user(), url_encode(secrets.nats(role)), self.nats_port);
-        let redis_url = format!("redis://{}:{}@127.0.0.1:{}", role.redis_user(), url_encode(secrets.redis(role)), self.redis_port);
+        let redis_url =
+            self.redis.url().replacen("redis://", &format!("redis://{}:{}@", role.redis_user(), url_encode(secrets.redis(role))), 1);
         let env = role.inbox_prefix().map(|prefix| ("SWITCHYARD_NATS_INBOX_PREFIX".to_string(), prefix.to_string())).into_iter().collect();
         Connection { nats_url, redis_url, env }
     }
@@ -647,14 +668,20 @@ impl Servers {
     }
 
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.redis_port)
+        self.redis.url()
     }
 
     pub fn nats(&self) -> &Proc {
         &self.nats
     }
 
+    /// The (first) Redis data server.
     pub fn redis(&self) -> &Proc {
+        self.redis.nodes().next().expect("a Redis server")
+    }
+
+    /// Every Redis server of this test (the cluster's masters, the Sentinels' master and replica).
+    pub fn redis_servers(&self) -> &RedisServers {
         &self.redis
     }
 
@@ -712,7 +739,7 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> Stack {
-        let servers = if options.secured { Servers::start_secured().await } else { Servers::start().await };
+        let servers = if options.secured { Servers::start_secured().await } else { Servers::start_redis_as(options.redis).await };
         let (dir, logs) = (servers.dir.clone(), servers.logs.clone());
         let http = stack_http();
         let (scheduler, scheduler_port) = if options.scheduler {
@@ -846,13 +873,10 @@ impl Stack {
         async_nats::connect(self.nats_url()).await.expect("connecting to nats-server")
     }
 
-    /// A new Redis connection to this stack's server (as [`Role::Admin`] when secured).
-    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.servers.connection(Role::Admin).redis_url)
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connecting to redis-server")
+    /// A new Redis connection to this stack's Redis, whichever way it runs (as [`Role::Admin`]
+    /// when secured).
+    pub async fn redis_conn(&self) -> switchyard_broker::Redis {
+        switchyard_broker::connect_redis(&self.servers.connection(Role::Admin).redis_url).await.expect("connecting to Redis")
     }
 
     /// Subscribes to every reply subject (`sy.reply.>`) and decodes the stream events.
@@ -1139,43 +1163,18 @@ async fn start_nats(dir: &Arc<Dir>, logs: &LogList, secrets: Option<&Secrets>) -
 }
 
 async fn start_redis(dir: &Arc<Dir>, logs: &LogList, secrets: Option<&Secrets>) -> (Proc, u16) {
-    let bin = redis_server_bin();
-    let acl_file = secrets.map(|secrets| {
-        // The ACL file as the secured configuration makes it: redis-users.sh from the passwords.
-        let acl_file = dir.path().join("redis-acl/users.acl");
-        let mut write = Command::new("sh");
-        write.arg(secure_config("redis-users.sh")).arg(&acl_file);
-        for role in Role::ALL {
-            write.env(role.redis_password_var(), secrets.redis(role));
-        }
-        let output = write.output().expect("running broker-config/secure/redis-users.sh");
-        assert!(output.status.success(), "redis-users.sh failed: {}", String::from_utf8_lossy(&output.stderr));
-        acl_file
-    });
-    for attempt in 1..=PORT_ATTEMPTS {
-        let port = free_port();
-        let data = dir.path().join(format!("redis-{attempt}"));
-        std::fs::create_dir_all(&data).expect("redis data dir");
-        let mut command = Command::new(&bin);
-        if let Some(acl_file) = &acl_file {
-            command.arg(secure_config("redis.conf")).arg("--aclfile").arg(acl_file);
-        }
-        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-        command.arg("--dir").arg(&data);
-        let proc = Proc::spawn(&format!("redis-server-{attempt}"), command, dir, logs);
-        if wait_for_port(&proc, port, |mut stream| {
-            // A secured server answers an unauthenticated PING with -NOAUTH: up all the same.
-            let mut reply = [0u8; 7];
-            stream.write_all(b"PING\r\n").is_ok()
-                && stream.read_exact(&mut reply).is_ok()
-                && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
-        })
-        .await
-        {
-            return (proc, port);
-        }
+    let Some(secrets) = secrets else { return redis_servers::start_node(dir, logs, "redis-server", None, &[]).await };
+    // The ACL file as the secured configuration makes it: redis-users.sh from the passwords.
+    let acl_file = dir.path().join("redis-acl/users.acl");
+    let mut write = Command::new("sh");
+    write.arg(secure_config("redis-users.sh")).arg(&acl_file);
+    for role in Role::ALL {
+        write.env(role.redis_password_var(), secrets.redis(role));
     }
-    panic!("redis-server did not start after {PORT_ATTEMPTS} attempts");
+    let output = write.output().expect("running broker-config/secure/redis-users.sh");
+    assert!(output.status.success(), "redis-users.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+    let extra = ["--aclfile".to_string(), acl_file.display().to_string()];
+    redis_servers::start_node(dir, logs, "redis-server", Some(&secure_config("redis.conf")), &extra).await
 }
 
 /// Waits until `proc` answers on `port` as `answers` expects; false if it exited first

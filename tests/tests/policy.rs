@@ -164,12 +164,19 @@ async fn two_replicas(worker_args: &[&str], key_args: &[&str]) -> TwoReplicas {
     TwoReplicas { _worker: worker, _replica: replica, stack, key, chat }
 }
 
-/// How many times Redis has run the rate-limit script (`EVALSHA`) so far.
+/// How many times Redis has run the rate-limit script (`EVALSHA`) so far (on every server of a
+/// Redis Cluster together).
 async fn admissions_in_redis(stack: &Stack) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut stack.redis_conn().await).await.expect("INFO commandstats");
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().expect("a call count"))
+    let mut calls = 0;
+    for url in stack.servers().redis_servers().node_urls() {
+        let mut server = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.expect("connecting to a Redis server");
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut server).await.expect("INFO commandstats");
+        calls += info
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse::<u64>().expect("a call count"));
+    }
+    calls
 }
 
 /// `XXms`, `X.Ys`, `XmYs`: OpenAI's `x-ratelimit-reset-*` durations.
@@ -643,7 +650,8 @@ async fn redis_unreachable_is_503_and_service_recovers() {
     let reply = post(&stack, Some(&key), CHAT, &chat_request("echo", "before")).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 
-    let stopped = Stopped::new(stack.redis().pid());
+    // Every server, on a Redis Cluster.
+    let stopped: Vec<Stopped> = stack.servers().redis_servers().nodes().map(|server| Stopped::new(server.pid())).collect();
     for attempt in 0..2 {
         let reply =
             call(stack.http(), &stack.api_url(CHAT), Some(&key), Some(&chat_request("echo", "during")), Duration::from_secs(30)).await;
