@@ -10,3 +10,7 @@ export PATH="$PWD/.switchyard/bin:$PATH"
 # The integration tests drive the real `switchyard` binary.
 cargo build -p switchyard
 cargo test --workspace "$@"
+# The whole gateway-policy matrix again, on a three-master Redis Cluster (see tests/src/redis_servers.rs).
+if [ "$#" -eq 0 ]; then
+  SWITCHYARD_TEST_REDIS=cluster cargo test -p switchyard-tests --test policy
+fi

@@ -10,8 +10,9 @@
 //! * `redis+sentinel://[user:password@]host:port[,host:port…]/service[/db]`: the master that the
 //!   Sentinels name for `service` (port 26379 when left out). The credentials are the Redis
 //!   servers'; the Sentinels are asked without any. A command that finds the master gone or
-//!   read-only (a demoted master) fails, and the next one asks the Sentinels again, so the parts
-//!   follow a failover within one failed command each.
+//!   read-only (a demoted master) asks the Sentinels again and is sent once more to the master
+//!   they name; it fails only while they name none that answers (between a master's death and
+//!   the promotion of its replica).
 //!
 //! [`Redis`] is a [`redis::aio::ConnectionLike`]: commands, pipelines and scripts run on it as on
 //! any redis-rs connection, and cloning it is cheap (clones share the connection).
@@ -105,11 +106,7 @@ impl ConnectionLike for Redis {
             Link::Cluster(cluster) => cluster.req_packed_command(cmd),
             Link::Sentinel(link) => {
                 let link = link.clone();
-                Box::pin(async move {
-                    let (generation, mut connection) = link.connection().await?;
-                    let answer = connection.req_packed_command(cmd).await;
-                    link.check(generation, answer)
-                })
+                Box::pin(async move { link.run(|mut connection| Box::pin(async move { connection.req_packed_command(cmd).await })).await })
             }
         }
     }
@@ -121,9 +118,7 @@ impl ConnectionLike for Redis {
             Link::Sentinel(link) => {
                 let link = link.clone();
                 Box::pin(async move {
-                    let (generation, mut connection) = link.connection().await?;
-                    let answer = connection.req_packed_commands(pipeline, offset, count).await;
-                    link.check(generation, answer)
+                    link.run(|mut connection| Box::pin(async move { connection.req_packed_commands(pipeline, offset, count).await })).await
                 })
             }
         }
@@ -163,6 +158,23 @@ impl SentinelLink {
         let generation = current.as_ref().map_or(0, |(generation, _)| generation + 1);
         *current = Some((generation, connection.clone()));
         Ok((generation, connection))
+    }
+
+    /// Sends with `send` to the master, and once more to the master the Sentinels name next if
+    /// the first one is gone or demoted. A command is thus sent twice only when the master it
+    /// first reached dies or stops taking writes: what a dead master ran and had not passed to
+    /// its replica is lost with it, and a demoted one ran nothing. (Every command Switchyard
+    /// sends is harmless to repeat at worst: a rate-limit charge or refund counted twice.)
+    async fn run<'a, T>(&self, send: impl Fn(MultiplexedConnection) -> RedisFuture<'a, T>) -> RedisResult<T> {
+        let (generation, connection) = self.connection().await?;
+        match self.check(generation, send(connection).await) {
+            // A master that is only slow is not asked twice.
+            Err(error) if master_lost(&error) && !error.is_timeout() => {
+                let (generation, connection) = self.connection().await?;
+                self.check(generation, send(connection).await)
+            }
+            answer => answer,
+        }
     }
 
     /// Passes `answer` on; first forgets the master when the answer says it is no longer one.
