@@ -4,15 +4,17 @@
 //! [`RedisMode::from_env`] reads `SWITCHYARD_TEST_REDIS` (`single`, `cluster`, `sentinel`), so
 //! any test file runs unchanged on a Redis Cluster or under Sentinel:
 //! `SWITCHYARD_TEST_REDIS=cluster cargo test -p switchyard-tests --test policy`.
-//! The secured configuration (`broker-config/secure/`) always runs on one server.
+//! The secured configuration (`broker-config/secure/`) always runs on one server. The cluster
+//! nodes and the Sentinels run from `broker-config/redis-ha/`'s files, only ports, directories
+//! and timeouts changed.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{Dir, LogList, PORT_ATTEMPTS, Proc, free_port, redis_server_bin, tail, wait_for_port};
+use crate::{Dir, LogList, PORT_ATTEMPTS, Proc, free_port, redis_server_bin, tail, wait_for_port, workspace_root};
 
 /// How the harness runs Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +39,7 @@ impl RedisMode {
     }
 }
 
-/// Name of the master the Sentinels watch.
+/// Name of the master the Sentinels watch (`broker-config/redis-ha/sentinel.conf`).
 pub const SENTINEL_SERVICE: &str = "sy-master";
 
 /// The running Redis servers of one test.
@@ -134,20 +136,9 @@ async fn start_cluster(dir: &Arc<Dir>, logs: &LogList) -> RedisServers {
     let mut nodes = Vec::new();
     for i in 1..=3 {
         // The cluster bus gets a free port of its own (the default, port + 10000, may be taken).
-        let extra: Vec<String> = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            &dir.path().join(format!("nodes-{i}.conf")).display().to_string(),
-            "--cluster-port",
-            &free_port().to_string(),
-            "--cluster-node-timeout",
-            "2000",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        nodes.push(start_node(dir, logs, &format!("redis-cluster-{i}"), None, &extra).await);
+        let extra: Vec<String> =
+            ["--cluster-port", &free_port().to_string(), "--cluster-node-timeout", "2000"].into_iter().map(String::from).collect();
+        nodes.push(start_node(dir, logs, &format!("redis-cluster-{i}"), Some(&ha_config("cluster-node.conf")), &extra).await);
     }
     let addresses: Vec<String> = nodes.iter().map(|(_, port)| format!("127.0.0.1:{port}")).collect();
     let mut create: Vec<&str> = vec!["--cluster", "create"];
@@ -198,20 +189,35 @@ fn sentinel_field(info: &str, name: &str) -> Option<u64> {
     lines.windows(2).find(|pair| pair[0] == name).and_then(|pair| pair[1].parse().ok())
 }
 
+/// `broker-config/redis-ha/<name>`.
+fn ha_config(name: &str) -> PathBuf {
+    workspace_root().join("broker-config/redis-ha").join(name)
+}
+
+/// `broker-config/redis-ha/sentinel.conf` with this test's ports and a failover after 1 s down.
+fn sentinel_config(port: u16, master_port: u16) -> String {
+    let template = std::fs::read_to_string(ha_config("sentinel.conf")).expect("reading broker-config/redis-ha/sentinel.conf");
+    let monitor = format!("sentinel monitor {SENTINEL_SERVICE} ");
+    assert!(template.contains(&monitor), "sentinel.conf watches a master named {SENTINEL_SERVICE}");
+    template
+        .lines()
+        .map(|line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["port", _] => format!("port {port}"),
+            ["bind", ..] => "bind 127.0.0.1".to_string(),
+            ["sentinel", "monitor", name, _, _, quorum] => format!("sentinel monitor {name} 127.0.0.1 {master_port} {quorum}"),
+            ["sentinel", "down-after-milliseconds", name, _] => format!("sentinel down-after-milliseconds {name} 1000"),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 async fn start_sentinel_process(dir: &Arc<Dir>, logs: &LogList, i: usize, master_port: u16) -> (Proc, u16) {
     for attempt in 1..=PORT_ATTEMPTS {
         let port = free_port();
         // Sentinel rewrites its configuration file: one per process.
         let config = dir.path().join(format!("sentinel-{i}-{attempt}.conf"));
-        std::fs::write(
-            &config,
-            format!(
-                "port {port}\nbind 127.0.0.1\nsentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\nsentinel failover-timeout {SENTINEL_SERVICE} 10000\n\
-                 sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
-            ),
-        )
-        .expect("writing a sentinel config");
+        std::fs::write(&config, sentinel_config(port, master_port)).expect("writing a sentinel config");
         let mut command = Command::new(redis_server_bin());
         command.arg(&config).arg("--sentinel");
         let proc = Proc::spawn(&format!("redis-sentinel-{i}-{attempt}"), command, dir, logs);
