@@ -7,7 +7,8 @@ use switchyard_schemas::{RateLimits, now_ms};
 
 #[derive(Args)]
 pub struct KeysCommand {
-    /// Redis URL.
+    /// Redis URL: `redis://` (one server), `redis+cluster://h1:6379,h2:6379,…` (a Redis Cluster) or
+    /// `redis+sentinel://s1:26379,…/<master name>` (the master Sentinel names).
     #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
     redis_url: String,
     /// NATS URL, to tell running api replicas about revocations at once.

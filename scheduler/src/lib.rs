@@ -43,7 +43,8 @@ pub struct SchedulerOptions {
     /// NATS server URL.
     #[arg(long, env = "SWITCHYARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// Redis URL.
+    /// Redis URL: `redis://` (one server), `redis+cluster://h1:6379,h2:6379,…` (a Redis Cluster) or
+    /// `redis+sentinel://s1:26379,…/<master name>` (the master Sentinel names).
     #[arg(long, env = "SWITCHYARD_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     #[command(flatten)]
