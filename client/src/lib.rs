@@ -208,14 +208,33 @@ impl Jobs {
         };
         tracing::Span::current().record("job_id", id.as_str());
         let payload = encode(&envelope).map_err(|e| JobError::Internal(e.to_string()))?;
-        // No `Nats-Msg-Id`: this publish is never retried, so the stream's duplicate tracking
-        // (an entry per job for two minutes) would buy nothing here.
         let job_subject = subject::job(lane, kind, model);
-        let published = async {
-            self.js.publish(job_subject.clone(), payload.into()).await?.await?;
-            Ok::<_, async_nats::jetstream::context::PublishError>(())
-        };
-        published.await.map_err(|e| JobError::Unavailable(describe_publish_error(&job_subject, &e)))?;
+        let payload = bytes::Bytes::from(payload);
+        // On a cluster a publish is retried through an election, so it carries the job id as its
+        // message id: the jobs stream drops a second copy of a job whose first was stored but
+        // not acknowledged. One server never retries, and spares the stream that bookkeeping.
+        let clustered = switchyard_broker::placement::replicas().0 > 1;
+        let mut headers = async_nats::HeaderMap::new();
+        if clustered {
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        let give_up = Instant::now() + PUBLISH_RETRY_WINDOW.min(self.timeouts.queue);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let published = async {
+                self.js.publish_with_headers(job_subject.clone(), headers.clone(), payload.clone()).await?.await?;
+                Ok::<_, async_nats::jetstream::context::PublishError>(())
+            };
+            match published.await {
+                Ok(()) => break,
+                Err(e) if clustered && retry_publish(&e) && Instant::now() + pause < give_up => {
+                    debug!(job_id = %id, model, error = %e, "the jobs stream did not take the job; retrying while JetStream elects a leader");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(JobError::Unavailable(describe_publish_error(&job_subject, &e))),
+            }
+        }
         debug!(job_id = %id, model, "job queued");
         Ok(())
     }
@@ -236,6 +255,19 @@ impl Jobs {
             }
         });
     }
+}
+
+/// How long a job's publish is retried on a NATS cluster when the jobs stream does not take it:
+/// while JetStream elects a new leader for the stream after its node died (nats-server's
+/// election timers run out in 4 to 9 s), nobody answers on the job subjects, or nobody in time.
+/// Never longer than the queue timeout.
+const PUBLISH_RETRY_WINDOW: Duration = Duration::from_secs(12);
+
+/// Whether a publish to a cluster that failed with `error` is worth retrying: no stream answered,
+/// or none acknowledged in time — what a client sees while the jobs stream has no leader.
+fn retry_publish(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind;
+    matches!(error.kind(), PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut)
 }
 
 /// Why a job's publish was not acknowledged, with what to check. A permission violation is not

@@ -308,6 +308,11 @@ impl ClusterStack {
         switchyard_broker::connect_nats(&self.cluster.url(), "cluster-test", &Default::default()).await.expect("connecting to the cluster")
     }
 
+    /// Subscribes to every reply subject (`sy.reply.>`) through the cluster.
+    pub async fn tap_replies(&self) -> super::ReplyTap {
+        super::ReplyTap::new(self.nats_client().await).await
+    }
+
     /// Prints the last lines of every log.
     pub fn print_logs(&self, lines: usize) {
         print_logs(&self.logs, lines);

@@ -1,12 +1,14 @@
 //! Switchyard on a three-node NATS cluster (`broker-config/cluster/`) with R3 streams: one
-//! node SIGKILLed under load and restarted, no job lost, none answered twice; and R3 asked of a
-//! single server, refused at start with a message that says why.
+//! node SIGKILLed under load and restarted, no job lost, none answered twice; a killed worker's
+//! job resumed and a left stream cancelled while a node is down and after it returns; and R3
+//! asked of a single server, refused at start with a message that says why.
 //!
 //! What a client may see when a node dies (broker-config/cluster/README.md, "What a node loss
 //! costs"): a request whose job could not be queued while JetStream elected a new leader for
-//! the jobs stream gets a 503 (`service_unavailable`, "The job queue did not accept the job"),
-//! and a stream whose events were lost with the api's or the worker's connection ends with an
-//! error event (`stream_gap`, "Lost messages … between worker and api") instead of wrong text.
+//! the jobs stream (the publish is retried for 12 s) gets a 503 (`service_unavailable`, "The job
+//! queue did not accept the job"), and a stream whose events were lost with the api's or the
+//! worker's connection ends with an error event (`stream_gap`, "Lost messages … between worker
+//! and api") instead of wrong text — or, when the first events were lost, a 502 with that error.
 //! Never a wrong or doubled answer, never a request left hanging.
 
 use std::collections::BTreeMap;
@@ -16,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use switchyard_schemas::subject;
+use switchyard_schemas::{EventBody, FinishReason, subject};
 use switchyard_tests::cluster::ClusterStack;
+use switchyard_tests::sse::SseReader;
 use switchyard_tests::{Servers, StackOptions, eventually, switchyard_bin, workspace_root};
 
 const CHAT: &str = "/v1/chat/completions";
@@ -75,8 +78,10 @@ async fn judge(response: reqwest::Result<reqwest::Response>, expected: &str, end
         let error: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let code = error["error"]["code"].as_str().unwrap_or("").to_string();
         let message = error["error"]["message"].as_str().unwrap_or(&body).to_string();
-        return if status == 503 && code == "service_unavailable" {
-            Outcome::Refused(format!("503 {code}"), message)
+        // A job whose first events were lost ends before the stream starts: the same `stream_gap`
+        // error, as the status of the response.
+        return if (status == 503 && code == "service_unavailable") || (status == 502 && code == "stream_gap") {
+            Outcome::Refused(format!("{status} {code}"), message)
         } else {
             Outcome::Broken(format!("status {status}: {body}"))
         };
@@ -361,4 +366,101 @@ async fn three_replicas_on_a_single_server_fail_at_start_saying_why() {
     assert!(!status.success());
     let log = scheduler.log();
     assert!(log.contains("3 replicas of stream SY_JOBS") && log.contains("--stream-replicas"), "{log}");
+}
+
+/// Reads a stream until `pieces` chunks with text have arrived; their text.
+async fn read_text(reader: &mut SseReader, pieces: usize) -> String {
+    let mut text = String::new();
+    let mut seen = 0;
+    while seen < pieces {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), reader.next_json())
+            .await
+            .expect("a chunk within 30 s")
+            .unwrap_or_else(|| panic!("the stream ended early: {:?}", reader.raw));
+        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str()
+            && !content.is_empty()
+        {
+            seen += 1;
+            text.push_str(content);
+        }
+    }
+    text
+}
+
+async fn open_stream(stack: &ClusterStack, prompt: &str) -> SseReader {
+    let body = json!({ "model": "echo", "stream": true, "messages": [{ "role": "user", "content": prompt }] });
+    let response = stack.http().post(stack.api_url(CHAT)).json(&body).send().await.expect("the api answers");
+    assert_eq!(response.status(), 200, "a stream opens");
+    SseReader::new(response)
+}
+
+/// A worker SIGKILLed mid-stream: another one continues the job from what the client had,
+/// and the client's text is the whole answer exactly once.
+async fn a_killed_workers_job_is_resumed(stack: &ClusterStack, when: &str) {
+    let args = ["echo", "--delay", "100ms", "--ack-wait", "1s"];
+    let first = stack.ready_worker(&args, "echo").await;
+    let prompt = (0..40).map(|w| format!("resume{w}")).collect::<Vec<_>>().join(" ");
+    let mut reader = open_stream(stack, &prompt).await;
+    let mut text = read_text(&mut reader, 3).await;
+    let _second = stack.ready_worker(&args, "echo").await;
+    first.sigkill();
+    let rest = tokio::time::timeout(Duration::from_secs(60), reader.rest()).await.expect("the stream finishes within 60 s");
+    for chunk in &rest {
+        assert!(chunk.get("error").is_none(), "{when}: the resumed stream ended with an error: {chunk}");
+        text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+    }
+    assert_eq!(text, prompt, "{when}: nothing lost, nothing repeated");
+}
+
+/// A client that leaves mid-stream cancels its job: the worker ends it as cancelled at once.
+async fn a_left_stream_is_cancelled(stack: &ClusterStack, when: &str) {
+    let _worker = stack.ready_worker(&["echo", "--delay", "50ms"], "echo").await;
+    let mut tap = stack.tap_replies().await;
+    let prompt = (0..60).map(|w| format!("cancel{w}")).collect::<Vec<_>>().join(" ");
+    let mut reader = open_stream(stack, &prompt).await;
+    read_text(&mut reader, 2).await;
+    let job_id =
+        tap.wait_for(Duration::from_secs(5), |e| matches!(e.body, EventBody::Started { .. })).await.expect("a started event").job_id;
+    drop(reader);
+    let done = tap
+        .wait_for(Duration::from_secs(10), |e| e.job_id == job_id && e.body.is_terminal())
+        .await
+        .unwrap_or_else(|| panic!("{when}: the worker never ended the cancelled job"));
+    match done.body {
+        EventBody::Done { finish_reason, usage } => {
+            assert_eq!(finish_reason, FinishReason::Cancelled, "{when}: the job ends as cancelled");
+            assert!(usage.completion_tokens < 40, "{when}: generation went on after the client left: {usage:?}");
+        }
+        other => panic!("{when}: expected Done {{ Cancelled }}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_and_cancel_work_while_a_node_is_down_and_after_it_returns() {
+    let test = async {
+        let stack = ClusterStack::start(StackOptions::default()).await;
+        let js = jetstream::new(stack.nats_client().await);
+        let leader = js.get_stream(subject::JOBS_STREAM).await.unwrap().info().await.unwrap().cluster.clone().unwrap().leader.unwrap();
+        let victim = stack.cluster().node_index(&leader).expect("the leader is one of the nodes");
+        stack.cluster().kill(victim);
+        eventually(Duration::from_secs(30), "a new leader of the jobs stream", || {
+            let js = js.clone();
+            let leader = leader.clone();
+            async move {
+                let info = js.get_stream(subject::JOBS_STREAM).await.ok()?.info().await.ok()?.clone();
+                info.cluster?.leader.filter(|new| *new != leader).map(|_| ())
+            }
+        })
+        .await;
+        a_killed_workers_job_is_resumed(&stack, "node down").await;
+        a_left_stream_is_cancelled(&stack, "node down").await;
+
+        stack.cluster().restart(victim).await;
+        stack.cluster().wait_healthy(Duration::from_secs(20)).await;
+        a_killed_workers_job_is_resumed(&stack, "node back").await;
+        a_left_stream_is_cancelled(&stack, "node back").await;
+        stack
+    };
+    let stack = tokio::time::timeout(Duration::from_secs(150), test).await.expect("the cluster test is bounded");
+    drop(stack);
 }
