@@ -90,6 +90,9 @@ pub struct Jobs {
     redis: Option<switchyard_broker::Redis>,
     inflight: Mutex<HashMap<String, Inflight>>,
     timeouts: JobTimeouts,
+    /// Whether the servers form a cluster, where a job's publish is retried through a leader
+    /// election (see [`PUBLISH_RETRY_WINDOW`]).
+    clustered: bool,
 }
 
 struct Inflight {
@@ -110,7 +113,9 @@ impl Jobs {
         timeouts: JobTimeouts,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         switchyard_broker::jobs::ensure_streams(&jetstream::new(nats.clone())).await?;
-        Self::start_routing(instance, nats, Some(redis), timeouts).await
+        // Placing the streams showed whether the servers form a cluster.
+        let clustered = switchyard_broker::placement::replicas().0 > 1;
+        Self::start_routing(instance, nats, Some(redis), timeouts, clustered).await
     }
 
     /// Starts a direct publisher: like [`Jobs::start`], but it leaves the streams to the parts
@@ -124,7 +129,8 @@ impl Jobs {
         redis: Option<switchyard_broker::Redis>,
         timeouts: JobTimeouts,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
-        Self::start_routing(instance, nats, redis, timeouts).await
+        let clustered = nats.server_info().cluster.is_some();
+        Self::start_routing(instance, nats, redis, timeouts, clustered).await
     }
 
     async fn start_routing(
@@ -132,9 +138,10 @@ impl Jobs {
         nats: async_nats::Client,
         redis: Option<switchyard_broker::Redis>,
         timeouts: JobTimeouts,
+        clustered: bool,
     ) -> Result<Arc<Jobs>, switchyard_broker::BrokerError> {
         let js = jetstream::new(nats.clone());
-        let jobs = Arc::new(Jobs { instance, nats: nats.clone(), js, redis, inflight: Mutex::new(HashMap::new()), timeouts });
+        let jobs = Arc::new(Jobs { instance, nats: nats.clone(), js, redis, inflight: Mutex::new(HashMap::new()), timeouts, clustered });
         let subscribe_err = |e: async_nats::SubscribeError| switchyard_broker::BrokerError::Nats(format!("cannot subscribe: {e}"));
         let replies = nats.subscribe(subject::replies_of(&jobs.instance)).await.map_err(subscribe_err)?;
         let resumes = nats.subscribe(subject::resumes_of(&jobs.instance)).await.map_err(subscribe_err)?;
@@ -213,7 +220,7 @@ impl Jobs {
         // On a cluster a publish is retried through an election, so it carries the job id as its
         // message id: the jobs stream drops a second copy of a job whose first was stored but
         // not acknowledged. One server never retries, and spares the stream that bookkeeping.
-        let clustered = switchyard_broker::placement::replicas().0 > 1;
+        let clustered = self.clustered;
         let mut headers = async_nats::HeaderMap::new();
         if clustered {
             headers.insert("Nats-Msg-Id", id.as_str());
