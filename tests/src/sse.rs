@@ -86,6 +86,27 @@ impl SseReader {
         Some(serde_json::from_str(&data).unwrap_or_else(|e| panic!("SSE data is not JSON ({e}): {data:?}")))
     }
 
+    /// Reads chat chunks (into `chunks`) until `pieces` of them carried text, waiting at most 30 s
+    /// for each; their text.
+    pub async fn read_text_chunks(&mut self, chunks: &mut Vec<Value>, pieces: usize) -> String {
+        let mut text = String::new();
+        let mut seen = 0;
+        while seen < pieces {
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), self.next_json())
+                .await
+                .expect("a chunk within 30 s")
+                .unwrap_or_else(|| panic!("stream ended early: {:?}", self.raw));
+            if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str()
+                && !content.is_empty()
+            {
+                seen += 1;
+                text.push_str(content);
+            }
+            chunks.push(chunk);
+        }
+        text
+    }
+
     /// Reads to the end, returning the remaining JSON events; asserts `[DONE]` came last.
     pub async fn rest(&mut self) -> Vec<Value> {
         let mut events = Vec::new();

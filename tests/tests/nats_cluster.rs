@@ -368,25 +368,6 @@ async fn three_replicas_on_a_single_server_fail_at_start_saying_why() {
     assert!(log.contains("3 replicas of stream SY_JOBS") && log.contains("--stream-replicas"), "{log}");
 }
 
-/// Reads a stream until `pieces` chunks with text have arrived; their text.
-async fn read_text(reader: &mut SseReader, pieces: usize) -> String {
-    let mut text = String::new();
-    let mut seen = 0;
-    while seen < pieces {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), reader.next_json())
-            .await
-            .expect("a chunk within 30 s")
-            .unwrap_or_else(|| panic!("the stream ended early: {:?}", reader.raw));
-        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str()
-            && !content.is_empty()
-        {
-            seen += 1;
-            text.push_str(content);
-        }
-    }
-    text
-}
-
 async fn open_stream(stack: &ClusterStack, prompt: &str) -> SseReader {
     let body = json!({ "model": "echo", "stream": true, "messages": [{ "role": "user", "content": prompt }] });
     let response = stack.http().post(stack.api_url(CHAT)).json(&body).send().await.expect("the api answers");
@@ -401,7 +382,7 @@ async fn a_killed_workers_job_is_resumed(stack: &ClusterStack, when: &str) {
     let first = stack.ready_worker(&args, "echo").await;
     let prompt = (0..40).map(|w| format!("resume{w}")).collect::<Vec<_>>().join(" ");
     let mut reader = open_stream(stack, &prompt).await;
-    let mut text = read_text(&mut reader, 3).await;
+    let mut text = reader.read_text_chunks(&mut Vec::new(), 3).await;
     let _second = stack.ready_worker(&args, "echo").await;
     first.sigkill();
     let rest = tokio::time::timeout(Duration::from_secs(60), reader.rest()).await.expect("the stream finishes within 60 s");
@@ -418,7 +399,7 @@ async fn a_left_stream_is_cancelled(stack: &ClusterStack, when: &str) {
     let mut tap = stack.tap_replies().await;
     let prompt = (0..60).map(|w| format!("cancel{w}")).collect::<Vec<_>>().join(" ");
     let mut reader = open_stream(stack, &prompt).await;
-    read_text(&mut reader, 2).await;
+    reader.read_text_chunks(&mut Vec::new(), 2).await;
     let job_id =
         tap.wait_for(Duration::from_secs(5), |e| matches!(e.body, EventBody::Started { .. })).await.expect("a started event").job_id;
     drop(reader);

@@ -8,30 +8,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use switchyard_schemas::{EventBody, FinishReason, StreamEvent, encode};
 use switchyard_tests::openai::{Endpoint, assert_usage, chat_request, check_completion, check_stream, words};
-use switchyard_tests::sse::SseReader;
 use switchyard_tests::{Proc, ReplyTap, Stack, eventually};
 
 const CHAT: &str = "/v1/chat/completions";
 
 /// Reads chunks until at least `tokens` pieces of text arrived; returns the text so far.
-async fn read_text_chunks(reader: &mut SseReader, chunks: &mut Vec<serde_json::Value>, pieces: usize) -> String {
-    let mut text = String::new();
-    let mut seen = 0;
-    while seen < pieces {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), reader.next_json())
-            .await
-            .expect("a chunk within 30 s")
-            .unwrap_or_else(|| panic!("stream ended early: {:?}", reader.raw));
-        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str()
-            && !content.is_empty()
-        {
-            seen += 1;
-            text.push_str(content);
-        }
-        chunks.push(chunk);
-    }
-    text
-}
 
 #[tokio::test]
 async fn two_workers_of_one_model_both_get_jobs() {
@@ -120,7 +101,7 @@ async fn job_of_a_killed_worker_completes_on_another_without_loss_or_duplication
     });
     let mut reader = stack.post_stream(CHAT, &request).await;
     let mut chunks = Vec::new();
-    let before = read_text_chunks(&mut reader, &mut chunks, 3).await;
+    let before = reader.read_text_chunks(&mut chunks, 3).await;
     assert!(prompt.starts_with(&before), "text so far {before:?} is not a prefix of the prompt");
 
     let b_metrics = format!("127.0.0.1:{}", switchyard_tests::free_port());
@@ -170,7 +151,7 @@ async fn client_disconnect_stops_generation_on_the_worker() {
     let mut reader =
         stack.post_stream(CHAT, &json!({ "model": "echo", "messages": [{ "role": "user", "content": prompt }], "stream": true })).await;
     let mut chunks = Vec::new();
-    read_text_chunks(&mut reader, &mut chunks, 2).await;
+    reader.read_text_chunks(&mut chunks, 2).await;
     let job_id = match tap.wait_for(Duration::from_secs(5), |e| matches!(e.body, EventBody::Started { .. })).await {
         Some(event) => event.job_id,
         None => panic!("no started event seen: {:?}", tap.seen()),
@@ -212,7 +193,7 @@ async fn sigterm_drains_the_running_stream_and_exits_zero() {
     let request = json!({ "model": "echo", "messages": [{ "role": "user", "content": prompt }], "stream": true });
     let mut reader = stack.post_stream(CHAT, &request).await;
     let mut chunks = Vec::new();
-    read_text_chunks(&mut reader, &mut chunks, 3).await;
+    reader.read_text_chunks(&mut chunks, 3).await;
     worker.sigterm();
 
     let rest = tokio::time::timeout(Duration::from_secs(60), reader.rest()).await.expect("the stream finishes within 60 s");
