@@ -25,13 +25,14 @@ CANCEL_ALL = "sy.cancel.*"
 
 LANES = ("interactive", "batch")
 
-# Redis keys (schemas/src/keys.rs).
-WORKERS_KEY = "sy:workers"
-MODELS_KEY = "sy:models"
+# Redis keys (schemas/src/keys.rs). The registry's share the hash tag `{reg}`, so that one
+# transaction may touch them on a Redis Cluster.
+WORKERS_KEY = "sy:{reg}:workers"
+MODELS_KEY = "sy:{reg}:models"
 
 
 def worker_key(worker_id: str) -> str:
-    return f"sy:worker:{worker_id}"
+    return f"sy:{{reg}}:worker:{worker_id}"
 
 
 def cancel_key(job_id: str) -> str:

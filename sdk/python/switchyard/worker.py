@@ -2,8 +2,8 @@
 model, speaking exactly the protocol of the Rust worker runtime (`worker/src/runtime.rs`):
 
 * registry: its `WorkerRecord` (with the model card and its `FunctionSpec`s) under
-  `sy:worker:<id>` with a TTL of three heartbeats, its expiry in `sy:workers`, the card in
-  `sy:models`; removed on a clean stop;
+  `sy:{reg}:worker:<id>` with a TTL of three heartbeats, its expiry in `sy:{reg}:workers`, the
+  card in `sy:{reg}:models`; removed on a clean stop;
 * queue: the shared durable pull consumers `sy-interactive-tool-<model>` and
   `sy-batch-tool-<model>`, created with the same config the Rust workers use; never more
   jobs pulled than free slots, interactive first, `batch_reserve` slots kept from batch jobs;
