@@ -273,8 +273,14 @@ async fn a_job_that_fails_every_delivery_ends_as_an_error_and_a_dead_letter() {
     // Counted where each part saw it: the scheduler's dead letter, the api's error.
     use switchyard_telemetry::names;
     use switchyard_tests::prometheus::Metrics;
-    let scheduler = Metrics::scrape(stack.http(), &stack.scheduler_url("/metrics")).await;
-    assert_eq!(scheduler.value(names::DEAD_LETTERS, &[("model", "echo"), ("kind", "chat")]), Some(1.0), "{}", scheduler.text());
+    // The scheduler counts a dead letter once it is stored, which may be just after the client
+    // got its error: poll for it.
+    let dead_letters = eventually(Duration::from_secs(10), "the scheduler to count the dead letter", || async {
+        let scheduler = Metrics::scrape(stack.http(), &stack.scheduler_url("/metrics")).await;
+        scheduler.value(names::DEAD_LETTERS, &[("model", "echo"), ("kind", "chat")])
+    })
+    .await;
+    assert_eq!(dead_letters, 1.0);
     let api = Metrics::scrape(stack.http(), &stack.api_url("/metrics")).await;
     assert_eq!(api.value(names::REQUEST_ERRORS, &[("model", "echo"), ("code", "max_deliveries_exceeded")]), Some(1.0), "{}", api.text());
 }
